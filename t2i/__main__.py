@@ -1,0 +1,3 @@
+from t2i.cli import main
+
+main()

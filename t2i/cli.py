@@ -1,0 +1,167 @@
+"""The `t2i` command line: parse, build a config, call one library function, print the result.
+
+No torch or diffusers import at module level: `t2i --help` and `t2i samplers` answer instantly,
+and `--offline` can set HF_HUB_OFFLINE before huggingface_hub is first imported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from click.core import ParameterSource
+
+from t2i.config import DEFAULT_MODEL, DEVICES, DTYPE_NAMES, GenerationConfig, ModelConfig
+from t2i.errors import T2IError, UsageError
+from t2i.schedulers import SAMPLERS, SCHEDULES
+
+app = typer.Typer(name="t2i", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Text-to-image with Stable Diffusion 1.x models: generate, fine-tune, inspect.")
+log = logging.getLogger("t2i")
+
+
+def _default(name: str):
+    """GenerationConfig's default for a field: the CLI never restates a default."""
+    return next(f.default for f in fields(GenerationConfig) if f.name == name)
+
+
+def _prepare_environment(offline: bool) -> None:
+    # read once when huggingface_hub is imported, so it must be set before the first heavy import
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def _read_prompts(prompts: list[str], prompts_file: Path | None) -> tuple[str, ...]:
+    found = list(prompts or [])
+    if prompts_file is not None:
+        try:
+            lines = prompts_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--prompts-file {prompts_file}: cannot read it ({exc})") from exc
+        found += [line.strip() for line in lines if line.strip()]
+    return tuple(found)
+
+
+@app.command()
+def generate(
+    ctx: typer.Context,
+    prompts: Optional[List[str]] = typer.Argument(None, help="One or more prompts.", show_default=False),
+    prompts_file: Optional[Path] = typer.Option(None, help="A text file with one prompt per line."),
+    negative_prompt: str = typer.Option(_default("negative_prompt"), help="What the images should not show."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Hub id, diffusers folder, .safetensors file, or 'tiny'."),
+    vae: Optional[str] = typer.Option(None, help="Use this VAE (folder or .safetensors) instead of the model's."),
+    sampler: str = typer.Option(_default("sampler"), help="See `t2i samplers`; A1111/ComfyUI names work."),
+    schedule: Optional[str] = typer.Option(None, help=f"ComfyUI-style schedule: {', '.join(SCHEDULES)}."),
+    steps: int = typer.Option(_default("steps")),
+    guidance_scale: float = typer.Option(_default("guidance_scale"), help="Classifier-free guidance (CFG) scale."),
+    seed: Optional[int] = typer.Option(None, help="Image i of the run uses seed+i. Default: random."),
+    num_images: int = typer.Option(_default("num_images"), help="Images per prompt."),
+    batch_size: int = typer.Option(_default("batch_size")),
+    width: Optional[int] = typer.Option(None, help="Multiple of 8. Default: the model's native size."),
+    height: Optional[int] = typer.Option(None, help="Multiple of 8. Default: the model's native size."),
+    lora: Optional[List[str]] = typer.Option(None, help="PATH[:SCALE] of a LoRA file or training folder; repeatable."),
+    clip_skip: Optional[int] = typer.Option(None, help="A1111 convention: 2 = penultimate CLIP layer."),
+    init_image: Optional[str] = typer.Option(None, help="img2img: start from this image."),
+    strength: Optional[float] = typer.Option(None, help="img2img/inpaint: how much to change, in (0, 1]."),
+    mask: Optional[str] = typer.Option(None, help="Inpainting mask for --init-image: white is repainted."),
+    out: str = typer.Option(_default("out_dir"), help="Output folder; existing files are never overwritten."),
+    from_image: Optional[str] = typer.Option(None, help="Re-make a t2i PNG from its settings; flags given override."),
+    dtype: str = typer.Option("auto", help=f"{', '.join(DTYPE_NAMES)}; auto = fp16 on CUDA, else fp32."),
+    device: str = typer.Option("auto", help=", ".join(DEVICES)),
+    offline: bool = typer.Option(False, help="Never touch the network (same as HF_HUB_OFFLINE=1)."),
+    allow_pickle: bool = typer.Option(False, help="Allow pickled .ckpt/.bin/.pt checkpoints (they can run code)."),
+):
+    """Generate images: txt2img, img2img (--init-image) or inpainting (--init-image --mask)."""
+    _prepare_environment(offline)
+    given = {name: value for name, value in ctx.params.items()
+             if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
+    settings = {**_settings_from_image(from_image), **given} if from_image else given
+    model_config = ModelConfig(**{key: settings[key] for key in
+                                  ("model", "vae", "dtype", "device", "offline", "allow_pickle") if key in settings})
+    renamed = {"out": "out_dir", "lora": "loras"}
+    wanted = {f.name for f in fields(GenerationConfig)}
+    gen_args = {renamed.get(k, k): v for k, v in settings.items() if renamed.get(k, k) in wanted and v is not None}
+    gen_args["prompts"] = _read_prompts(settings.get("prompts"), settings.get("prompts_file"))
+    gen_args["loras"] = tuple(gen_args.get("loras", ()))
+    config = GenerationConfig(**gen_args)  # checks every value before the slow imports
+
+    from t2i.generate import generate as run
+    from t2i.pipelines import load_model
+
+    loaded = load_model(model_config)
+    paths = run(loaded, config, on_saved=lambda path: print(path, flush=True))
+    log.info("wrote %d image(s) to %s", len(paths), config.out_dir)
+
+
+def _settings_from_image(path: str) -> dict:
+    """The CLI settings recorded in a t2i PNG, to re-make it alone (one image, batch of one)."""
+    from t2i.metadata import read_metadata
+
+    _, recorded = read_metadata(path)
+    if recorded is None:
+        raise UsageError(f"--from-image {path}: no t2i settings in this image (was it made by t2i?)")
+    settings = {key: recorded[key] for key in ("negative_prompt", "steps", "guidance_scale", "seed", "width",
+                                               "height", "sampler", "clip_skip", "init_image", "mask", "model",
+                                               "vae", "dtype", "device")}
+    settings["prompts"] = [recorded["prompt"]]
+    settings["lora"] = [f"{lora['path']}:{lora['scale']}" for lora in recorded["loras"]]
+    if recorded["mode"] != "txt2img":
+        settings["strength"] = recorded["strength"]
+    return settings
+
+
+@app.command()
+def samplers():
+    """List the samplers with their A1111 and ComfyUI names."""
+    rows = [("name", "A1111", "ComfyUI", "summary")]
+    for name, spec in SAMPLERS.items():
+        a1111 = spec.a1111 + (" Karras" if spec.schedule == "Karras" else "")
+        comfy = (spec.comfy or "-") + (" + karras" if spec.schedule == "Karras" and spec.comfy else "")
+        rows.append((name, a1111, comfy, spec.summary))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+
+
+@app.command()
+def info(image: str = typer.Argument(..., help="A PNG written by t2i (or A1111).")):
+    """Print the generation settings stored in a PNG."""
+    from t2i.metadata import read_metadata
+
+    text, settings = read_metadata(image)
+    if text is None and settings is None:
+        raise UsageError(f"{image}: no generation settings stored in this image")
+    if text:
+        print(text)
+    if settings:
+        print(json.dumps(settings, indent=2, ensure_ascii=False))
+
+
+def main() -> None:
+    logging.basicConfig(format="t2i: %(message)s", level=logging.INFO)
+    try:
+        app()
+    except T2IError as exc:
+        if os.environ.get("T2I_DEBUG"):
+            raise
+        print(f"t2i: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("t2i: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # a bug or an environment failure: still one line unless debugging
+        if os.environ.get("T2I_DEBUG"):
+            raise
+        from t2i.errors import first_line
+
+        print(f"t2i: error: {type(exc).__name__}: {first_line(exc)} (T2I_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        sys.exit(1)

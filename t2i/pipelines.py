@@ -1,0 +1,247 @@
+"""The component factory: where a model comes from, and how its four components are loaded.
+
+`--model` may be a built-in preset (`tiny`), a local diffusers folder, a single-file checkpoint or a
+Hugging Face hub id. Every source ends as the same four components (CLIPTokenizer, CLIPTextModel,
+AutoencoderKL, UNet2DConditionModel) plus the model's ORIGINAL scheduler config, which every
+sampler is built from. One set of components serves txt2img, img2img and inpainting.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+import torch
+from diffusers import (AutoencoderKL, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline,
+                       StableDiffusionPipeline, UNet2DConditionModel)
+from diffusers.configuration_utils import ConfigMixin
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import snapshot_download
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from t2i.config import PRESETS, ModelConfig
+from t2i.configs import SD1_CONFIG_DIR
+from t2i.errors import T2IError, UsageError, first_line
+from t2i.metadata import file_sha256
+
+log = logging.getLogger("t2i")
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# what a diffusers SD repo needs, safetensors only: never the fp16/non-EMA/pickle duplicates
+HUB_FILES = ["model_index.json", "scheduler/*.json", "tokenizer/*", "*/config.json",
+             "text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+             "vae/diffusion_pytorch_model.safetensors"]
+
+
+@dataclass
+class LoadedModel:
+    pipe: StableDiffusionPipeline  # the txt2img pipeline; other modes share its components
+    scheduler_config: Mapping[str, Any]  # as the model shipped it; samplers are built from this
+    name: str  # A1111's "Model:" field
+    hash: str | None  # A1111's "Model hash": first 10 hex of the checkpoint file's SHA-256
+    config: ModelConfig
+
+    @property
+    def is_inpainting_model(self) -> bool:
+        return self.pipe.unet.config.in_channels == 9
+
+    def pipeline_for(self, mode: str):
+        """The pipeline for txt2img, img2img or inpaint, sharing the loaded components."""
+        classes = {"txt2img": StableDiffusionPipeline, "img2img": StableDiffusionImg2ImgPipeline,
+                   "inpaint": StableDiffusionInpaintPipeline}
+        if mode == "txt2img":
+            return self.pipe
+        pipe = classes[mode](**self.pipe.components, requires_safety_checker=False)
+        pipe.set_progress_bar_config(**getattr(self.pipe, "_progress_bar_config", {}))
+        return pipe
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[name]:
+        raise UsageError(f"--device {name}: no such device is available here; use --device auto or cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def _is_offline(config: ModelConfig) -> bool:
+    # HF_HUB_OFFLINE is read when huggingface_hub is imported; the CLI sets it before that for --offline
+    return config.offline or bool(hub_constants.HF_HUB_OFFLINE)
+
+
+def _refuse_pickle(path: Path, config: ModelConfig) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES and not config.allow_pickle:
+        raise UsageError(f"{path} is a pickled checkpoint, and loading a pickle can run arbitrary code: "
+                         "convert it to .safetensors, or pass --allow-pickle if you trust its source")
+
+
+def _pickle_to_safetensors(path: Path, workdir: Path) -> Path:
+    """Load an opted-in pickle fully (diffusers' weights_only loading fails on many real ones)."""
+    from safetensors.torch import save_file
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    state = checkpoint.get("state_dict", checkpoint)
+    tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    converted = workdir / (path.stem + ".safetensors")
+    save_file(tensors, converted)
+    return converted
+
+
+def _unet_in_channels(checkpoint: Path) -> int:
+    """9 for an inpainting checkpoint, 4 otherwise: read from the header, no weights loaded."""
+    from safetensors import safe_open
+
+    with safe_open(checkpoint, framework="pt") as f:
+        key = "model.diffusion_model.input_blocks.0.0.weight"
+        return f.get_slice(key).get_shape()[1] if key in f.keys() else 4
+
+
+def _load_single_file(path: Path, config: ModelConfig, vae: AutoencoderKL | None) -> StableDiffusionPipeline:
+    config_dir = str(config.single_file_config or SD1_CONFIG_DIR)
+    with tempfile.TemporaryDirectory() as workdir:
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            path = _pickle_to_safetensors(path, Path(workdir))
+        # local_files_only + config=<local folder>: without both, diffusers fetches SD 1.5's configs
+        common = {"config": config_dir, "local_files_only": True}
+        extra = {"vae": vae} if vae is not None else {}
+        in_channels = _unet_in_channels(path)
+        if in_channels != 4:
+            extra["unet"] = UNet2DConditionModel.from_single_file(str(path), subfolder="unet",
+                                                                  in_channels=in_channels, **common)
+        return StableDiffusionPipeline.from_single_file(str(path), safety_checker=None,
+                                                        requires_safety_checker=False, **common, **extra)
+
+
+def _load_folder(folder: Path, config: ModelConfig, vae: AutoencoderKL | None) -> StableDiffusionPipeline:
+    if not (folder / "model_index.json").is_file():
+        raise UsageError(f"{folder} is not a diffusers model folder (no model_index.json); pass a folder "
+                         "saved with save_pretrained, a .safetensors checkpoint, or a hub id")
+    safetensors_only = None if config.allow_pickle else True
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True,
+                                                     use_safetensors=safetensors_only)
+        if vae is None:
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=safetensors_only)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=safetensors_only)
+        scheduler = _scheduler_class(folder).from_pretrained(folder, subfolder="scheduler")
+    except (OSError, EnvironmentError) as exc:
+        hint = "" if config.allow_pickle else " (only .safetensors weights are read without --allow-pickle)"
+        raise T2IError(f"could not load the model in {folder}: {first_line(exc)}{hint}") from exc
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def _scheduler_class(folder: Path):
+    import diffusers
+
+    name = ConfigMixin.load_config(folder / "scheduler" / "scheduler_config.json")["_class_name"]
+    return getattr(diffusers, name)
+
+
+def _download(repo_id: str, config: ModelConfig) -> Path:
+    """The local snapshot of a hub model: the cache when it holds it, else a download."""
+    patterns = HUB_FILES + (["*.bin"] if config.allow_pickle else [])
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception as exc:  # not cached (the hub client raises several types for it)
+        if _is_offline(config):
+            raise T2IError(f"model {repo_id!r} is not in the local Hugging Face cache and t2i is offline: "
+                           "pass a local diffusers folder or .safetensors file with --model") from exc
+    host = urlparse(hub_constants.ENDPOINT).hostname or "huggingface.co"
+    try:  # fail in seconds, not after the hub client's retries with back-off
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as exc:
+        raise T2IError(f"cannot reach {host} to download {repo_id!r}: pass a local diffusers folder or "
+                       ".safetensors file with --model, or use a cached model with --offline") from exc
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:
+        raise T2IError(f"could not download {repo_id!r}: {first_line(exc)}") from exc
+
+
+def _load_vae(source: str, config: ModelConfig) -> AutoencoderKL:
+    path = Path(source).expanduser()
+    if path.is_file():
+        _refuse_pickle(path, config)
+        return AutoencoderKL.from_single_file(str(path), config=str(config.single_file_config or SD1_CONFIG_DIR),
+                                              subfolder="vae", local_files_only=True)
+    if path.is_dir():
+        return AutoencoderKL.from_pretrained(path, use_safetensors=None if config.allow_pickle else True)
+    if HUB_ID.match(source):
+        return AutoencoderKL.from_pretrained(_download(source, config))
+    raise UsageError(f"--vae {source!r}: no such file or folder")
+
+
+def _locate(config: ModelConfig) -> tuple[str, Path | None]:
+    """Classify --model as ('preset'|'file'|'folder'|'hub', path)."""
+    source = config.model
+    if source in PRESETS:
+        return "preset", None
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return "folder", path
+    if path.is_file():
+        if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
+            raise UsageError(f"--model {source}: expected a .safetensors checkpoint (or a diffusers folder)")
+        _refuse_pickle(path, config)
+        return "file", path
+    if HUB_ID.match(source) and not path.suffix:
+        return "hub", None
+    raise UsageError(f"--model {source!r}: no such file or folder; pass a diffusers folder, a .safetensors "
+                     f"file, a hub id or a preset ({', '.join(PRESETS)})")
+
+
+def load_model(config: ModelConfig) -> LoadedModel:
+    """Load (or build) the components named by `config`, on its device and dtype."""
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    kind, path = _locate(config)
+    model_hash = None
+    try:
+        vae = _load_vae(config.vae, config) if config.vae else None
+        if kind == "preset":
+            from t2i.tiny import tiny_components
+
+            log.warning("model 'tiny' has random weights: its images are noise (it is for tests and smoke runs)")
+            components = tiny_components()
+            if vae is not None:
+                components["vae"] = vae
+            pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                                           requires_safety_checker=False)
+            name = "tiny"
+        elif kind == "file":
+            pipe = _load_single_file(path, config, vae)
+            model_hash, name = file_sha256(path)[:10], path.stem
+        else:
+            folder = path if kind == "folder" else _download(config.model, config)
+            pipe = _load_folder(folder, config, vae)
+            name = path.name if kind == "folder" else config.model
+    except T2IError:
+        raise
+    except Exception as exc:  # corrupt or mismatched files surface as many library error types
+        raise T2IError(f"could not load model {config.model!r}: {first_line(exc)}") from exc
+    pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(leave=False)
+    return LoadedModel(pipe=pipe, scheduler_config=dict(pipe.scheduler.config), name=name, hash=model_hash,
+                       config=config)
