@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from click.core import ParameterSource
 
 from t2i.config import DEFAULT_MODEL, DEVICES, DTYPE_NAMES, GenerationConfig, ModelConfig
 from t2i.errors import T2IError, UsageError
 from t2i.schedulers import SAMPLERS, SCHEDULES
 
 app = typer.Typer(name="t2i", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Text-to-image with Stable Diffusion 1.x models: generate, fine-tune, inspect.")
 log = logging.getLogger("t2i")
 
@@ -37,6 +37,11 @@ def _prepare_environment(offline: bool) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user typed this option (typer vendors click, so compare the source by name)."""
+    return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _read_prompts(prompts: list[str], prompts_file: Path | None) -> tuple[str, ...]:
@@ -81,8 +86,7 @@ def generate(
 ):
     """Generate images: txt2img, img2img (--init-image) or inpainting (--init-image --mask)."""
     _prepare_environment(offline)
-    given = {name: value for name, value in ctx.params.items()
-             if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
+    given = {name: value for name, value in ctx.params.items() if _given(ctx, name)}
     settings = {**_settings_from_image(from_image), **given} if from_image else given
     model_config = ModelConfig(**{key: settings[key] for key in
                                   ("model", "vae", "dtype", "device", "offline", "allow_pickle") if key in settings})

@@ -34,13 +34,31 @@ def _output_size(model: LoadedModel, config: GenerationConfig, init) -> tuple[in
     return config.width or native[0], config.height or native[1]
 
 
-def _diffusers_clip_skip(model: LoadedModel, clip_skip: int | None) -> int | None:
-    """A1111's 'Clip skip: N' is diffusers' clip_skip=N-1 (layers skipped beyond the last)."""
-    if clip_skip is None or clip_skip == 1:
-        return None
+def _check_clip_skip(model: LoadedModel, clip_skip: int | None) -> None:
     layers = model.pipe.text_encoder.config.num_hidden_layers
-    check(clip_skip <= layers, f"--clip-skip {clip_skip}: this text encoder has only {layers} layers")
-    return clip_skip - 1
+    check(clip_skip is None or clip_skip <= layers,
+          f"--clip-skip {clip_skip}: this text encoder has only {layers} layers")
+
+
+@torch.no_grad()
+def _clip_skip_embeddings(pipe, texts: list[str], clip_skip: int) -> torch.Tensor:
+    """Text context from the clip_skip-th last CLIP layer, through the final layer norm (A1111).
+
+    Done here rather than by the pipeline's `clip_skip=` because diffusers 0.42 reaches for
+    `text_encoder.text_model`, which transformers >= 5.6 no longer has; and A1111 applies clip
+    skip to the negative prompt too, which the pipeline does not.
+    """
+    tokens = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids.to(pipe.device)
+    hidden = pipe.text_encoder(tokens, output_hidden_states=True).hidden_states[-clip_skip]
+    return pipe.text_encoder.final_layer_norm(hidden)
+
+
+def _text_inputs(pipe, prompts: list[str], negative: str, clip_skip: int | None) -> dict:
+    if clip_skip is None or clip_skip == 1:
+        return {"prompt": prompts, "negative_prompt": [negative] * len(prompts) if negative else None}
+    return {"prompt_embeds": _clip_skip_embeddings(pipe, prompts, clip_skip),
+            "negative_prompt_embeds": _clip_skip_embeddings(pipe, [negative] * len(prompts), clip_skip)}
 
 
 def decode(pipe, latents: torch.Tensor, generators) -> list:
@@ -73,7 +91,7 @@ def generate(model: LoadedModel, config: GenerationConfig,
     if init is not None and init.size != (width, height):
         init = init.resize((width, height), resample=3)  # bicubic, as diffusers' preprocess
         mask = mask.resize((width, height), resample=0) if mask is not None else None
-    clip_skip = _diffusers_clip_skip(model, config.clip_skip)
+    _check_clip_skip(model, config.clip_skip)
     strength = config.strength if config.strength is not None else (1.0 if config.mode == "inpaint" else 0.75)
     seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
     pipe = model.pipeline_for(config.mode)
@@ -89,12 +107,12 @@ def generate(model: LoadedModel, config: GenerationConfig,
     paths = []
     try:
         for number, batch in enumerate(batches, 1):
-            pipe.set_progress_bar_config(desc=f"batch {number}/{len(batches)}", leave=False)
+            pipe.set_progress_bar_config(**{**getattr(pipe, "_progress_bar_config", {}),
+                                            "desc": f"batch {number}/{len(batches)}"})
             generators = [torch.Generator("cpu").manual_seed(s) for _, s in batch]
-            latents = pipe(prompt=[p for p, _ in batch],
-                           negative_prompt=[config.negative_prompt] * len(batch) if config.negative_prompt else None,
-                           num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
-                           generator=generators, clip_skip=clip_skip, output_type="latent", **mode_args).images
+            text = _text_inputs(pipe, [p for p, _ in batch], config.negative_prompt, config.clip_skip)
+            latents = pipe(**text, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
+                           generator=generators, output_type="latent", **mode_args).images
             with torch.no_grad():
                 images = decode(pipe, latents, generators)
             for (prompt, image_seed), image in zip(batch, images):

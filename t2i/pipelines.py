@@ -8,6 +8,7 @@ sampler is built from. One set of components serves txt2img, img2img and inpaint
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -20,7 +21,6 @@ from urllib.parse import urlparse
 import torch
 from diffusers import (AutoencoderKL, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline,
                        StableDiffusionPipeline, UNet2DConditionModel)
-from diffusers.configuration_utils import ConfigMixin
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import snapshot_download
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -155,8 +155,8 @@ def _load_folder(folder: Path, config: ModelConfig, vae: AutoencoderKL | None) -
 def _scheduler_class(folder: Path):
     import diffusers
 
-    name = ConfigMixin.load_config(folder / "scheduler" / "scheduler_config.json")["_class_name"]
-    return getattr(diffusers, name)
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return getattr(diffusers, config["_class_name"])
 
 
 def _download(repo_id: str, config: ModelConfig) -> Path:
@@ -241,7 +241,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
         raise
     except Exception as exc:  # corrupt or mismatched files surface as many library error types
         raise T2IError(f"could not load model {config.model!r}: {first_line(exc)}") from exc
-    pipe.to(device=device, dtype=dtype)
+    pipe.to(device=device, dtype=None if pipe.unet.dtype == dtype else dtype)
     pipe.set_progress_bar_config(leave=False)
     return LoadedModel(pipe=pipe, scheduler_config=dict(pipe.scheduler.config), name=name, hash=model_hash,
                        config=config)

@@ -33,7 +33,8 @@ def tiny_components(seed: int = 0, unet_in_channels: int = 4) -> dict:
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, eos_token_id=len(tokenizer) - 1))
+        num_attention_heads=4, max_position_embeddings=77, bos_token_id=len(tokenizer) - 2,
+        eos_token_id=len(tokenizer) - 1, pad_token_id=len(tokenizer) - 1))
     torch.manual_seed(seed)
     vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,

@@ -1,0 +1,205 @@
+"""`t2i` as a user runs it: outputs, metadata, re-runs, and one clear line for every bad input."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import pixels
+from t2i.errors import UsageError
+from t2i.metadata import read_metadata
+
+TINY = ("--model", "tiny", "--steps", "4", "--device", "cpu")
+
+
+def outputs(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_generate_writes_named_pngs_with_a1111_infotext_and_prints_their_paths(run_cli, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli("generate", "a red bicycle, leaning: on a wall", *TINY, "--seed", "5", "--num-images",
+                              "2", "--negative-prompt", "blurry", "--sampler", "DPM++ 2M", "--schedule", "karras",
+                              "--guidance-scale", "6", "--clip-skip", "2", "--out", out)
+    assert code == 0
+    assert outputs(out) == ["00001-5.png", "00002-6.png"]
+    assert stdout.split() == [str(out / "00001-5.png"), str(out / "00002-6.png")]
+    text, settings = read_metadata(out / "00002-6.png")
+    assert text == ("a red bicycle, leaning: on a wall\nNegative prompt: blurry\n"
+                    "Steps: 4, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6, Seed: 6, Size: 32x32, "
+                    "Model: tiny, Clip skip: 2, Version: t2i 0.1.0")
+    assert settings["sampler"] == "dpmpp-2m-karras" and settings["clip_skip"] == 2
+
+
+def test_prompt_names_never_become_paths_and_files_are_never_overwritten(run_cli, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "00001-1.png").write_bytes(b"precious")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("../../escape\n\n/etc/passwd\n", encoding="utf-8")
+    code, _, _ = run_cli("generate", "--prompts-file", prompts, *TINY, "--seed", "1", "--out", out)
+    assert code == 0
+    assert outputs(out) == ["00001-1.png", "00002-1.png", "00003-2.png"]
+    assert (out / "00001-1.png").read_bytes() == b"precious"
+    assert not list(tmp_path.parent.glob("escape*"))
+
+
+def test_from_image_remakes_the_image_exactly(run_cli, tmp_path, init_image):
+    first = tmp_path / "first"
+    code, _, _ = run_cli("generate", "a cat", "a dog", *TINY, "--seed", "77", "--batch-size", "2",
+                         "--sampler", "euler_ancestral", "--init-image", init_image, "--strength", "0.7",
+                         "--out", first)
+    assert code == 0
+    code, _, _ = run_cli("generate", "--from-image", first / "00002-78.png", "--out", tmp_path / "again")
+    assert code == 0
+    again = tmp_path / "again" / "00001-78.png"
+    assert np.array_equal(pixels(again), pixels(first / "00002-78.png"))
+    assert read_metadata(again)[1]["prompt"] == "a dog"
+    # flags given beside --from-image override the recorded settings
+    code, _, _ = run_cli("generate", "--from-image", first / "00002-78.png", "--seed", "3", "--out", tmp_path / "x")
+    assert code == 0 and outputs(tmp_path / "x") == ["00001-3.png"]
+
+
+def test_info_prints_infotext_and_settings(run_cli, tmp_path):
+    run_cli("generate", "a fox", *TINY, "--seed", "2", "--out", tmp_path)
+    code, stdout, _ = run_cli("info", tmp_path / "00001-2.png")
+    assert code == 0
+    assert stdout.startswith("a fox\nSteps: 4, Sampler: DPM++ 2M, Schedule type: Karras")
+    assert json.loads(stdout[stdout.index("{"):])["seed"] == 2
+
+
+def test_non_latin1_prompt_is_stored_as_itxt(run_cli, tmp_path):
+    run_cli("generate", "一只猫 on a mat", *TINY, "--seed", "2", "--out", tmp_path)
+    assert read_metadata(tmp_path / "00001-2.png")[0].startswith("一只猫 on a mat\n")
+
+
+def test_lora_tags_and_hashes_are_recorded(run_cli, tmp_path):
+    """A LoRA applied by --lora shows in the infotext as A1111 writes it."""
+    from peft import LoraConfig, get_peft_model_state_dict
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    from t2i.tiny import tiny_components
+
+    unet = tiny_components()["unet"]
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                init_lora_weights="gaussian"))
+    folder = tmp_path / "style"
+    StableDiffusionPipeline.save_lora_weights(folder, convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
+    code, _, err = run_cli("generate", "a fox", *TINY, "--seed", "2", "--lora", f"{folder}:0.5", "--out", tmp_path / "o")
+    assert code == 0, err
+    text = read_metadata(tmp_path / "o" / "00001-2.png")[0]
+    assert text.startswith("a fox <lora:style:0.5>\n") and 'Lora hashes: "style: ' in text
+
+
+@pytest.fixture
+def bad_files(tmp_path, tiny_folder):
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "corrupt.safetensors").write_bytes(b"\x00\x01not a safetensors file")
+    (files / "model.ckpt").write_bytes(b"pickle")
+    (files / "lora.safetensors").write_bytes(b"garbage")
+    (files / "lora.bin").write_bytes(b"pickle")
+    (files / "notes.txt").write_text("hello")
+    (files / "image.png").write_text("not an image")
+    (files / "no-metadata.png").write_bytes(b"")
+    Image.new("RGB", (32, 32)).save(files / "plain.png")
+    Image.new("RGB", (32, 32)).save(files / "init.png")
+    Image.new("L", (16, 16)).save(files / "small-mask.png")
+    (files / "empty-folder").mkdir()
+    return files
+
+
+BAD_INPUTS = [  # (arguments, exit code, what the message must say)
+    (["--sampler", "bogus"], 2, "unknown sampler 'bogus'"),
+    (["--sampler", "ddim", "--schedule", "karras"], 2, "has no Karras schedule"),
+    (["--schedule", "weird"], 2, "unknown schedule 'weird'"),
+    (["--steps", "0"], 2, "--steps 0: must be at least 1"),
+    (["--width", "100"], 2, "--width 100: must be a positive multiple of 8"),
+    (["--height", "-8"], 2, "--height -8"),
+    (["--guidance-scale", "-1"], 2, "--guidance-scale -1.0"),
+    (["--num-images", "0"], 2, "--num-images 0"),
+    (["--batch-size", "0"], 2, "--batch-size 0"),
+    (["--seed", "-1"], 2, "--seed -1"),
+    (["--clip-skip", "5"], 2, "--clip-skip 5: this text encoder has only 2 layers"),
+    (["--strength", "0.5"], 2, "--strength needs --init-image"),
+    (["--init-image", "{f}/init.png", "--strength", "1.5"], 2, "--strength 1.5: must be in (0, 1]"),
+    (["--init-image", "{f}/init.png", "--strength", "0"], 2, "--strength 0.0"),
+    (["--mask", "{f}/init.png"], 2, "--mask needs --init-image"),
+    (["--init-image", "{f}/missing.png"], 2, "--init-image {f}/missing.png: no such file"),
+    (["--init-image", "{f}/image.png"], 2, "not a readable image"),
+    (["--init-image", "{f}/init.png", "--mask", "{f}/small-mask.png"], 2, "is 16x16 but the init image is 32x32"),
+    (["--model", "{f}/missing.safetensors"], 2, "no such file or folder"),
+    (["--model", "{f}/corrupt.safetensors"], 1, "could not load model"),
+    (["--model", "{f}/model.ckpt"], 2, "pickled checkpoint"),
+    (["--model", "{f}/notes.txt"], 2, "expected a .safetensors checkpoint"),
+    (["--model", "{f}/empty-folder"], 2, "not a diffusers model folder"),
+    (["--model", "no-such/model", "--offline"], 1, "not in the local Hugging Face cache"),
+    (["--lora", "{f}/lora.safetensors"], 1, "not a LoRA file t2i can load"),
+    (["--lora", "{f}/missing.safetensors"], 2, "no such LoRA file"),
+    (["--lora", "{f}/lora.bin"], 2, "only .safetensors LoRA files"),
+    (["--dtype", "fp8"], 2, "--dtype fp8: choose one of"),
+    (["--device", "tpu"], 2, "--device tpu: choose one of"),
+    (["--prompts-file", "{f}/missing.txt"], 2, "--prompts-file"),
+    (["--from-image", "{f}/plain.png"], 2, "no t2i settings in this image"),
+    (["--vae", "{f}/missing-vae"], 2, "--vae"),
+]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append((["--device", "cuda"], 2, "--device cuda: no such device is available"))
+
+
+@pytest.mark.parametrize("arguments, code, message", BAD_INPUTS, ids=[" ".join(a[0]) for a in BAD_INPUTS])
+def test_bad_input_gets_one_clear_line_and_no_output(run_cli, bad_files, tmp_path, arguments, code, message):
+    out = tmp_path / "out"
+    fill = [a.format(f=bad_files) for a in arguments]
+    has_model = "--model" in fill
+    base = ["generate", "a prompt", "--steps", "4", "--out", out] + ([] if has_model else ["--model", "tiny"])
+    exit_code, stdout, stderr = run_cli(*base, *fill)
+    errors = [line for line in stderr.splitlines() if line.startswith("t2i: error:")]
+    assert exit_code == code, stderr
+    assert len(errors) == 1 and message.format(f=bad_files) in errors[0], stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert outputs(out) == []
+
+
+def test_no_prompt_is_a_usage_error(run_cli, tmp_path):
+    code, _, stderr = run_cli("generate", "--model", "tiny", "--out", tmp_path)
+    assert code == 2 and "give at least one prompt" in stderr
+
+
+def test_non_integer_option_is_a_usage_error(run_cli, tmp_path):
+    code, _, stderr = run_cli("generate", "x", "--steps", "many", "--out", tmp_path)
+    assert code == 2 and "Invalid value for '--steps'" in stderr and "Traceback" not in stderr
+
+
+def test_t2i_debug_shows_the_traceback(monkeypatch, tmp_path):
+    from t2i.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["t2i", "generate", "x", "--steps", "0", "--out", str(tmp_path)])
+    monkeypatch.setenv("T2I_DEBUG", "1")
+    with pytest.raises(UsageError, match="--steps 0"):
+        main()
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = ("import sys; from t2i.cli import main; sys.argv = ['t2i', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported for --help'")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "generate" in result.stdout and "samplers" in result.stdout
+    assert elapsed < 5, f"t2i --help took {elapsed:.1f} s"
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "t2i", "samplers"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert result.returncode == 0 and "euler-a" in result.stdout

@@ -1,0 +1,149 @@
+"""Same components, sampler, steps and seed: t2i must give plain diffusers' pixels, exactly."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       PNDMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline)
+from PIL import Image
+
+from conftest import pixels, plain_pipeline
+from t2i.config import GenerationConfig, ModelConfig
+from t2i.generate import generate
+from t2i.metadata import read_metadata
+from t2i.pipelines import load_model
+from t2i.schedulers import SAMPLERS
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model(ModelConfig(model="tiny", device="cpu"))
+
+
+def generators(*seeds):
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+
+def plain_pixels(result) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.int16) for image in result.images])
+
+
+def ours(paths) -> np.ndarray:
+    return np.stack([pixels(path) for path in paths])
+
+
+@pytest.mark.parametrize("sampler, scheduler_class, overrides", [
+    ("dpmpp-2m-karras", DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    ("dpmpp-2m-sde", DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
+    ("euler-a", EulerAncestralDiscreteScheduler, {}),
+    ("ddim", DDIMScheduler, {}),
+    ("pndm", PNDMScheduler, {"skip_prk_steps": True}),
+])
+def test_txt2img_gives_plain_diffusers_pixels(tiny, tmp_path, sampler, scheduler_class, overrides):
+    config = GenerationConfig(prompts=("a red circle", "a blue square"), negative_prompt="blurry", steps=6,
+                              seed=42, batch_size=2, sampler=sampler, out_dir=str(tmp_path))
+    paths = generate(tiny, config)
+
+    plain = plain_pipeline()
+    plain.scheduler = scheduler_class.from_config(plain.scheduler.config, **overrides)
+    expected = plain(["a red circle", "a blue square"], negative_prompt=["blurry"] * 2, num_inference_steps=6,
+                     guidance_scale=7.5, generator=generators(42, 43), width=32, height=32)
+    assert np.array_equal(ours(paths), plain_pixels(expected))
+    assert ours(paths).std() > 1  # not a blank image on both sides
+
+
+def test_img2img_gives_plain_diffusers_pixels(tiny, tmp_path, init_image):
+    config = GenerationConfig(prompts=("a red circle",), steps=8, strength=0.6, seed=7, sampler="ddim",
+                              init_image=str(init_image), out_dir=str(tmp_path))
+    paths = generate(tiny, config)
+
+    plain = plain_pipeline(cls=StableDiffusionImg2ImgPipeline)
+    plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
+    expected = plain("a red circle", image=Image.open(init_image).convert("RGB"), strength=0.6,
+                     num_inference_steps=8, generator=generators(7))
+    assert np.array_equal(ours(paths), plain_pixels(expected))
+    assert read_metadata(paths[0])[1]["strength"] == 0.6
+
+
+@pytest.mark.parametrize("in_channels", [4, 9])
+def test_inpainting_gives_plain_diffusers_pixels(tmp_path, init_image, mask_image, in_channels, tiny_folder,
+                                                 tiny_inpaint_folder):
+    folder = tiny_inpaint_folder if in_channels == 9 else tiny_folder
+    model = load_model(ModelConfig(model=str(folder), device="cpu"))
+    assert model.is_inpainting_model == (in_channels == 9)
+    config = GenerationConfig(prompts=("a red circle",), steps=6, seed=3, sampler="euler",
+                              init_image=str(init_image), mask=str(mask_image), out_dir=str(tmp_path))
+    paths = generate(model, config)
+
+    from diffusers import EulerDiscreteScheduler
+
+    plain = plain_pipeline(unet_in_channels=in_channels, cls=StableDiffusionInpaintPipeline)
+    plain.scheduler = EulerDiscreteScheduler.from_config(plain.scheduler.config)
+    expected = plain("a red circle", image=Image.open(init_image).convert("RGB"),
+                     mask_image=Image.open(mask_image), strength=1.0, num_inference_steps=6, width=32, height=32,
+                     generator=generators(3))
+    assert np.array_equal(ours(paths), plain_pixels(expected))
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_every_sampler_runs_end_to_end(tiny, tmp_path, sampler):
+    config = GenerationConfig(prompts=("a green triangle",), steps=4, seed=11, sampler=sampler,
+                              out_dir=str(tmp_path))
+    first, = generate(tiny, config)
+    again, = generate(tiny, config)
+    image = pixels(first)
+    assert image.shape == (32, 32, 3) and image.std() > 1
+    assert np.array_equal(image, pixels(again)), "same seed must give the same image"
+    assert read_metadata(first)[1]["sampler"] == sampler
+
+
+def test_each_image_of_a_batch_is_remade_alone_from_its_seed(tiny, tmp_path):
+    batch = generate(tiny, GenerationConfig(prompts=("a cat",), num_images=3, batch_size=3, seed=100, steps=5,
+                                            sampler="euler-a", out_dir=str(tmp_path / "batch")))
+    alone = generate(tiny, GenerationConfig(prompts=("a cat",), seed=102, steps=5, sampler="euler-a",
+                                            out_dir=str(tmp_path / "alone")))
+    assert [read_metadata(p)[1]["seed"] for p in batch] == [100, 101, 102]
+    assert np.array_equal(pixels(batch[2]), pixels(alone[0]))
+    assert not np.array_equal(pixels(batch[0]), pixels(batch[1]))
+
+
+def test_clip_skip_2_conditions_on_the_penultimate_layer_for_both_prompts(tiny, tmp_path):
+    config = GenerationConfig(prompts=("a red circle",), negative_prompt="blur", steps=5, seed=4, sampler="ddim",
+                              clip_skip=2, out_dir=str(tmp_path))
+    path, = generate(tiny, config)
+
+    plain = plain_pipeline()
+    plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
+
+    def penultimate(text):
+        ids = plain.tokenizer([text], padding="max_length", max_length=77, truncation=True,
+                              return_tensors="pt").input_ids
+        with torch.no_grad():
+            hidden = plain.text_encoder(ids, output_hidden_states=True).hidden_states
+            return plain.text_encoder.final_layer_norm(hidden[-2])
+
+    expected = plain(prompt_embeds=penultimate("a red circle"), negative_prompt_embeds=penultimate("blur"),
+                     num_inference_steps=5, generator=generators(4), width=32, height=32)
+    assert np.array_equal(ours([path]), plain_pixels(expected))
+    last_layer, = generate(tiny, GenerationConfig(prompts=("a red circle",), negative_prompt="blur", steps=5,
+                                                  seed=4, sampler="ddim", out_dir=str(tmp_path)))
+    assert not np.array_equal(pixels(last_layer), pixels(path))
+
+
+def test_nan_fp16_decode_is_retried_in_fp32(caplog):
+    from t2i.generate import decode
+
+    pipe = plain_pipeline()
+    with torch.no_grad():
+        pipe.vae.post_quant_conv.weight.mul_(3e4)  # fp16 overflows (max 65504), fp32 does not
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    pipe.vae.to(torch.float16)
+    with torch.no_grad():
+        raw = pipe.vae.decode(latents.half() / pipe.vae.config.scaling_factor).sample
+        assert not torch.isfinite(raw).all(), "the setup must make fp16 fail"
+        image, = decode(pipe, latents.half(), None)
+        assert pipe.vae.dtype == torch.float16, "the VAE goes back to its dtype after the retry"
+        pipe.vae.to(torch.float32)
+        reference, = decode(pipe, latents.half().float(), None)
+    assert "decoding again in fp32" in caplog.text
+    assert np.array_equal(np.asarray(image), np.asarray(reference))
