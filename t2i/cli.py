@@ -16,7 +16,8 @@ from typing import List, Optional
 
 import typer
 
-from t2i.config import DEFAULT_MODEL, DEVICES, DTYPE_NAMES, GenerationConfig, ModelConfig
+from t2i.config import (DEFAULT_MODEL, DEVICES, DTYPE_NAMES, LORA_TARGETS, LR_SCHEDULERS, MIXED_PRECISION,
+                        FinetuneConfig, GenerationConfig, ModelConfig)
 from t2i.errors import T2IError, UsageError
 from t2i.schedulers import SAMPLERS, SCHEDULES
 
@@ -26,9 +27,13 @@ app = typer.Typer(name="t2i", no_args_is_help=True, add_completion=False, pretty
 log = logging.getLogger("t2i")
 
 
-def _default(name: str):
-    """GenerationConfig's default for a field: the CLI never restates a default."""
-    return next(f.default for f in fields(GenerationConfig) if f.name == name)
+def _default(name: str, config_class=GenerationConfig):
+    """A config dataclass's default for a field: the CLI never restates a default."""
+    return next(f.default for f in fields(config_class) if f.name == name)
+
+
+def _tuning(name: str):
+    return _default(name, FinetuneConfig)
 
 
 def _prepare_environment(offline: bool) -> None:
@@ -123,6 +128,64 @@ def _settings_from_image(path: str) -> dict:
 
 
 @app.command()
+def finetune(
+    ctx: typer.Context,
+    data: str = typer.Option(..., help="Flickr30k (any of its 4 layouts), an imagefolder or a kohya folder."),
+    output: str = typer.Option(..., help="Folder for the LoRA (or model), checkpoints, logs and plots."),
+    lora: bool = typer.Option(_tuning("lora"), help="Train a LoRA (default) or, with --no-lora, the whole UNet."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Base model: hub id, diffusers folder, .safetensors, 'tiny'."),
+    data_format: Optional[str] = typer.Option(None, help="Skip detection: flickr-token, kaggle, karpathy, ..."),
+    val_fraction: float = typer.Option(_tuning("val_fraction"), help="Held out when the data has no split."),
+    resolution: int = typer.Option(_tuning("resolution")),
+    random_crop: bool = typer.Option(_tuning("random_crop"), help="Random instead of center crops (needs --no-cache)."),
+    flip: bool = typer.Option(_tuning("flip"), help="Random horizontal flips."),
+    caption_dropout: float = typer.Option(_tuning("caption_dropout"), help="Share of empty captions (for CFG)."),
+    lora_targets: str = typer.Option(_tuning("lora_targets"), help=" | ".join(LORA_TARGETS)),
+    rank: int = typer.Option(_tuning("rank")),
+    alpha: Optional[float] = typer.Option(None, help="LoRA alpha. Default: the rank."),
+    learning_rate: Optional[float] = typer.Option(None, help="Default: 1e-4 for LoRA, 1e-5 for the whole UNet."),
+    lr_scheduler: str = typer.Option(_tuning("lr_scheduler"), help=" | ".join(LR_SCHEDULERS)),
+    lr_warmup_steps: int = typer.Option(_tuning("lr_warmup_steps")),
+    batch_size: int = typer.Option(_tuning("batch_size")),
+    gradient_accumulation: int = typer.Option(_tuning("gradient_accumulation")),
+    epochs: int = typer.Option(_tuning("epochs")),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps; overrides --epochs."),
+    max_grad_norm: float = typer.Option(_tuning("max_grad_norm"), help="Gradient clipping norm."),
+    mixed_precision: str = typer.Option(_tuning("mixed_precision"), help=" | ".join(MIXED_PRECISION)),
+    gradient_checkpointing: bool = typer.Option(_tuning("gradient_checkpointing")),
+    snr_gamma: Optional[float] = typer.Option(None, help="Min-SNR loss weighting gamma (5 is usual)."),
+    noise_offset: float = typer.Option(_tuning("noise_offset")),
+    ema: bool = typer.Option(_tuning("ema"), help="EMA weights (whole-UNet fine-tune)."),
+    seed: int = typer.Option(_tuning("seed")),
+    cache: bool = typer.Option(_tuning("cache"), help="Cache VAE latents and text embeddings on disk."),
+    cache_dir: Optional[str] = typer.Option(None, help="Default: ~/.cache/t2i/train-cache."),
+    num_workers: int = typer.Option(_tuning("num_workers"), help="DataLoader worker processes."),
+    checkpoint_every: int = typer.Option(_tuning("checkpoint_every")),
+    checkpoints_keep: int = typer.Option(_tuning("checkpoints_keep")),
+    resume: Optional[str] = typer.Option(None, help="'latest' or a checkpoint folder."),
+    validate_every: int = typer.Option(_tuning("validate_every")),
+    validation_prompt: Optional[List[str]] = typer.Option(None, help="Sampled into validation/ grids; repeatable."),
+    export: Optional[List[str]] = typer.Option(None, help="'kohya': also write an A1111/ComfyUI LoRA file."),
+    offline: bool = typer.Option(False, help="Never touch the network."),
+    allow_pickle: bool = typer.Option(False, help="Allow a pickled base checkpoint (it can run code)."),
+):
+    """Fine-tune on captioned images: a LoRA (default) or the whole UNet. Works under accelerate launch."""
+    _prepare_environment(offline)
+    exports = set(export or [])
+    if exports - {"kohya"}:
+        raise UsageError(f"--export {', '.join(sorted(exports - {'kohya'}))}: the only extra format is kohya")
+    settings = {name: value for name, value in ctx.params.items() if _given(ctx, name)}
+    settings.pop("validation_prompt", None), settings.pop("export", None)
+    config = FinetuneConfig(**settings, validation_prompts=tuple(validation_prompt or ()),
+                            export_kohya="kohya" in exports)
+
+    from t2i.finetune_lora import finetune as run
+
+    out = run(config)
+    log.info("done: %s", out)
+
+
+@app.command()
 def samplers():
     """List the samplers with their A1111 and ComfyUI names."""
     rows = [("name", "A1111", "ComfyUI", "summary")]
@@ -150,7 +213,11 @@ def info(image: str = typer.Argument(..., help="A PNG written by t2i (or A1111).
 
 
 def main() -> None:
-    logging.basicConfig(format="t2i: %(message)s", level=logging.INFO)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("t2i: %(message)s"))
+    log.addHandler(handler)  # t2i's own messages only; libraries keep their own verbosity
+    log.setLevel(logging.INFO)
+    log.propagate = False
     try:
         app()
     except T2IError as exc:

@@ -1,13 +1,18 @@
-"""LoRA files: `--lora PATH[:SCALE]` references, and applying them to a pipeline.
+"""LoRA files: reading them into a pipeline (`--lora PATH[:SCALE]`) and writing trained ones.
 
-diffusers (`pytorch_lora_weights.safetensors`) and kohya/A1111/ComfyUI (`lora_unet_*`) files both
-load through diffusers' `load_lora_weights`, which keeps each kohya module's alpha.
+Two formats: diffusers (`pytorch_lora_weights.safetensors`, `unet.*.lora.down/up` keys, alpha in
+the header's `lora_adapter_metadata`) and kohya (`lora_unet_*` keys with `lora_down`/`lora_up`
+and an `alpha` tensor per module), which A1111, ComfyUI and kohya's scripts load. Both load
+through diffusers' `load_lora_weights`, which keeps each kohya module's alpha.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from t2i.errors import T2IError, UsageError, first_line
 
@@ -67,3 +72,81 @@ def apply_loras(pipe, refs: tuple[LoraRef, ...]) -> list[dict]:
     if applied:
         pipe.set_adapters([a["adapter"] for a in applied], adapter_weights=[a["scale"] for a in applied])
     return [{k: v for k, v in a.items() if k != "adapter"} for a in applied]
+
+
+# ---- writing: the training side -------------------------------------------------------------
+
+
+def _atomic_file(final: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp)` then rename into place, so a crash never leaves a half-written file."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final
+
+
+def save_diffusers_lora(unet, folder: Path, lora_config: dict) -> Path:
+    """`pytorch_lora_weights.safetensors` in diffusers keys, with the LoraConfig in its header so
+    that diffusers keeps alpha (without it, alpha is taken to be the rank)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    # diffusers 0.42 renames only Linear LoRA keys; conv ones (proj_in/out in SD 1) keep peft's names, and a
+    # file of mixed names loads wrongly (the loader reads the format off the first key): use one naming
+    layers = {k.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up."): v for k, v in layers.items()}
+
+    def write(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=tmp.parent) as scratch:
+            StableDiffusionPipeline.save_lora_weights(scratch, unet_lora_layers=layers,
+                                                      unet_lora_adapter_metadata=lora_config)
+            os.replace(Path(scratch) / DIFFUSERS_LORA_FILE, tmp)
+
+    return _atomic_file(folder / DIFFUSERS_LORA_FILE, write)
+
+
+def load_diffusers_lora_into(unet, file: Path) -> None:
+    """Put the weights of a t2i LoRA file back into the unet's peft adapter (checkpoint resume)."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = {k.removeprefix("unet."): v for k, v in load_file(file).items()}
+    result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise T2IError(f"{file}: {len(unexpected)} LoRA tensors do not fit this model (e.g. {unexpected[0]})")
+
+
+def kohya_state_dict(unet, alpha: float) -> dict:
+    """peft LoRA tensors under kohya's names (`lora_unet_<module path with _>`), with true alpha."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    out = {}
+    for key, tensor in get_peft_model_state_dict(unet).items():
+        module, _, kind = key.rpartition(".lora_")  # "...attn2.to_q", "A.weight"
+        name = "lora_unet_" + module.replace(".", "_")
+        out[f"{name}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = tensor.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def save_kohya_lora(unet, file: Path, rank: int, alpha: float, base_model: str) -> Path:
+    """A LoRA file A1111, ComfyUI and kohya's tools load, with the metadata A1111's UI reads."""
+    from safetensors.torch import save_file
+
+    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
+                "ss_base_model_version": "sd_v1", "ss_output_name": file.stem, "ss_sd_model_name": base_model,
+                "ss_training_comment": "trained with t2i", "modelspec.architecture": "stable-diffusion-v1/lora",
+                "modelspec.implementation": "https://github.com/huggingface/diffusers",
+                "modelspec.title": file.stem, "modelspec.sai_model_spec": "1.0.0"}
+    state = kohya_state_dict(unet, alpha)
+    return _atomic_file(file, lambda tmp: save_file(state, str(tmp), metadata=metadata))
