@@ -212,12 +212,19 @@ def info(image: str = typer.Argument(..., help="A PNG written by t2i (or A1111).
         print(json.dumps(settings, indent=2, ensure_ascii=False))
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (it is replaced under test runners)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
 def main() -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("t2i: %(message)s"))
-    log.addHandler(handler)  # t2i's own messages only; libraries keep their own verbosity
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    if not log.handlers:  # t2i's own messages only; libraries keep their own verbosity
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("t2i: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
         app()
     except T2IError as exc:

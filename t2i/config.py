@@ -169,7 +169,7 @@ class FinetuneConfig:
 
     @property
     def lora_alpha(self) -> float:
-        return self.alpha if self.alpha is not None else float(self.rank)
+        return float(self.alpha if self.alpha is not None else self.rank)
 
     @property
     def lr(self) -> float:

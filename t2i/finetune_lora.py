@@ -187,14 +187,24 @@ class Trainer:
         return float(norm), clipped
 
     # ---- saving ---------------------------------------------------------------------------
-    def _unet(self):
+    @property
+    def trained_unet(self):
         return self.accelerator.unwrap_model(self.unet)
+
+    def _check_ranks_agree(self) -> None:
+        """Every rank must end with the same weights; a silent divergence would ship rank 0's alone."""
+        digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in self.params)).hexdigest()
+        log.info("rank %d of %d: trained weights sha256 %s", self.rank, self.world, digest[:16])
+        every_rank = self.accelerator.gather(torch.tensor([int(digest[:15], 16)], device=self.device))
+        if (every_rank != every_rank[0]).any():
+            raise T2IError(f"the {self.world} processes ended with different weights: the launch did not keep "
+                           "them in sync (see the launch forms in the README)")
 
     def _write_weights(self, folder: Path) -> None:
         if self.config.lora:
-            save_diffusers_lora(self._unet(), folder, self.lora_config.to_dict())
+            save_diffusers_lora(self.trained_unet, folder, self.lora_config.to_dict())
         else:
-            self._unet().save_pretrained(folder / "unet")
+            self.trained_unet.save_pretrained(folder / "unet")
             if self.ema is not None:
                 torch.save(self.ema.state_dict(), folder / "ema.pt")
 
@@ -223,11 +233,11 @@ class Trainer:
             raise UsageError(f"--resume {path}: the checkpoint was made with other {', '.join(changed)}; "
                              "resume with the same settings or start a new --output")
         if self.config.lora:
-            load_diffusers_lora_into(self._unet(), path / DIFFUSERS_LORA_FILE)
+            load_diffusers_lora_into(self.trained_unet, path / DIFFUSERS_LORA_FILE)
         else:
             from diffusers import UNet2DConditionModel
 
-            self._unet().load_state_dict(UNet2DConditionModel.from_pretrained(path / "unet").state_dict())
+            self.trained_unet.load_state_dict(UNet2DConditionModel.from_pretrained(path / "unet").state_dict())
             if self.ema is not None:
                 self.ema.load_state_dict(torch.load(path / "ema.pt", weights_only=True))
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
@@ -241,7 +251,7 @@ class Trainer:
     def _validate(self, step: int) -> None:
         if not self.config.validation_prompts or not self.accelerator.is_main_process:
             return
-        unet = self._unet()
+        unet = self.trained_unet
         unet.eval()
         pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
                                        unet=unet, scheduler=DPMSolverMultistepScheduler.from_config(
@@ -260,18 +270,18 @@ class Trainer:
         unet.train()
 
     def _finish(self, loss_log: LossLog | None) -> None:
-        self.accelerator.wait_for_everyone()
+        self._check_ranks_agree()
         if self.accelerator.is_main_process:
             if self.ema is not None:
-                self.ema.copy_to(self._unet().parameters())
+                self.ema.copy_to(self.trained_unet.parameters())
             if self.config.lora:
-                save_diffusers_lora(self._unet(), self.out, self.lora_config.to_dict())
+                save_diffusers_lora(self.trained_unet, self.out, self.lora_config.to_dict())
                 if self.config.export_kohya:
-                    save_kohya_lora(self._unet(), self.out / f"{self.out.name}.safetensors", self.config.rank,
+                    save_kohya_lora(self.trained_unet, self.out / f"{self.out.name}.safetensors", self.config.rank,
                                     self.config.lora_alpha, self.config.model)
             else:
                 pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                               unet=self._unet(), scheduler=DDPMScheduler.from_config(
+                                               unet=self.trained_unet, scheduler=DDPMScheduler.from_config(
                                                    self.scheduler_config), safety_checker=None,
                                                feature_extractor=None, requires_safety_checker=False)
                 pipe.to(torch.float32).save_pretrained(self.out)

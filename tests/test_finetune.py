@@ -1,0 +1,220 @@
+"""Fine-tuning on the tiny model: LoRA files every tool loads, exact resume, real clipping, scale-out."""
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image, ImageDraw
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from conftest import pixels, plain_pipeline
+from t2i.config import FinetuneConfig
+from t2i.errors import T2IError, UsageError
+from t2i.finetune_lora import Trainer, finetune
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 180, 30), "yellow": (230, 220, 30)}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """A kohya folder: 12 circles and squares with two captions each, plus one broken file."""
+    root = tmp_path_factory.mktemp("shapes")
+    for i in range(12):
+        name, rgb = list(COLOURS.items())[i % 4]
+        shape = "circle" if i % 2 else "square"
+        image = Image.new("RGB", (40, 36), "white")
+        draw = ImageDraw.Draw(image)
+        (draw.ellipse if shape == "circle" else draw.rectangle)((8 + i % 3, 6, 30, 28), fill=rgb)
+        image.save(root / f"{i:02d}.png")
+        (root / f"{i:02d}.txt").write_text(f"a {name} {shape}\na {shape} in {name}")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n")
+    (root / "broken.txt").write_text("never read")
+    return root
+
+
+def config(shapes, tmp_path, **overrides):
+    values = {"data": str(shapes), "output": str(tmp_path / "run"), "model": "tiny", "resolution": 32,
+              "batch_size": 2, "max_steps": 4, "learning_rate": 1e-3, "checkpoint_every": 0,
+              "cache_dir": str(tmp_path / "cache"), "seed": 0}
+    return FinetuneConfig(**{**values, **overrides})
+
+
+def unet_output(unet, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(2, 4, 16, 16, generator=generator)
+    context = torch.randn(2, 77, 32, generator=generator)
+    with torch.no_grad():
+        return unet(sample, torch.tensor([10, 700]), context).sample
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("targets, modules", [("cross", 16), ("full", 48)])
+def test_lora_files_load_in_plain_diffusers_and_match_the_trained_unet(shapes, tmp_path, targets, modules):
+    run = config(shapes, tmp_path, lora_targets=targets, rank=4, alpha=2, export_kohya=True)
+    trainer = Trainer(run, progress=False)
+    out = trainer.run()
+    trained = unet_output(trainer.trained_unet)
+    base = unet_output(plain_pipeline().unet)
+    assert not torch.allclose(trained, base, atol=1e-5), "the LoRA must have learned something"
+    for file in (out / "pytorch_lora_weights.safetensors", out / "run.safetensors"):
+        pipe = plain_pipeline()
+        pipe.load_lora_weights(str(file))
+        assert sum(name.endswith("lora_A") for name, _ in pipe.unet.named_modules()) == modules
+        assert torch.allclose(unet_output(pipe.unet), trained, atol=1e-5), file.name
+
+
+def test_kohya_file_has_true_alpha_and_a1111_metadata(shapes, tmp_path):
+    out = finetune(config(shapes, tmp_path, lora_targets="full", rank=4, alpha=2, export_kohya=True), progress=False)
+    tensors = load_file(out / "run.safetensors")
+    alphas = [v for k, v in tensors.items() if k.endswith(".alpha")]
+    assert len(alphas) == 48 and all(float(a) == 2.0 for a in alphas)
+    assert all(k.startswith("lora_unet_") for k in tensors)
+    assert tensors["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"].shape == (4, 32, 1, 1)
+    with safe_open(out / "run.safetensors", "pt") as f:
+        metadata = f.metadata()
+    assert metadata["ss_network_dim"] == "4" and metadata["ss_network_alpha"] == "2.0"
+    assert metadata["ss_base_model_version"] == "sd_v1"
+    assert metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    with safe_open(out / "pytorch_lora_weights.safetensors", "pt") as f:
+        assert '"unet.lora_alpha": 2.0' in f.metadata()["lora_adapter_metadata"]
+
+
+def test_generate_uses_both_lora_formats(shapes, tmp_path, run_cli):
+    out = finetune(config(shapes, tmp_path, export_kohya=True, max_steps=3, learning_rate=5e-2), progress=False)
+    images = {}
+    for name, lora in (("none", None), ("diffusers", out), ("kohya", out / "run.safetensors")):
+        args = ["generate", "a red circle", "--model", "tiny", "--steps", "4", "--seed", "1", "--sampler", "ddim",
+                "--out", tmp_path / name] + (["--lora", lora] if lora else [])
+        code, stdout, stderr = run_cli(*args)
+        assert code == 0, stderr
+        images[name] = pixels(stdout.split()[0])
+    assert not np.array_equal(images["none"], images["diffusers"])
+    assert np.abs(images["diffusers"] - images["kohya"]).max() <= 1  # same weights, two file formats
+
+
+def test_outputs_logs_and_config_are_written(shapes, tmp_path):
+    out = finetune(config(shapes, tmp_path, validation_prompts=("a red circle", "a blue square"), validate_every=2),
+                   progress=False)
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["rank"] == 4 and record["layout"] == "kohya"
+    assert record["images"] == 12 and record["skipped_images"] == 1
+    rows = read_csv(out / "loss.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and all(np.isfinite(float(r["loss"])) for r in rows)
+    assert (out / "loss.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-000002.png", "step-000004.png"]
+    assert Image.open(out / "validation" / "step-000004.png").size == (64, 32)  # 2 prompts side by side
+    assert list((out / "t2i-finetune").rglob("events.out.tfevents*")), "TensorBoard events"
+
+
+def test_gradient_clipping_really_clips(shapes, tmp_path):
+    out = finetune(config(shapes, tmp_path, max_grad_norm=1e-4), progress=False)
+    for row in read_csv(out / "loss.csv"):
+        assert float(row["grad_norm"]) > 1e-3  # the raw gradient is far larger...
+        assert float(row["clipped_grad_norm"]) <= 1e-4 * 1.001  # ...and what the optimizer saw is clipped
+
+
+def test_cached_and_uncached_training_agree(shapes, tmp_path):
+    cached = finetune(config(shapes, tmp_path / "a"), progress=False)
+    uncached = finetune(config(shapes, tmp_path / "b", cache=False), progress=False)
+    assert np.allclose([float(r["loss"]) for r in read_csv(cached / "loss.csv")],
+                       [float(r["loss"]) for r in read_csv(uncached / "loss.csv")], rtol=1e-4)
+    a, b = load_file(cached / "pytorch_lora_weights.safetensors"), load_file(uncached / "pytorch_lora_weights.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_an_existing_run_is_never_overwritten(shapes, tmp_path):
+    finetune(config(shapes, tmp_path, max_steps=1), progress=False)
+    with pytest.raises(UsageError, match="already holds a training run: pass --resume latest"):
+        finetune(config(shapes, tmp_path, max_steps=1), progress=False)
+
+
+def test_resume_with_other_settings_is_refused(shapes, tmp_path):
+    finetune(config(shapes, tmp_path, max_steps=4, checkpoint_every=2), progress=False)
+    with pytest.raises(UsageError, match="made with other rank"):
+        finetune(config(shapes, tmp_path, max_steps=6, rank=8, resume="latest"), progress=False)
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(shapes, tmp_path):
+    with pytest.raises(T2IError, match="the loss became .* training stopped"):
+        finetune(config(shapes, tmp_path, learning_rate=1e12, max_steps=30, checkpoint_every=1,
+                        checkpoints_keep=2, max_grad_norm=1e9), progress=False)
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints, "a checkpoint from before the failure is kept"
+    weights = load_file(checkpoints[-1] / "pytorch_lora_weights.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_isolated_ranks_are_refused(shapes, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what `accelerate launch --multi_gpu` sets on a machine without GPUs
+    with pytest.raises(T2IError, match="did not form one group"):
+        Trainer(config(shapes, tmp_path))
+
+
+def test_whole_unet_finetune_with_ema_saves_a_model_t2i_loads(shapes, tmp_path):
+    from t2i.config import ModelConfig
+    from t2i.pipelines import load_model
+
+    out = finetune(config(shapes, tmp_path, lora=False, ema=True, max_steps=2, learning_rate=1e-3), progress=False)
+    model = load_model(ModelConfig(model=str(out), device="cpu"))
+    assert not torch.allclose(unet_output(model.pipe.unet), unet_output(plain_pipeline().unet), atol=1e-6)
+    assert model.scheduler_config["beta_schedule"] == "scaled_linear"
+
+
+def _cli(shapes, tmp_path, *extra):
+    return [sys.executable, "-m", "t2i", "finetune", "--data", str(shapes), "--output", str(tmp_path / "run"),
+            "--model", "tiny", "--resolution", "32", "--batch-size", "2", "--learning-rate", "1e-3",
+            "--cache-dir", str(tmp_path / "cache"), "--seed", "5", *extra]
+
+
+@pytest.mark.slow
+def test_run_killed_mid_way_resumes_to_the_same_weights(shapes, tmp_path):
+    steps = ["--max-steps", "40", "--checkpoint-every", "5", "--gradient-accumulation", "2"]
+    reference = finetune(config(shapes, tmp_path / "ref", max_steps=40, gradient_accumulation=2, seed=5,
+                                checkpoint_every=5), progress=False)
+
+    process = subprocess.Popen(_cli(shapes, tmp_path / "killed", *steps), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    target = tmp_path / "killed" / "run" / "checkpoints" / "checkpoint-000010"
+    deadline = time.monotonic() + 240
+    while not target.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    out = tmp_path / "killed" / "run"
+    assert target.exists() and not (out / "pytorch_lora_weights.safetensors").exists(), "killed before the end"
+
+    result = subprocess.run(_cli(shapes, tmp_path / "killed", *steps, "--resume", "latest"), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed, expected = load_file(out / "pytorch_lora_weights.safetensors"), load_file(
+        reference / "pytorch_lora_weights.safetensors")
+    assert max((resumed[k] - expected[k]).abs().max().item() for k in expected) <= 1e-6
+    assert [int(r["step"]) for r in read_csv(out / "loss.csv")] == list(range(1, 41))
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_in_sync_and_only_rank_0_writes(shapes, tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "t2i",
+               *_cli(shapes, tmp_path)[3:], "--max-steps", "3"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = dict(re.findall(r"rank (\d) of 2: trained weights sha256 (\w+)", result.stderr))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    out = tmp_path / "run"
+    assert [int(r["step"]) for r in read_csv(out / "loss.csv")] == [1, 2, 3]  # one writer, no doubled rows
+    assert json.loads((out / "train_config.json").read_text())["processes"] == 2
