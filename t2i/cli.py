@@ -151,7 +151,7 @@ def finetune(
     epochs: int = typer.Option(_tuning("epochs")),
     max_steps: Optional[int] = typer.Option(None, help="Optimizer steps; overrides --epochs."),
     max_grad_norm: float = typer.Option(_tuning("max_grad_norm"), help="Gradient clipping norm."),
-    mixed_precision: str = typer.Option(_tuning("mixed_precision"), help=" | ".join(MIXED_PRECISION)),
+    mixed_precision: Optional[str] = typer.Option(None, help=" | ".join(MIXED_PRECISION) + "; default: the launcher's."),
     gradient_checkpointing: bool = typer.Option(_tuning("gradient_checkpointing")),
     snr_gamma: Optional[float] = typer.Option(None, help="Min-SNR loss weighting gamma (5 is usual)."),
     noise_offset: float = typer.Option(_tuning("noise_offset")),

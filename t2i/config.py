@@ -123,7 +123,7 @@ class FinetuneConfig:
     epochs: int = 1
     max_steps: int | None = None  # overrides epochs
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: what `accelerate launch --mixed_precision` said, else "no"
     gradient_checkpointing: bool = False
     snr_gamma: float | None = None  # Min-SNR weighting (Hang et al. 2023); 5.0 is the paper's value
     noise_offset: float = 0.0
@@ -145,7 +145,7 @@ class FinetuneConfig:
               f"--lora-targets {self.lora_targets}: choose one of {', '.join(LORA_TARGETS)}")
         check(self.lr_scheduler in LR_SCHEDULERS,
               f"--lr-scheduler {self.lr_scheduler}: choose one of {', '.join(LR_SCHEDULERS)}")
-        check(self.mixed_precision in MIXED_PRECISION,
+        check(self.mixed_precision in (None, *MIXED_PRECISION),
               f"--mixed-precision {self.mixed_precision}: choose one of {', '.join(MIXED_PRECISION)}")
         check(self.resolution >= 8 and self.resolution % 8 == 0,
               f"--resolution {self.resolution}: must be a positive multiple of 8 (512 for SD 1.x)")

@@ -63,6 +63,7 @@ class Trainer:
     def __init__(self, config: FinetuneConfig, progress: bool = True):
         self.config, self.progress = config, progress
         self.out = Path(config.output).expanduser()
+        # None lets `accelerate launch --mixed_precision X` decide; either way weight_dtype follows the result
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard",
                                        project_dir=str(self.out))
         _refuse_isolated_ranks(self.accelerator)

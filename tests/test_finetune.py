@@ -218,3 +218,73 @@ def test_two_cpu_processes_train_in_sync_and_only_rank_0_writes(shapes, tmp_path
     out = tmp_path / "run"
     assert [int(r["step"]) for r in read_csv(out / "loss.csv")] == [1, 2, 3]  # one writer, no doubled rows
     assert json.loads((out / "train_config.json").read_text())["processes"] == 2
+
+
+def test_precision_set_on_the_launcher_only_keeps_trainable_weights_in_fp32(shapes, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # `accelerate launch --mixed_precision bf16`
+    trainer = Trainer(config(shapes, tmp_path, max_steps=2), progress=False)
+    trainer.run()
+    unet = trainer.trained_unet
+    lora = {p.dtype for n, p in unet.named_parameters() if "lora" in n}
+    frozen = {p.dtype for n, p in unet.named_parameters() if "lora" not in n}
+    assert lora == {torch.float32} and frozen == {torch.bfloat16}
+    assert all(np.isfinite(float(r["loss"])) for r in read_csv(tmp_path / "run" / "loss.csv"))
+
+
+def _losses(out):
+    return np.array([float(r["loss"]) for r in read_csv(out / "loss.csv")])
+
+
+@pytest.fixture
+def v_prediction_model(tmp_path, tiny_folder):
+    import shutil
+
+    folder = tmp_path / "tiny-v"
+    shutil.copytree(tiny_folder, folder)
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({**scheduler,
+                                                                            "prediction_type": "v_prediction"}))
+    return str(folder)
+
+
+@pytest.mark.parametrize("option, same_as_baseline", [
+    ({"gradient_checkpointing": True}, True),  # recomputes activations: same numbers
+    ({"lr_scheduler": "cosine", "lr_warmup_steps": 2}, False),
+    ({"snr_gamma": 0.5}, False),  # below most timesteps' SNR, so nearly every sample is re-weighted
+    ({"noise_offset": 0.1}, False),
+    ({"model": "v"}, False),
+])
+def test_training_options_take_effect(shapes, tmp_path, option, same_as_baseline, v_prediction_model):
+    option = {**option, "model": v_prediction_model} if option.get("model") == "v" else option
+    baseline = _losses(finetune(config(shapes, tmp_path / "base", max_steps=3), progress=False))
+    varied = finetune(config(shapes, tmp_path / "varied", max_steps=3, **option), progress=False)
+    assert np.allclose(_losses(varied), baseline, rtol=1e-5) == same_as_baseline
+    if "lr_scheduler" in option:
+        assert [float(r["lr"]) for r in read_csv(varied / "loss.csv")][:2] == [5e-4, 1e-3]  # linear warm-up
+
+
+def test_only_the_newest_checkpoints_are_kept(shapes, tmp_path):
+    finetune(config(shapes, tmp_path, max_steps=6, checkpoint_every=1, checkpoints_keep=2), progress=False)
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["checkpoint-000004", "checkpoint-000005"]  # step 6 is the final output itself
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lora-targets", "everything"], "--lora-targets everything: choose one of cross, attention, full"),
+    (["--random-crop"], "add --no-cache"),
+    (["--resume", "latest"], "--resume latest: no checkpoint"),
+    (["--export", "ckpt"], "--export ckpt: the only extra format is kohya"),
+    (["--mixed-precision", "fp8"], "--mixed-precision fp8"),
+    (["--rank", "0"], "--rank 0: must be at least 1"),
+])
+def test_bad_finetune_input_is_one_line_exit_2(shapes, tmp_path, run_cli, extra, message):
+    code, _, stderr = run_cli("finetune", "--data", shapes, "--output", tmp_path / "run", "--model", "tiny",
+                              "--resolution", "32", "--max-steps", "1", "--cache-dir", tmp_path / "cache", *extra)
+    errors = [line for line in stderr.splitlines() if line.startswith("t2i: error:")]
+    assert code == 2 and len(errors) == 1 and message in errors[0], stderr
+    assert not (tmp_path / "run" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_missing_data_folder_is_a_usage_error(tmp_path, run_cli):
+    code, _, stderr = run_cli("finetune", "--data", tmp_path / "nope", "--output", tmp_path / "run", "--model", "tiny")
+    assert code == 2 and "--data" in stderr and "no such folder" in stderr
