@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, cast_training_params, compute_snr
@@ -63,6 +64,9 @@ class Trainer:
     def __init__(self, config: FinetuneConfig, progress: bool = True):
         self.config, self.progress = config, progress
         self.out = Path(config.output).expanduser()
+        # accelerate keeps its settings in a per-process singleton: forget the previous run's (the process
+        # group itself, PartialState, is kept), so a second run in one process gets its own precision
+        AcceleratorState._reset_state()
         # None lets `accelerate launch --mixed_precision X` decide; either way weight_dtype follows the result
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard",
                                        project_dir=str(self.out))
