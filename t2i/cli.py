@@ -66,7 +66,8 @@ def generate(
     prompts: Optional[List[str]] = typer.Argument(None, help="One or more prompts.", show_default=False),
     prompts_file: Optional[Path] = typer.Option(None, help="A text file with one prompt per line."),
     negative_prompt: str = typer.Option(_default("negative_prompt"), help="What the images should not show."),
-    model: str = typer.Option(DEFAULT_MODEL, help="Hub id, diffusers folder, .safetensors file, or 'tiny'."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Hub id, diffusers folder, .safetensors file, or a preset: "
+                              "'demo' (shapes, offline) or 'tiny' (noise, for tests)."),
     vae: Optional[str] = typer.Option(None, help="Use this VAE (folder or .safetensors) instead of the model's."),
     sampler: str = typer.Option(_default("sampler"), help="See `t2i samplers`; A1111/ComfyUI names work."),
     schedule: Optional[str] = typer.Option(None, help=f"ComfyUI-style schedule: {', '.join(SCHEDULES)}."),
@@ -84,8 +85,8 @@ def generate(
     mask: Optional[str] = typer.Option(None, help="Inpainting mask for --init-image: white is repainted."),
     out: str = typer.Option(_default("out_dir"), help="Output folder; existing files are never overwritten."),
     from_image: Optional[str] = typer.Option(None, help="Re-make a t2i PNG from its settings; flags given override."),
-    dtype: str = typer.Option("auto", help=f"{', '.join(DTYPE_NAMES)}; auto = fp16 on CUDA, else fp32."),
-    device: str = typer.Option("auto", help=", ".join(DEVICES)),
+    dtype: str = typer.Option(_default("dtype", ModelConfig), help=f"{', '.join(DTYPE_NAMES)}; auto = fp16 on CUDA."),
+    device: str = typer.Option(_default("device", ModelConfig), help=", ".join(DEVICES)),
     offline: bool = typer.Option(False, help="Never touch the network (same as HF_HUB_OFFLINE=1)."),
     allow_pickle: bool = typer.Option(False, help="Allow pickled .ckpt/.bin/.pt checkpoints (they can run code)."),
 ):
@@ -133,7 +134,7 @@ def finetune(
     data: str = typer.Option(..., help="Flickr30k (any of its 4 layouts), an imagefolder or a kohya folder."),
     output: str = typer.Option(..., help="Folder for the LoRA (or model), checkpoints, logs and plots."),
     lora: bool = typer.Option(_tuning("lora"), help="Train a LoRA (default) or, with --no-lora, the whole UNet."),
-    model: str = typer.Option(DEFAULT_MODEL, help="Base model: hub id, diffusers folder, .safetensors, 'tiny'."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Base model: hub id, diffusers folder, .safetensors, a preset."),
     data_format: Optional[str] = typer.Option(None, help="Skip detection: flickr-token, kaggle, karpathy, ..."),
     val_fraction: float = typer.Option(_tuning("val_fraction"), help="Held out when the data has no split."),
     resolution: int = typer.Option(_tuning("resolution")),
@@ -183,6 +184,41 @@ def finetune(
 
     out = run(config)
     log.info("done: %s", out)
+
+
+shapes_app = typer.Typer(no_args_is_help=True, help="The shapes world: a dataset and a demo model you can measure.")
+app.add_typer(shapes_app, name="shapes")
+
+
+@shapes_app.command("make-dataset")
+def make_shapes_dataset(
+    out: Path = typer.Argument(..., help="Folder to write (an imagefolder with metadata.jsonl)."),
+    count: int = typer.Option(2000, help="Number of images."),
+    seed: int = typer.Option(0),
+    colour: Optional[List[str]] = typer.Option(None, help="Only these colours (repeatable); default: all but purple."),
+    size: int = typer.Option(32, help="Image side in pixels."),
+):
+    """Write captioned images of coloured shapes in a layout `t2i finetune` reads."""
+    from t2i.shapes import ALL_COLOURS, COLOURS, make_dataset
+
+    unknown = set(colour or ()) - set(ALL_COLOURS)
+    if unknown:
+        raise UsageError(f"--colour {', '.join(sorted(unknown))}: choose from {', '.join(ALL_COLOURS)}")
+    if count < 1 or size < 16:
+        raise UsageError("--count must be at least 1 and --size at least 16")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} is not empty: choose a new folder")
+    print(make_dataset(out, count, seed, tuple(colour or COLOURS), image_size=size))
+
+
+@shapes_app.command("train-demo")
+def train_demo_model(out: Path = typer.Argument(..., help="Working folder; the model lands in OUT/model.")):
+    """Train the `demo` model from scratch with the recorded recipe (about 30 minutes on 2 CPU cores)."""
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} is not empty: choose a new folder")
+    from t2i.demo import train_demo
+
+    print(train_demo(out))
 
 
 @app.command()

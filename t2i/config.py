@@ -13,7 +13,7 @@ from t2i.lora_files import LoraRef
 from t2i.schedulers import resolve_sampler
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-PRESETS = ("tiny",)
+PRESETS = ("tiny", "demo")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPE_NAMES = ("auto", "fp32", "fp16", "bf16")  # auto: fp16 on CUDA, fp32 elsewhere
 

@@ -33,7 +33,7 @@ from t2i.lora_files import DIFFUSERS_LORA_FILE, load_diffusers_lora_into, save_d
 from t2i.pipelines import load_model
 from t2i.train_data import (Augment, EpochSampler, TensorCache, TrainingSet, build_cache, cached_samples,
                             check_images, weights_fingerprint)
-from t2i.train_log import LossLog, grid, plot_loss
+from t2i.train_log import LossLog, plot_loss, validation_grid
 
 log = logging.getLogger("t2i")
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -86,6 +86,7 @@ class Trainer:
                                        allow_pickle=config.allow_pickle))
         pipe = model.pipe
         self.scheduler_config = model.scheduler_config
+        self.sampling_scheduler = pipe.scheduler  # saved with a whole-UNet model, as it came
         self.noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
         self.tokenizer, self.text_encoder, self.vae, self.unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
         for frozen in (self.text_encoder, self.vae):
@@ -125,7 +126,8 @@ class Trainer:
             bar.close()
             self.accelerator.wait_for_everyone()
             good = cached_samples(train, augment, cache, vae_id)
-            self.skipped = {s.key: reasons.get(s.key, "unreadable") for s in train if s not in good}
+            kept = {s.key for s in good}
+            self.skipped = {s.key: reasons.get(s.key, "unreadable") for s in train if s.key not in kept}
         else:
             good, self.skipped = check_images(train)
         if not good:
@@ -252,7 +254,6 @@ class Trainer:
         log.info("resumed from %s at step %d", path, state["step"])
         return state["step"]
 
-    @torch.no_grad()
     def _validate(self, step: int) -> None:
         if not self.config.validation_prompts or not self.accelerator.is_main_process:
             return
@@ -262,16 +263,11 @@ class Trainer:
                                        unet=unet, scheduler=DPMSolverMultistepScheduler.from_config(
                                            self.scheduler_config), safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
-        pipe.set_progress_bar_config(disable=True)
-        images = []
         with self.accelerator.autocast():
-            for prompt in self.config.validation_prompts:
-                generator = torch.Generator("cpu").manual_seed(self.config.seed)
-                images += pipe(prompt, num_inference_steps=self.config.validation_steps, generator=generator,
-                               height=self.config.resolution, width=self.config.resolution).images
-        folder = self.out / "validation"
-        folder.mkdir(parents=True, exist_ok=True)
-        grid(images).save(folder / f"step-{step:06d}.png")
+            sheet = validation_grid(pipe, self.config.validation_prompts, self.config.validation_steps,
+                                    self.config.seed, self.config.resolution)
+        (self.out / "validation").mkdir(parents=True, exist_ok=True)
+        sheet.save(self.out / "validation" / f"step-{step:06d}.png")
         unet.train()
 
     def _finish(self, loss_log: LossLog | None) -> None:
@@ -286,8 +282,8 @@ class Trainer:
                                     self.config.lora_alpha, self.config.model)
             else:
                 pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                               unet=self.trained_unet, scheduler=DDPMScheduler.from_config(
-                                                   self.scheduler_config), safety_checker=None,
+                                               unet=self.trained_unet, scheduler=self.sampling_scheduler,
+                                               safety_checker=None,
                                                feature_extractor=None, requires_safety_checker=False)
                 pipe.to(torch.float32).save_pretrained(self.out)
             if loss_log and loss_log.rows():

@@ -51,7 +51,8 @@ def _clip_skip_embeddings(pipe, texts: list[str], clip_skip: int) -> torch.Tenso
     tokens = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids.to(pipe.device)
     hidden = pipe.text_encoder(tokens, output_hidden_states=True).hidden_states[-clip_skip]
-    return pipe.text_encoder.final_layer_norm(hidden)
+    text_model = getattr(pipe.text_encoder, "text_model", pipe.text_encoder)  # wrapped before transformers 5.6
+    return text_model.final_layer_norm(hidden)
 
 
 def _text_inputs(pipe, prompts: list[str], negative: str, clip_skip: int | None) -> dict:

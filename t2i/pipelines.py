@@ -26,7 +26,7 @@ from huggingface_hub import snapshot_download
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from t2i.config import PRESETS, ModelConfig
-from t2i.configs import SD1_CONFIG_DIR
+from t2i.configs import DEMO_MODEL_DIR, SD1_CONFIG_DIR
 from t2i.errors import T2IError, UsageError, first_line
 from t2i.metadata import file_sha256
 
@@ -155,8 +155,10 @@ def _load_folder(folder: Path, config: ModelConfig, vae: AutoencoderKL | None) -
 def _scheduler_class(folder: Path):
     import diffusers
 
-    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    return getattr(diffusers, config["_class_name"])
+    name = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    if not (name.endswith("Scheduler") and hasattr(diffusers, name)):
+        raise T2IError(f"{folder}/scheduler: unknown scheduler class {name!r}")
+    return getattr(diffusers, name)
 
 
 def _download(repo_id: str, config: ModelConfig) -> Path:
@@ -196,6 +198,8 @@ def _load_vae(source: str, config: ModelConfig) -> AutoencoderKL:
 def _locate(config: ModelConfig) -> tuple[str, Path | None]:
     """Classify --model as ('preset'|'file'|'folder'|'hub', path)."""
     source = config.model
+    if source == "demo":
+        return "folder", DEMO_MODEL_DIR
     if source in PRESETS:
         return "preset", None
     path = Path(source).expanduser()
@@ -236,7 +240,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
         else:
             folder = path if kind == "folder" else _download(config.model, config)
             pipe = _load_folder(folder, config, vae)
-            name = path.name if kind == "folder" else config.model
+            name = config.model if kind == "hub" or config.model in PRESETS else path.name
     except T2IError:
         raise
     except Exception as exc:  # corrupt or mismatched files surface as many library error types

@@ -203,7 +203,8 @@ def _latent_keys(sample: Sample, augment: Augment, vae_id: str) -> list[tuple[st
 
 @torch.no_grad()
 def build_cache(samples: list[Sample], augment: Augment, cache: TensorCache, vae, text_encoder, tokenizer,
-                vae_id: str, text_id: str, rank: int = 0, world: int = 1, progress=None) -> dict[str, str]:
+                vae_id: str, text_id: str, rank: int = 0, world: int = 1, progress=None,
+                batch_size: int = 32) -> dict[str, str]:
     """Encode this rank's share of the missing latents and caption embeddings, once.
 
     Entries already cached under the same key (same file, crop, flip, resolution and frozen
@@ -212,20 +213,27 @@ def build_cache(samples: list[Sample], augment: Augment, cache: TensorCache, vae
     """
     unreadable = {}
     device, dtype = vae.device, vae.dtype
+    pending: list[tuple[str, torch.Tensor]] = []  # (key, pixels), encoded in batches
+
+    def encode_pending() -> None:
+        dist = vae.encode(torch.stack([p for _, p in pending]).to(device, dtype)).latent_dist
+        for (key, _), mean, std in zip(pending, dist.mean, dist.std):
+            cache.put(key, {"mean": mean, "std": std})
+        pending.clear()
+
     for position, sample in enumerate(samples):
         if position % world == rank:
             try:
-                missing = [(key, box, flip) for key, box, flip in _latent_keys(sample, augment, vae_id)
-                           if key not in cache]
-                if missing:
-                    batch = torch.stack([pixels(sample, augment, box, flip) for _, box, flip in missing])
-                    dist = vae.encode(batch.to(device, dtype)).latent_dist
-                    for (key, _, _), mean, std in zip(missing, dist.mean, dist.std):
-                        cache.put(key, {"mean": mean, "std": std})
+                pending += [(key, pixels(sample, augment, box, flip))
+                            for key, box, flip in _latent_keys(sample, augment, vae_id) if key not in cache]
             except UNREADABLE as exc:
                 unreadable[sample.key] = f"{type(exc).__name__}: {exc}"
+            if len(pending) >= batch_size:
+                encode_pending()
         if progress:
             progress()
+    if pending:
+        encode_pending()
     captions = sorted({""} | {c for s in samples for c in s.captions})
     todo = [c for i, c in enumerate(captions) if i % world == rank and text_key(c, text_id) not in cache]
     for start in range(0, len(todo), 64):

@@ -67,3 +67,16 @@ def grid(images: list[Image.Image]) -> Image.Image:
     for i, image in enumerate(images):
         sheet.paste(image, ((i % columns) * width, (i // columns) * height))
     return sheet
+
+
+def validation_grid(pipe, prompts, steps: int, seed: int, resolution: int) -> Image.Image:
+    """One image per prompt, each from the same seed, so grids of successive steps compare."""
+    import torch
+
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    with torch.no_grad():
+        for prompt in prompts:
+            images += pipe(prompt, num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(seed),
+                           height=resolution, width=resolution).images
+    return grid(images)
