@@ -245,7 +245,8 @@ def load_model(config: ModelConfig) -> LoadedModel:
         raise
     except Exception as exc:  # corrupt or mismatched files surface as many library error types
         raise T2IError(f"could not load model {config.model!r}: {first_line(exc)}") from exc
-    pipe.to(device=device, dtype=None if pipe.unet.dtype == dtype else dtype)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):  # each, as saved weights may be fp16
+        module.to(device=device, dtype=None if module.dtype == dtype else dtype)
     pipe.set_progress_bar_config(leave=False)
     return LoadedModel(pipe=pipe, scheduler_config=dict(pipe.scheduler.config), name=name, hash=model_hash,
                        config=config)
