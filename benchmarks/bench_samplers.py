@@ -28,8 +28,8 @@ def main() -> None:
     model = load_model(ModelConfig(model="demo", device="cpu"))
     seeds = tuple(range(args.seeds))
 
-    print(f"prompt following of the demo model: colour and shape right, {32 * len(seeds)} images per cell; "
-          "seconds per image in brackets")
+    print(f"prompt following of the demo model: colour and shape right, {32 * len(seeds)} images per cell, "
+          "guidance 7.5; seconds per image in brackets")
     print(f"{'sampler':<22}" + "".join(f"{f'{n} steps':>18}" for n in args.steps))
     for name in args.samplers:
         cells = []
