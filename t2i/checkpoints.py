@@ -57,3 +57,11 @@ def find_checkpoint(folder: Path, resume: str) -> Path:
 
 def read_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / STATE_FILE).read_text())
+
+
+def check_same_settings(checkpoint: Path, state: dict, current: dict) -> None:
+    """A resumed run must draw the same batches with the same model: refuse changed settings."""
+    changed = [k for k, value in current.items() if state["settings"].get(k) != value]
+    if changed:
+        raise UsageError(f"--resume {checkpoint}: the checkpoint was made with other {', '.join(changed)}; "
+                         "resume with the same settings or start a new --output")

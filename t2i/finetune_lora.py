@@ -25,7 +25,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, cast_training_params, compute_snr
 from tqdm.auto import tqdm
 
-from t2i.checkpoints import find_checkpoint, read_state, save_checkpoint
+from t2i.checkpoints import check_same_settings, find_checkpoint, read_state, save_checkpoint
 from t2i.config import LORA_TARGETS, FinetuneConfig, ModelConfig
 from t2i.data_sources import read_collection, select_split
 from t2i.errors import T2IError, UsageError
@@ -234,11 +234,7 @@ class Trainer:
     def _resume(self) -> int:
         path = find_checkpoint(self.out / "checkpoints", self.config.resume)
         state = read_state(path)
-        current = {k: getattr(self.config, k) for k in RESUME_KEYS}
-        changed = [k for k in RESUME_KEYS if state["settings"].get(k) != current[k]]
-        if changed:
-            raise UsageError(f"--resume {path}: the checkpoint was made with other {', '.join(changed)}; "
-                             "resume with the same settings or start a new --output")
+        check_same_settings(path, state, {k: getattr(self.config, k) for k in RESUME_KEYS})
         if self.config.lora:
             load_diffusers_lora_into(self.trained_unet, path / DIFFUSERS_LORA_FILE)
         else:
