@@ -34,6 +34,16 @@ def _output_size(model: LoadedModel, config: GenerationConfig, init) -> tuple[in
     return config.width or native[0], config.height or native[1]
 
 
+def _check_steps(scheduler, config: GenerationConfig) -> None:
+    """SD's 'leading' spacing with steps_offset 1 puts DDPM's 1000th step at t=1000, one past the
+    schedule: diffusers then fails mid-run with an IndexError. Say so before any work."""
+    scheduler.set_timesteps(config.steps)
+    last = int(scheduler.timesteps.max())
+    limit = scheduler.config.num_train_timesteps
+    check(last < limit, f"--steps {config.steps}: the {config.sampler} sampler on this model's schedule reaches "
+                        f"timestep {last} of {limit}; use --steps {config.steps - 1} or fewer")
+
+
 def _check_clip_skip(model: LoadedModel, clip_skip: int | None) -> None:
     layers = model.pipe.text_encoder.config.num_hidden_layers
     check(clip_skip is None or clip_skip <= layers,
@@ -97,6 +107,7 @@ def generate(model: LoadedModel, config: GenerationConfig,
     seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
     pipe = model.pipeline_for(config.mode)
     pipe.scheduler = build_scheduler(config.sampler, model.scheduler_config)
+    _check_steps(pipe.scheduler, config)
     loras = apply_loras(pipe, config.loras)
 
     jobs = [(prompt, seed + i) for i, prompt in enumerate(p for p in config.prompts for _ in range(config.num_images))]

@@ -149,6 +149,7 @@ BAD_INPUTS = [  # (arguments, exit code, what the message must say)
     (["--prompts-file", "{f}/missing.txt"], 2, "--prompts-file"),
     (["--from-image", "{f}/plain.png"], 2, "no t2i settings in this image"),
     (["--vae", "{f}/missing-vae"], 2, "--vae"),
+    (["--sampler", "ddpm", "--steps", "1000"], 2, "--steps 1000: the ddpm sampler on this model's schedule"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["--device", "cuda"], 2, "--device cuda: no such device is available"))
