@@ -144,6 +144,7 @@ class TrainingSet(torch.utils.data.Dataset):
                  cache: TensorCache | None = None, vae_id: str = "", text_id: str = ""):
         self.samples, self.augment, self.seed, self.tokenizer = samples, augment, seed, tokenizer
         self.cache, self.vae_id, self.text_id = cache, vae_id, text_id
+        self._sizes: dict[str, tuple[int, int]] = {}  # image headers are read once, not on every draw
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -154,7 +155,7 @@ class TrainingSet(torch.utils.data.Dataset):
         rng = draw_rng(self.seed, epoch, index)
         caption = "" if rng.random() < self.augment.caption_dropout else rng.choice(sample.captions)
         flip = self.augment.flip and rng.random() < 0.5
-        size = _image_size(sample)
+        size = self._sizes.get(sample.key) or self._sizes.setdefault(sample.key, _image_size(sample))
         return sample, caption, crop_box(size, self.augment.resolution, self.augment.random_crop, rng), flip
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
