@@ -195,20 +195,19 @@ def make_shapes_dataset(
     out: Path = typer.Argument(..., help="Folder to write (an imagefolder with metadata.jsonl)."),
     count: int = typer.Option(2000, help="Number of images."),
     seed: int = typer.Option(0),
-    colour: Optional[List[str]] = typer.Option(None, help="Only these colours (repeatable); default: all but purple."),
+    colour: Optional[List[str]] = typer.Option(
+        None, help="NAME[:WEIGHT] or 'known' (the 8 training colours), repeatable; default: known."),
     size: int = typer.Option(32, help="Image side in pixels."),
 ):
     """Write captioned images of coloured shapes in a layout `t2i finetune` reads."""
-    from t2i.shapes import ALL_COLOURS, COLOURS, make_dataset
+    from t2i.shapes import colour_mix, make_dataset
 
-    unknown = set(colour or ()) - set(ALL_COLOURS)
-    if unknown:
-        raise UsageError(f"--colour {', '.join(sorted(unknown))}: choose from {', '.join(ALL_COLOURS)}")
+    colours = colour_mix(colour or ["known"])
     if count < 1 or size < 16:
         raise UsageError("--count must be at least 1 and --size at least 16")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} is not empty: choose a new folder")
-    print(make_dataset(out, count, seed, tuple(colour or COLOURS), image_size=size))
+    print(make_dataset(out, count, seed, colours, image_size=size))
 
 
 @shapes_app.command("train-demo")

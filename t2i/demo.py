@@ -49,11 +49,11 @@ class DemoRecipe:
 
 
 def text_components(recipe: DemoRecipe):
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """SD 1.x's own CLIP tokenizer, so prompts split into the tokens real models see ("brown" is one
+    token, "cyan" two); the encoder is small and never trained: a fixed random map of token ids."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from t2i.tiny import byte_level_tokenizer
-
-    tokenizer = byte_level_tokenizer()
+    tokenizer = CLIPTokenizer.from_pretrained(SD1_CONFIG_DIR, subfolder="tokenizer")
     torch.manual_seed(recipe.seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=recipe.text_hidden, intermediate_size=4 * recipe.text_hidden,
@@ -73,7 +73,13 @@ def new_vae(recipe: DemoRecipe):
 
 
 def shape_batch(rng: random.Random, count: int, size: int) -> torch.Tensor:
-    images = [np.asarray(make_image(random_shape(rng, image_size=size), size), dtype=np.float32) for _ in range(count)]
+    """Shapes in the training colours half the time, in any RGB colour otherwise: the VAE is a codec
+    for all colours (as SD's is), so a colour the UNet never learnt can still be taught later."""
+    def rgb():
+        return tuple(rng.randrange(256) for _ in range(3)) if rng.random() < 0.5 else None
+
+    images = [np.asarray(make_image(random_shape(rng, image_size=size), size, rgb()), dtype=np.float32)
+              for _ in range(count)]
     return torch.from_numpy(np.stack(images) / 127.5 - 1).permute(0, 3, 1, 2).contiguous()
 
 

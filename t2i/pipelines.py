@@ -131,7 +131,9 @@ def _load_single_file(path: Path, config: ModelConfig, vae: AutoencoderKL | None
                                                         requires_safety_checker=False, **common, **extra)
 
 
-def _load_folder(folder: Path, config: ModelConfig, vae: AutoencoderKL | None) -> StableDiffusionPipeline:
+def _load_folder(folder: Path, config: ModelConfig, vae: AutoencoderKL | None,
+                 dtype: torch.dtype) -> StableDiffusionPipeline:
+    """Each component is read straight into `dtype` (casting fp16 files afterwards makes diffusers warn)."""
     if not (folder / "model_index.json").is_file():
         raise UsageError(f"{folder} is not a diffusers model folder (no model_index.json); pass a folder "
                          "saved with save_pretrained, a .safetensors checkpoint, or a hub id")
@@ -139,10 +141,12 @@ def _load_folder(folder: Path, config: ModelConfig, vae: AutoencoderKL | None) -
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", local_files_only=True,
-                                                     use_safetensors=safetensors_only)
+                                                     use_safetensors=safetensors_only, dtype=dtype)
         if vae is None:
-            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=safetensors_only)
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=safetensors_only)
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=safetensors_only,
+                                                torch_dtype=dtype)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=safetensors_only,
+                                                    torch_dtype=dtype)
         scheduler = _scheduler_class(folder).from_pretrained(folder, subfolder="scheduler")
     except (OSError, EnvironmentError) as exc:
         hint = "" if config.allow_pickle else " (only .safetensors weights are read without --allow-pickle)"
@@ -239,7 +243,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
             model_hash, name = file_sha256(path)[:10], path.stem
         else:
             folder = path if kind == "folder" else _download(config.model, config)
-            pipe = _load_folder(folder, config, vae)
+            pipe = _load_folder(folder, config, vae, dtype)
             name = config.model if kind == "hub" or config.model in PRESETS else path.name
     except T2IError:
         raise

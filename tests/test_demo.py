@@ -8,10 +8,11 @@ import pytest
 from PIL import Image
 
 from t2i.config import ModelConfig
-from t2i.configs import DEMO_MODEL_DIR
+from t2i.configs import DEMO_MODEL_DIR, SD1_CONFIG_DIR
 from t2i.demo import grid_accuracy
+from t2i.lora_files import LoraRef, apply_loras
 from t2i.pipelines import load_model
-from t2i.shapes import COLOURS, analyse
+from t2i.shapes import COLOURS, HELD_OUT, analyse
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,16 @@ def test_demo_ships_small_with_its_recipe_and_timings():
     assert record["total_minutes"] == pytest.approx(sum(record["seconds"].values()) / 60, abs=0.01)
 
 
+def test_demo_reads_prompts_with_sd_own_tokenizer(demo):
+    """So prompt words are the tokens a real SD model sees, and the held-out word is one of them."""
+    from transformers import CLIPTokenizer
+
+    sd = CLIPTokenizer.from_pretrained(SD1_CONFIG_DIR, subfolder="tokenizer")
+    prompt = f"a small {next(iter(HELD_OUT))} cross on a white background"
+    assert demo.pipe.tokenizer(prompt).input_ids == sd(prompt).input_ids
+    assert len(sd.tokenize(next(iter(HELD_OUT)))) == 1
+
+
 def test_generate_with_demo_works_offline_and_draws_the_prompt(tmp_path, run_cli, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("network blocked by the test")
@@ -40,14 +51,45 @@ def test_generate_with_demo_works_offline_and_draws_the_prompt(tmp_path, run_cli
     assert seen.count(("red", "circle")) >= 3, seen
 
 
-def test_demo_follows_prompts_over_the_whole_grid(demo):
-    """Measured 86% (both right) at guidance 3 on these 64 images; the issue's goal is 90%."""
-    score = grid_accuracy(demo, seeds=(0, 1), sampler="dpmpp-2m", steps=20, guidance=3.0)
-    assert score.accuracy >= 0.80, score.misses
-    assert score.shape_accuracy >= 0.90
+@pytest.fixture(scope="module")
+def default_guidance_score(demo):
+    return grid_accuracy(demo, seeds=range(4), sampler="dpmpp-2m", steps=20, guidance=7.5)
 
 
-def test_classifier_free_guidance_helps(demo):
-    without = grid_accuracy(demo, seeds=(0, 1), sampler="dpmpp-2m", steps=20, guidance=1.0)
-    with_guidance = grid_accuracy(demo, seeds=(0, 1), sampler="dpmpp-2m", steps=20, guidance=3.0)
-    assert with_guidance.accuracy > without.accuracy + 0.15
+def test_demo_follows_prompts_over_the_whole_grid(default_guidance_score):
+    """All 8 colours x 4 shapes x seeds 0-3 at the default guidance: measured 95.3% both right."""
+    score = default_guidance_score
+    assert score.accuracy >= 0.90, score.misses
+    assert score.colour_accuracy >= 0.95 and score.shape_accuracy >= 0.90
+
+
+def test_classifier_free_guidance_helps(demo, default_guidance_score):
+    """Measured on these 128 images: guidance 1 -> 87.5% (colour 93.8%), 7.5 -> 95.3% (colour 100%)."""
+    without = grid_accuracy(demo, seeds=range(4), sampler="dpmpp-2m", steps=20, guidance=1.0)
+    assert default_guidance_score.accuracy > without.accuracy + 0.04
+    assert default_guidance_score.colour_accuracy > without.colour_accuracy + 0.03
+
+
+@pytest.mark.slow
+def test_a_lora_teaches_the_demo_a_colour_word_it_never_saw(tmp_path, run_cli):
+    """`t2i finetune --lora` from the shipped demo on half new-colour, half known-colour shapes.
+
+    Measured: the new colour 0% -> 100%, the known ones 93.8% (as before), 89 s of training."""
+    new = next(iter(HELD_OUT))
+    data = tmp_path / "data"
+    code, _, stderr = run_cli("shapes", "make-dataset", data, "--count", "1024", "--seed", "7", "--colour",
+                              f"{new}:8", "--colour", "known")
+    assert code == 0, stderr
+    code, _, stderr = run_cli("finetune", "--lora", "--model", "demo", "--data", data, "--output", tmp_path / "lora",
+                              "--resolution", "32", "--lora-targets", "cross", "--rank", "8", "--batch-size", "32",
+                              "--max-steps", "300", "--learning-rate", "2e-3", "--cache-dir", tmp_path / "cache")
+    assert code == 0, stderr
+
+    model = load_model(ModelConfig(model="demo", device="cpu"))
+    before = grid_accuracy(model, colours=(new,), seeds=range(4), sampler="dpmpp-2m", steps=20)
+    apply_loras(model.pipe, (LoraRef(str(tmp_path / "lora")),))
+    after = grid_accuracy(model, colours=(new,), seeds=range(4), sampler="dpmpp-2m", steps=20)
+    known = grid_accuracy(model, seeds=(0, 1), sampler="dpmpp-2m", steps=20)
+    assert before.accuracy <= 0.1, before
+    assert after.accuracy >= 0.8, after.misses
+    assert known.accuracy >= 0.85, known.misses

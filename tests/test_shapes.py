@@ -45,16 +45,27 @@ def test_held_out_colour_is_not_a_training_colour():
 
 
 def test_make_dataset_command_writes_a_layout_finetune_reads(tmp_path, run_cli):
-    code, stdout, stderr = run_cli("shapes", "make-dataset", tmp_path / "d", "--count", "40", "--colour", "purple")
+    code, stdout, stderr = run_cli("shapes", "make-dataset", tmp_path / "d", "--count", "40", "--colour", "brown")
     assert code == 0, stderr
     layout, samples = read_collection(tmp_path / "d")
     assert layout == "imagefolder-jsonl" and len(samples) == 40
-    assert all("purple" in c for s in samples for c in s.captions)
+    assert all("brown" in c for s in samples for c in s.captions)
     rows = [json.loads(line) for line in (tmp_path / "d" / "metadata.jsonl").read_text().splitlines()]
     from PIL import Image
 
     assert all(analyse(Image.open(tmp_path / "d" / r["file_name"])) == (r["colour"], r["shape"]) for r in rows)
     code, _, stderr = run_cli("shapes", "make-dataset", tmp_path / "d", "--count", "4")
     assert code == 2 and "is not empty" in stderr
-    code, _, stderr = run_cli("shapes", "make-dataset", tmp_path / "e", "--colour", "mauve")
-    assert code == 2 and "--colour mauve" in stderr
+    for bad in ("mauve", "brown:x", "brown:0"):
+        code, _, stderr = run_cli("shapes", "make-dataset", tmp_path / "e", "--colour", bad)
+        assert code == 2 and f"--colour {bad}:" in stderr and not (tmp_path / "e").exists()
+
+
+def test_colour_weights_set_each_colours_share(tmp_path, run_cli):
+    code, _, stderr = run_cli("shapes", "make-dataset", tmp_path / "d", "--count", "900", "--colour", "brown:8",
+                              "--colour", "known")
+    assert code == 0, stderr
+    rows = [json.loads(line) for line in (tmp_path / "d" / "metadata.jsonl").read_text().splitlines()]
+    shares = {c: sum(r["colour"] == c for r in rows) / len(rows) for c in ALL_COLOURS}
+    assert 0.45 <= shares["brown"] <= 0.55  # 8 of 16 draws
+    assert all(0.03 <= shares[c] <= 0.10 for c in COLOURS)  # 1 of 16 each
