@@ -284,6 +284,16 @@ class Trainer:
                 pipe.to(torch.float32).save_pretrained(self.out)
             if loss_log and loss_log.rows():
                 plot_loss(loss_log, self.out / "loss.png")
+        self._release_process_group()
+
+    def _release_process_group(self) -> None:
+        """Tear down in step on every rank. Dropping the DDP wrapper after its process group is gone
+        can deadlock with gloo (the group's destructor joins a worker thread that waits for the GIL),
+        so the wrapper goes first, while the group and every rank are still there."""
+        self.accelerator.wait_for_everyone()
+        self.unet = self.trained_unet
+        self.accelerator.free_memory()
+        self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
 
     # ---- the loop -------------------------------------------------------------------------
