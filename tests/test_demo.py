@@ -14,6 +14,8 @@ from t2i.lora_files import LoraRef, apply_loras
 from t2i.pipelines import load_model
 from t2i.shapes import COLOURS, HELD_OUT, analyse
 
+NEW_COLOUR = next(iter(HELD_OUT))  # a word the demo never saw in training
+
 
 @pytest.fixture(scope="module")
 def demo():
@@ -33,9 +35,9 @@ def test_demo_reads_prompts_with_sd_own_tokenizer(demo):
     from transformers import CLIPTokenizer
 
     sd = CLIPTokenizer.from_pretrained(SD1_CONFIG_DIR, subfolder="tokenizer")
-    prompt = f"a small {next(iter(HELD_OUT))} cross on a white background"
+    prompt = f"a small {NEW_COLOUR} cross on a white background"
     assert demo.pipe.tokenizer(prompt).input_ids == sd(prompt).input_ids
-    assert len(sd.tokenize(next(iter(HELD_OUT)))) == 1
+    assert len(sd.tokenize(NEW_COLOUR)) == 1
 
 
 def test_generate_with_demo_works_offline_and_draws_the_prompt(tmp_path, run_cli, monkeypatch):
@@ -75,10 +77,9 @@ def test_a_lora_teaches_the_demo_a_colour_word_it_never_saw(tmp_path, run_cli):
     """`t2i finetune --lora` from the shipped demo on half new-colour, half known-colour shapes.
 
     Measured: the new colour 0% -> 100%, the known ones 93.8% (as before), 89 s of training."""
-    new = next(iter(HELD_OUT))
     data = tmp_path / "data"
     code, _, stderr = run_cli("shapes", "make-dataset", data, "--count", "1024", "--seed", "7", "--colour",
-                              f"{new}:8", "--colour", "known")
+                              f"{NEW_COLOUR}:8", "--colour", "known")
     assert code == 0, stderr
     code, _, stderr = run_cli("finetune", "--lora", "--model", "demo", "--data", data, "--output", tmp_path / "lora",
                               "--resolution", "32", "--lora-targets", "cross", "--rank", "8", "--batch-size", "32",
@@ -86,9 +87,9 @@ def test_a_lora_teaches_the_demo_a_colour_word_it_never_saw(tmp_path, run_cli):
     assert code == 0, stderr
 
     model = load_model(ModelConfig(model="demo", device="cpu"))
-    before = grid_accuracy(model, colours=(new,), seeds=range(4), sampler="dpmpp-2m", steps=20)
+    before = grid_accuracy(model, colours=(NEW_COLOUR,), seeds=range(4), sampler="dpmpp-2m", steps=20)
     apply_loras(model.pipe, (LoraRef(str(tmp_path / "lora")),))
-    after = grid_accuracy(model, colours=(new,), seeds=range(4), sampler="dpmpp-2m", steps=20)
+    after = grid_accuracy(model, colours=(NEW_COLOUR,), seeds=range(4), sampler="dpmpp-2m", steps=20)
     known = grid_accuracy(model, seeds=(0, 1), sampler="dpmpp-2m", steps=20)
     assert before.accuracy <= 0.1, before
     assert after.accuracy >= 0.8, after.misses
