@@ -4,7 +4,8 @@
 
 For each sampler and step count: the share of 'a <colour> <shape>' images (all 8 colours x 4
 shapes x seeds) whose colour and shape the analyser reads back, and seconds per image. DDPM also
-runs at 999 steps, its native count less the one SD's schedule offset leaves no room for. A second table compares guidance scales (dpmpp-2m, 20 steps).
+runs at 999 steps, its native count less the one SD's schedule offset leaves no room for.
+A second table compares guidance scales (dpmpp-2m, 20 steps).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The `demo` model: SD 1.x architecture trained from scratch on the shapes world, on a CPU.
 
-Recipe: a byte-level CLIP tokenizer and a small CLIPTextModel left at its seeded random init
+Recipe: SD 1.x's CLIP tokenizer and a small CLIPTextModel left at its seeded random init
 (enough to tell prompts apart), a small AutoencoderKL trained for reconstruction, then a
 UNet2DConditionModel trained by t2i's own trainer (`finetune`, whole UNet, EMA) with the SD 1.x
 noise schedule t2i samples with. `train_demo` writes the model, its recipe and its timings.
@@ -24,7 +24,6 @@ from t2i.configs import SD1_CONFIG_DIR
 from t2i.shapes import COLOURS, SHAPES, make_dataset, make_image, random_shape
 
 log = logging.getLogger("t2i")
-DEMO_DIR = Path(__file__).parent / "models" / "demo"
 
 
 @dataclass(frozen=True)
