@@ -28,8 +28,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from t2i.config import FinetuneConfig
-
+from t2i.train.config import FinetuneConfig
 
 SIZES = {"tiny": (None, 64), "sd-shaped": (8, 256), "full": (1, 512)}  # width divisor, resolution
 
@@ -45,10 +44,15 @@ def make_data(folder: Path, count: int, size: int) -> None:
 
 def make_model(folder: Path, width_divisor: int) -> None:
     """SD 1.5's architecture from t2i's shipped configs, widths divided, random weights."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from t2i.configs import SD1_CONFIG_DIR
+    from t2i.models import SD1_CONFIG_DIR
 
     d = width_divisor
     unet = dict(UNet2DConditionModel.load_config(SD1_CONFIG_DIR, subfolder="unet"))
@@ -69,7 +73,7 @@ def make_model(folder: Path, width_divisor: int) -> None:
 
 
 def run_t2i(args) -> dict:
-    from t2i.finetune_lora import Trainer
+    from t2i.train.trainer import Trainer
 
     config = FinetuneConfig(data=args.data, output=args.output, model=args.model, resolution=args.resolution,
                             batch_size=args.batch_size, max_steps=args.steps, checkpoint_every=0,
@@ -92,10 +96,10 @@ def run_reference(args) -> dict:
     from diffusers import DDPMScheduler
     from peft import LoraConfig
 
-    from t2i.config import ModelConfig
-    from t2i.data_sources import read_collection
-    from t2i.pipelines import load_model
-    from t2i.train_data import Augment, crop_box, pixels
+    from t2i.data.sources import read_collection
+    from t2i.data.training_set import CENTRE, Augment, pixels
+    from t2i.models.config import ModelConfig
+    from t2i.models.loading import load_model
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
@@ -119,8 +123,7 @@ def run_reference(args) -> dict:
     for _ in range(args.steps):
         started = time.perf_counter()
         batch = [rng.choice(samples) for _ in range(args.batch_size)]
-        images = torch.stack([pixels(s, augment, crop_box(Image.open(s.path).size, args.resolution, False, rng), False)
-                              for s in batch])
+        images = torch.stack([pixels(s, augment, CENTRE, False) for s in batch])
         captions = [rng.choice(s.captions) for s in batch]
         ids = pipe.tokenizer(captions, padding="max_length", max_length=77, truncation=True,
                              return_tensors="pt").input_ids

@@ -22,10 +22,12 @@ from pathlib import Path
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-from t2i.config import GenerationConfig, ModelConfig
-from t2i.generate import generate
-from t2i.pipelines import load_model
-from t2i.tiny import tiny_components
+from t2i.formats.png import save_png
+from t2i.models.config import ModelConfig
+from t2i.models.loading import load_model
+from t2i.models.presets import tiny_components
+from t2i.sampling.config import GenerationConfig
+from t2i.sampling.generate import generate
 
 
 def plain_diffusers(pipe, prompt, seed, steps, out_dir: Path) -> None:
@@ -36,8 +38,9 @@ def plain_diffusers(pipe, prompt, seed, steps, out_dir: Path) -> None:
 
 
 def t2i_generate(model, prompt, seed, steps, out_dir: Path) -> None:
-    generate(model, GenerationConfig(prompts=(prompt,), seed=seed, steps=steps, sampler="dpmpp-2m-karras",
-                                     out_dir=str(out_dir)))
+    config = GenerationConfig(prompts=(prompt,), seed=seed, steps=steps, sampler="dpmpp-2m-karras")
+    for result in generate(model, config, progress=False):
+        save_png(result.image, result.settings, out_dir)
 
 
 def timed(fn, *args) -> float:
@@ -66,7 +69,6 @@ def main() -> None:
                                     requires_safety_checker=False)
     plain.set_progress_bar_config(disable=True)
     model = load_model(ModelConfig(model="tiny", device="cpu"))
-    model.pipe.set_progress_bar_config(disable=True)
     plain_times, ours_times = [], []
     with tempfile.TemporaryDirectory() as out:
         timed(plain_diffusers, plain, "warm-up", 0, 2, Path(out))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2i.tiny import tiny_components
+from t2i.models.presets import tiny_components
 
 
 def plain_pipeline(unet_in_channels: int = 4, cls=None):
@@ -20,8 +20,12 @@ def plain_pipeline(unet_in_channels: int = 4, cls=None):
                feature_extractor=None, requires_safety_checker=False)
 
 
-def pixels(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+def pixels(source) -> np.ndarray:
+    """An image's pixels, from a file, a PIL image or a generation result."""
+    image = getattr(source, "image", source)
+    if not isinstance(image, Image.Image):
+        image = Image.open(image)
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 @pytest.fixture(scope="session")

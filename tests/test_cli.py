@@ -9,11 +9,12 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import pixels
-from t2i.errors import UsageError
-from t2i.metadata import read_metadata
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from t2i.errors import InvalidInput
+from t2i.formats.png import read_png_text as read_metadata
 
 TINY = ("--model", "tiny", "--steps", "4", "--device", "cpu")
 
@@ -81,11 +82,11 @@ def test_non_latin1_prompt_is_stored_as_itxt(run_cli, tmp_path):
 
 def test_lora_tags_and_hashes_are_recorded(run_cli, tmp_path):
     """A LoRA applied by --lora shows in the infotext as A1111 writes it."""
-    from peft import LoraConfig, get_peft_model_state_dict
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
 
-    from t2i.tiny import tiny_components
+    from t2i.models.presets import tiny_components
 
     unet = tiny_components()["unet"]
     unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
@@ -113,13 +114,24 @@ def bad_files(tmp_path, tiny_folder):
     Image.new("RGB", (32, 32)).save(files / "init.png")
     Image.new("L", (16, 16)).save(files / "small-mask.png")
     (files / "empty-folder").mkdir()
+    for name, chunk in (("lacks-keys.png", '{"prompt": "x"}'), ("string-steps.png", json.dumps({**RECORD, "steps": "9"})),
+                        ("bad-json.png", "{not json")):
+        info = PngInfo()
+        info.add_text("t2i", chunk)
+        Image.new("RGB", (32, 32)).save(files / name, pnginfo=info)
     return files
 
 
+RECORD = {"version": "0.1.0", "mode": "txt2img", "prompt": "x", "negative_prompt": "", "steps": 4,
+          "guidance_scale": 7.5, "seed": 1, "width": 32, "height": 32, "sampler": "ddim", "clip_skip": None,
+          "strength": None, "init_image": None, "mask": None, "loras": [], "model": "tiny", "model_name": "tiny",
+          "model_hash": None, "vae": None, "dtype": "fp32", "device": "cpu"}
+
+
 BAD_INPUTS = [  # (arguments, exit code, what the message must say)
-    (["--sampler", "bogus"], 2, "unknown sampler 'bogus'"),
+    (["--sampler", "bogus"], 2, "--sampler bogus: unknown sampler; choose one of ddpm"),
     (["--sampler", "ddim", "--schedule", "karras"], 2, "has no Karras schedule"),
-    (["--schedule", "weird"], 2, "unknown schedule 'weird'"),
+    (["--schedule", "weird"], 2, "--schedule weird: unknown schedule"),
     (["--steps", "0"], 2, "--steps 0: must be at least 1"),
     (["--width", "100"], 2, "--width 100: must be a positive multiple of 8"),
     (["--height", "-8"], 2, "--height -8"),
@@ -128,15 +140,15 @@ BAD_INPUTS = [  # (arguments, exit code, what the message must say)
     (["--batch-size", "0"], 2, "--batch-size 0"),
     (["--seed", "-1"], 2, "--seed -1"),
     (["--clip-skip", "5"], 2, "--clip-skip 5: this text encoder has only 2 layers"),
-    (["--strength", "0.5"], 2, "--strength needs --init-image"),
+    (["--strength", "0.5"], 2, "--strength: needs --init-image"),
     (["--init-image", "{f}/init.png", "--strength", "1.5"], 2, "--strength 1.5: must be in (0, 1]"),
     (["--init-image", "{f}/init.png", "--strength", "0"], 2, "--strength 0.0"),
-    (["--mask", "{f}/init.png"], 2, "--mask needs --init-image"),
+    (["--mask", "{f}/init.png"], 2, "--mask: needs --init-image"),
     (["--init-image", "{f}/missing.png"], 2, "--init-image {f}/missing.png: no such file"),
     (["--init-image", "{f}/image.png"], 2, "not a readable image"),
     (["--init-image", "{f}/init.png", "--mask", "{f}/small-mask.png"], 2, "is 16x16 but the init image is 32x32"),
     (["--model", "{f}/missing.safetensors"], 2, "no such file or folder"),
-    (["--model", "{f}/corrupt.safetensors"], 1, "could not load model"),
+    (["--model", "{f}/corrupt.safetensors"], 1, "could not load this model"),
     (["--model", "{f}/model.ckpt"], 2, "pickled checkpoint"),
     (["--model", "{f}/notes.txt"], 2, "expected a .safetensors checkpoint"),
     (["--model", "{f}/empty-folder"], 2, "not a diffusers model folder"),
@@ -144,12 +156,22 @@ BAD_INPUTS = [  # (arguments, exit code, what the message must say)
     (["--lora", "{f}/lora.safetensors"], 1, "not a LoRA file t2i can load"),
     (["--lora", "{f}/missing.safetensors"], 2, "no such LoRA file"),
     (["--lora", "{f}/lora.bin"], 2, "only .safetensors LoRA files"),
-    (["--dtype", "fp8"], 2, "--dtype fp8: choose one of"),
-    (["--device", "tpu"], 2, "--device tpu: choose one of"),
+    (["--dtype", "fp8"], 2, "--dtype fp8: unknown precision; choose one of auto"),
+    (["--device", "tpu"], 2, "--device tpu: unknown device; choose one of auto"),
     (["--prompts-file", "{f}/missing.txt"], 2, "--prompts-file"),
     (["--from-image", "{f}/plain.png"], 2, "no t2i settings in this image"),
     (["--vae", "{f}/missing-vae"], 2, "--vae"),
     (["--sampler", "ddpm", "--steps", "1000"], 2, "--steps 1000: the ddpm sampler on this model's schedule"),
+    (["--model", "{f}/model.ckpt"], 2, "set --allow-pickle if you trust its source"),
+    (["--guidance-scale", "inf"], 2, "--guidance-scale inf: must be a finite number"),
+    (["--guidance-scale", "nan"], 2, "--guidance-scale nan: must be a finite number"),
+    (["--lora", "{f}/lora.safetensors:nan"], 2, "--lora {f}/lora.safetensors:nan: the scale must be a finite number"),
+    (["--seed", "9223372036854775807", "--num-images", "2"], 2, "the last image would get seed 9223372036854775808"),
+    (["--out", "{f}/notes.txt"], 2, "notes.txt is a file, not a folder"),
+    (["--out", "{f}/notes.txt/sub"], 2, "notes.txt is a file, not a folder"),
+    (["--from-image", "{f}/lacks-keys.png"], 2, "--from-image {f}/lacks-keys.png: its t2i settings lack 'negative_prompt'"),
+    (["--from-image", "{f}/string-steps.png"], 2, "its t2i setting 'steps' holds '9', not a int"),
+    (["--from-image", "{f}/bad-json.png"], 2, "--from-image {f}/bad-json.png: its 't2i' settings chunk is not valid JSON"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append((["--device", "cuda"], 2, "--device cuda: no such device is available"))
@@ -169,6 +191,24 @@ def test_bad_input_gets_one_clear_line_and_no_output(run_cli, bad_files, tmp_pat
     assert outputs(out) == []
 
 
+def test_info_on_a_malformed_settings_chunk_is_one_line(run_cli, bad_files):
+    code, stdout, stderr = run_cli("info", bad_files / "bad-json.png")
+    assert code == 2 and stdout == "" and "IMAGE" in stderr and "not valid JSON" in stderr and "Traceback" not in stderr
+
+
+def test_a_16_bit_init_image_gives_the_picture_of_its_8_bit_twin(run_cli, tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (32, 1))
+    Image.fromarray(ramp).save(tmp_path / "16.png")
+    Image.fromarray((ramp // 257).astype(np.uint8)).save(tmp_path / "8.png")
+    made = {}
+    for bits in ("16", "8"):
+        code, stdout, stderr = run_cli("generate", "x", *TINY, "--seed", "1", "--init-image", tmp_path / f"{bits}.png",
+                                       "--out", tmp_path / bits)
+        assert code == 0, stderr
+        made[bits] = pixels(stdout.split()[0])
+    assert np.abs(made["16"] - made["8"]).max() <= 1
+
+
 def test_no_prompt_is_a_usage_error(run_cli, tmp_path):
     code, _, stderr = run_cli("generate", "--model", "tiny", "--out", tmp_path)
     assert code == 2 and "give at least one prompt" in stderr
@@ -184,7 +224,7 @@ def test_t2i_debug_shows_the_traceback(monkeypatch, tmp_path):
 
     monkeypatch.setattr(sys, "argv", ["t2i", "generate", "x", "--steps", "0", "--out", str(tmp_path)])
     monkeypatch.setenv("T2I_DEBUG", "1")
-    with pytest.raises(UsageError, match="--steps 0"):
+    with pytest.raises(InvalidInput, match="steps 0: must be at least 1"):
         main()
 
 

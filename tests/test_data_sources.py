@@ -6,8 +6,8 @@ import zipfile
 import pytest
 from PIL import Image
 
-from t2i.data_sources import FORMATS, clean_caption, read_collection, select_split
-from t2i.errors import UsageError
+from t2i.data.sources import FORMATS, clean_caption, read_collection, select_split
+from t2i.errors import InvalidInput
 
 IMAGES = {"1000092795.jpg": ["Two young guys with shaggy hair look at their hands .", "Two friends enjoy time spent together ."],
           "2199200615.jpg": ["A dog runs across the grass .", "A brown dog is running ."]}
@@ -104,7 +104,7 @@ def test_each_layout_is_detected_and_read(tmp_path, make, layout, expected):
     found, samples = read_collection(tmp_path)
     assert found == layout
     assert {s.key: s.captions for s in samples} == expected
-    from t2i.train_data import read_rgb
+    from t2i.data.training_set import read_rgb
 
     for sample in samples:  # each image is found and decodes (JPEG: red within compression error)
         red, green, blue = read_rgb(sample).getpixel((4, 4))
@@ -139,13 +139,13 @@ def test_data_format_overrides_detection(tmp_path):
     make_jsonl(tmp_path)
     assert read_collection(tmp_path)[0] == "flickr-token"
     assert read_collection(tmp_path, "imagefolder-jsonl")[0] == "imagefolder-jsonl"
-    with pytest.raises(UsageError, match="--data-format nope: choose one of"):
+    with pytest.raises(InvalidInput, match="data_format nope: unknown layout; choose one of"):
         read_collection(tmp_path, "nope")
 
 
 def test_unrecognised_folder_says_which_layouts_are_accepted(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "lonely.png")
-    with pytest.raises(UsageError) as error:
+    with pytest.raises(InvalidInput) as error:
         read_collection(tmp_path)
     assert all(name in str(error.value) for name in FORMATS)
 

@@ -7,16 +7,18 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import pixels, plain_pipeline
 from ldm_checkpoint import save_ldm_checkpoint
-from t2i.config import GenerationConfig, ModelConfig
-from t2i.configs import SD1_CONFIG_DIR
-from t2i.errors import T2IError, UsageError
-from t2i.generate import generate
-from t2i.metadata import file_sha256, read_metadata
-from t2i.pipelines import load_model
-from t2i.tiny import tiny_components
+
+from t2i.errors import InvalidInput, T2IError
+from t2i.formats.hashes import file_sha256
+from t2i.formats.infotext import infotext
+from t2i.models import SD1_CONFIG_DIR
+from t2i.models.config import ModelConfig
+from t2i.models.loading import load_model
+from t2i.models.presets import tiny_components
+from t2i.sampling.config import GenerationConfig
+from t2i.sampling.generate import generate
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def no_network(monkeypatch):
 
 def render(model, out_dir, **overrides):
     config = GenerationConfig(**{"prompts": ("a red circle",), "steps": 5, "seed": 9, "sampler": "ddim",
-                                 "out_dir": str(out_dir), **overrides})
+                                 **overrides})
     path, = generate(model, config)
     return path
 
@@ -61,7 +63,7 @@ def test_local_folder_and_single_file_load_offline_and_give_the_preset_pixels(
     for model in (from_folder, from_file):
         assert same_weights(model.pipe.unet, from_folder.pipe.unet)
         assert np.array_equal(pixels(render(model, tmp_path)), reference_pixels)
-    assert read_metadata(render(from_file, tmp_path))[1]["model_hash"] == from_file.hash
+    assert render(from_file, tmp_path).settings["model_hash"] == from_file.hash
     assert no_network == []
 
 
@@ -80,7 +82,7 @@ def test_pickled_checkpoint_is_refused_unless_opted_in(tmp_path, tiny_folder, re
 
     pickled = tmp_path / "tiny.ckpt"
     torch.save({"state_dict": load_file(safe), "global_step": 1}, pickled)
-    with pytest.raises(UsageError, match="pickled checkpoint.*--allow-pickle"):
+    with pytest.raises(InvalidInput, match="pickled checkpoint.*allow_pickle"):
         load_model(ModelConfig(model=str(pickled), single_file_config=str(tiny_folder)))
     model = load_model(ModelConfig(model=str(pickled), single_file_config=str(tiny_folder), allow_pickle=True,
                                    device="cpu"))
@@ -93,7 +95,7 @@ def test_vae_swap_replaces_only_the_vae(tmp_path, tiny_folder):
     model = load_model(ModelConfig(model=str(tiny_folder), vae=str(tmp_path / "vae"), device="cpu"))
     assert same_weights(model.pipe.vae, other_vae)
     assert same_weights(model.pipe.unet, tiny_components()["unet"])
-    assert "VAE: vae," in read_metadata(render(model, tmp_path))[0]
+    assert "VAE: vae," in infotext(render(model, tmp_path).settings)
 
 
 def test_shipped_sd1_configs_describe_sd15():
@@ -120,12 +122,12 @@ def test_shipped_sd1_configs_describe_sd15():
 
 def test_hub_id_without_network_fails_fast_with_advice(no_network):
     started = time.monotonic()
-    with pytest.raises(T2IError, match="cannot reach .* pass a local diffusers folder"):
+    with pytest.raises(T2IError, match="cannot reach .* give a local diffusers folder"):
         load_model(ModelConfig(model="someone/not-a-cached-model"))
     assert time.monotonic() - started < 10
 
 
 def test_hub_id_offline_is_not_attempted(no_network):
-    with pytest.raises(T2IError, match="not in the local Hugging Face cache and t2i is offline"):
+    with pytest.raises(T2IError, match="not in the local Hugging Face cache, and t2i is offline"):
         load_model(ModelConfig(model="someone/not-a-cached-model", offline=True))
     assert no_network == []

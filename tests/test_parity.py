@@ -3,16 +3,22 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       PNDMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline)
+from conftest import pixels, plain_pipeline
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+)
 from PIL import Image
 
-from conftest import pixels, plain_pipeline
-from t2i.config import GenerationConfig, ModelConfig
-from t2i.generate import generate
-from t2i.metadata import read_metadata
-from t2i.pipelines import load_model
-from t2i.schedulers import SAMPLERS
+from t2i.models.config import ModelConfig
+from t2i.models.loading import load_model
+from t2i.sampling.config import GenerationConfig
+from t2i.sampling.generate import generate
+from t2i.sampling.samplers import SAMPLERS
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,7 @@ def ours(paths) -> np.ndarray:
 ])
 def test_txt2img_gives_plain_diffusers_pixels(tiny, tmp_path, sampler, scheduler_class, overrides):
     config = GenerationConfig(prompts=("a red circle", "a blue square"), negative_prompt="blurry", steps=6,
-                              seed=42, batch_size=2, sampler=sampler, out_dir=str(tmp_path))
+                              seed=42, batch_size=2, sampler=sampler)
     paths = generate(tiny, config)
 
     plain = plain_pipeline()
@@ -54,7 +60,7 @@ def test_txt2img_gives_plain_diffusers_pixels(tiny, tmp_path, sampler, scheduler
 
 def test_img2img_gives_plain_diffusers_pixels(tiny, tmp_path, init_image):
     config = GenerationConfig(prompts=("a red circle",), steps=8, strength=0.6, seed=7, sampler="ddim",
-                              init_image=str(init_image), out_dir=str(tmp_path))
+                              init_image=str(init_image))
     paths = generate(tiny, config)
 
     plain = plain_pipeline(cls=StableDiffusionImg2ImgPipeline)
@@ -62,7 +68,7 @@ def test_img2img_gives_plain_diffusers_pixels(tiny, tmp_path, init_image):
     expected = plain("a red circle", image=Image.open(init_image).convert("RGB"), strength=0.6,
                      num_inference_steps=8, generator=generators(7))
     assert np.array_equal(ours(paths), plain_pixels(expected))
-    assert read_metadata(paths[0])[1]["strength"] == 0.6
+    assert paths[0].settings["strength"] == 0.6
 
 
 @pytest.mark.parametrize("in_channels", [4, 9])
@@ -72,7 +78,7 @@ def test_inpainting_gives_plain_diffusers_pixels(tmp_path, init_image, mask_imag
     model = load_model(ModelConfig(model=str(folder), device="cpu"))
     assert model.is_inpainting_model == (in_channels == 9)
     config = GenerationConfig(prompts=("a red circle",), steps=6, seed=3, sampler="euler",
-                              init_image=str(init_image), mask=str(mask_image), out_dir=str(tmp_path))
+                              init_image=str(init_image), mask=str(mask_image))
     paths = generate(model, config)
 
     from diffusers import EulerDiscreteScheduler
@@ -87,29 +93,27 @@ def test_inpainting_gives_plain_diffusers_pixels(tmp_path, init_image, mask_imag
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_every_sampler_runs_end_to_end(tiny, tmp_path, sampler):
-    config = GenerationConfig(prompts=("a green triangle",), steps=4, seed=11, sampler=sampler,
-                              out_dir=str(tmp_path))
+    config = GenerationConfig(prompts=("a green triangle",), steps=4, seed=11, sampler=sampler)
     first, = generate(tiny, config)
     again, = generate(tiny, config)
     image = pixels(first)
     assert image.shape == (32, 32, 3) and image.std() > 1
     assert np.array_equal(image, pixels(again)), "same seed must give the same image"
-    assert read_metadata(first)[1]["sampler"] == sampler
+    assert first.settings["sampler"] == sampler
 
 
 def test_each_image_of_a_batch_is_remade_alone_from_its_seed(tiny, tmp_path):
     batch = generate(tiny, GenerationConfig(prompts=("a cat",), num_images=3, batch_size=3, seed=100, steps=5,
-                                            sampler="euler-a", out_dir=str(tmp_path / "batch")))
-    alone = generate(tiny, GenerationConfig(prompts=("a cat",), seed=102, steps=5, sampler="euler-a",
-                                            out_dir=str(tmp_path / "alone")))
-    assert [read_metadata(p)[1]["seed"] for p in batch] == [100, 101, 102]
+                                            sampler="euler-a"))
+    alone = generate(tiny, GenerationConfig(prompts=("a cat",), seed=102, steps=5, sampler="euler-a"))
+    assert [result.settings["seed"] for result in batch] == [100, 101, 102]
     assert np.array_equal(pixels(batch[2]), pixels(alone[0]))
     assert not np.array_equal(pixels(batch[0]), pixels(batch[1]))
 
 
 def test_clip_skip_2_conditions_on_the_penultimate_layer_for_both_prompts(tiny, tmp_path):
     config = GenerationConfig(prompts=("a red circle",), negative_prompt="blur", steps=5, seed=4, sampler="ddim",
-                              clip_skip=2, out_dir=str(tmp_path))
+                              clip_skip=2)
     path, = generate(tiny, config)
 
     plain = plain_pipeline()
@@ -126,12 +130,12 @@ def test_clip_skip_2_conditions_on_the_penultimate_layer_for_both_prompts(tiny, 
                      num_inference_steps=5, generator=generators(4), width=32, height=32)
     assert np.array_equal(ours([path]), plain_pixels(expected))
     last_layer, = generate(tiny, GenerationConfig(prompts=("a red circle",), negative_prompt="blur", steps=5,
-                                                  seed=4, sampler="ddim", out_dir=str(tmp_path)))
+                                                  seed=4, sampler="ddim"))
     assert not np.array_equal(pixels(last_layer), pixels(path))
 
 
 def test_nan_fp16_decode_is_retried_in_fp32(caplog):
-    from t2i.generate import decode
+    from t2i.sampling.generate import decode
 
     pipe = plain_pipeline()
     with torch.no_grad():

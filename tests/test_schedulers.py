@@ -4,9 +4,10 @@ import sys
 import pytest
 import torch
 
-from t2i.config import GenerationConfig, ModelConfig
-from t2i.errors import UsageError
-from t2i.schedulers import SAMPLERS, build_scheduler, resolve_sampler
+from t2i.errors import InvalidInput
+from t2i.models.config import ModelConfig
+from t2i.sampling.config import GenerationConfig
+from t2i.sampling.samplers import SAMPLERS, build_scheduler, resolve_sampler
 
 SD1_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
                  "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
@@ -47,12 +48,12 @@ def test_a1111_and_comfyui_names_resolve(name, schedule, expected):
 
 
 @pytest.mark.parametrize("name, schedule, message, choices", [
-    ("bogus", None, "unknown sampler 'bogus'", "dpmpp-2m-karras"),
+    ("bogus", None, "sampler bogus: unknown sampler", "dpmpp-2m-karras"),
     ("ddim", "karras", "has no Karras schedule", "dpmpp-2m-karras"),
-    ("euler", "exponential-ish", "unknown schedule 'exponential-ish'", "normal, karras"),
+    ("euler", "exponential-ish", "schedule exponential-ish: unknown schedule", "normal, karras"),
 ])
 def test_bad_sampler_names_list_the_choices(name, schedule, message, choices):
-    with pytest.raises(UsageError, match=message) as error:
+    with pytest.raises(InvalidInput, match=message) as error:
         resolve_sampler(name, schedule)
     assert choices in str(error.value)
 
@@ -79,16 +80,21 @@ def test_switching_from_karras_to_plain_does_not_keep_karras_sigmas():
     assert torch.equal(plain.sigmas, reference.sigmas)
 
 
-def test_generate_swaps_from_the_original_config_not_the_last_one(tmp_path):
-    from t2i.generate import generate
-    from t2i.pipelines import load_model
+def test_generate_swaps_from_the_original_config_not_the_last_one():
+    from conftest import pixels
+
+    from t2i.models.loading import load_model
+    from t2i.sampling.generate import generate
+
+    def plain(model):
+        return pixels(generate(model, GenerationConfig(prompts=("x",), sampler="dpmpp-2m", steps=3, seed=0))[0])
 
     model = load_model(ModelConfig(model="tiny", device="cpu"))
-    generate(model, GenerationConfig(prompts=("x",), sampler="dpmpp-2m-karras", steps=2, seed=0,
-                                     out_dir=str(tmp_path)))
-    assert model.pipe.scheduler.config.use_karras_sigmas
-    generate(model, GenerationConfig(prompts=("x",), sampler="dpmpp-2m", steps=2, seed=0, out_dir=str(tmp_path)))
-    assert not model.pipe.scheduler.config.use_karras_sigmas
+    karras = pixels(generate(model, GenerationConfig(prompts=("x",), sampler="dpmpp-2m-karras", steps=3, seed=0))[0])
+    after_karras = plain(model)
+    assert not (karras == after_karras).all()
+    assert (after_karras == plain(load_model(ModelConfig(model="tiny", device="cpu")))).all()
+    assert type(model.pipe.scheduler).__name__ == "PNDMScheduler"  # the shared model is never changed
     assert model.scheduler_config["_class_name"] == "PNDMScheduler"
 
 

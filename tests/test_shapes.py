@@ -5,8 +5,17 @@ import random
 
 import pytest
 
-from t2i.data_sources import read_collection
-from t2i.shapes import ALL_COLOURS, COLOURS, HELD_OUT, SHAPES, analyse, caption, make_image, random_shape
+from t2i.data.sources import read_collection
+from t2i.shapes.analyser import analyse
+from t2i.shapes.world import (
+    ALL_COLOURS,
+    COLOURS,
+    HELD_OUT,
+    SHAPES,
+    caption,
+    make_image,
+    random_shape,
+)
 
 
 def test_analyser_reads_the_generator_s_images_back():

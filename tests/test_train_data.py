@@ -9,10 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from t2i.data_sources import Sample
-from t2i.tiny import tiny_components
-from t2i.train_data import (Augment, EpochSampler, TensorCache, TrainingSet, build_cache, cached_samples,
-                            check_images, read_rgb)
+from t2i.data.cache import TensorCache, build_cache, cached_samples
+from t2i.data.sources import Sample
+from t2i.data.training_set import (
+    Augment,
+    EpochSampler,
+    TrainingSet,
+    check_images,
+    read_rgb,
+)
+from t2i.models.presets import tiny_components
 
 
 def sample(path, *captions):
@@ -67,10 +73,19 @@ def test_bad_files_are_skipped_and_counted(tmp_path):
     assert sorted(skipped) == ["empty.png", "missing.png", "text.png", "truncated.jpg"]
 
 
+class Echo(torch.utils.data.Dataset):
+    def __getitem__(self, item):
+        return torch.tensor(item)
+
+
 def test_sampler_shards_cover_the_epoch_and_resume_mid_epoch():
+    from accelerate.data_loader import skip_first_batches
+
     full = list(EpochSampler(10, seed=1, epoch=0, rank=0, world=1, batch_size=2))
     assert sorted(i for _, i in full) == list(range(10))
-    assert list(EpochSampler(10, seed=1, epoch=0, batch_size=2, start=4)) == full[4:]
+    loader = torch.utils.data.DataLoader(Echo(), batch_size=2, sampler=EpochSampler(10, seed=1, epoch=0, batch_size=2))
+    resumed = [pair.tolist() for batch in skip_first_batches(loader, 2) for pair in batch]
+    assert resumed == [list(pair) for pair in full[4:]]  # what the trainer does on resume
     assert list(EpochSampler(10, seed=1, epoch=1, batch_size=2)) != full
     ranks = [list(EpochSampler(10, seed=1, epoch=0, rank=r, world=2, batch_size=2)) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 6  # padded to whole batches on every rank

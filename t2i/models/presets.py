@@ -1,7 +1,8 @@
-"""The `tiny` preset: SD 1.x-shaped components with random weights, built in code.
+"""The presets: `tiny` (SD 1.x-shaped, random weights, built in code), `demo` (shipped, trained on the
+shapes world) and the SD 1.x configs shipped for offline single-file loading.
 
-Same classes and wiring as a real SD 1.x model, a few hundred thousand parameters, no download.
-Tests and smoke runs use it; its images are noise.
+`tiny` has the same classes and wiring as a real SD 1.x model, a few hundred thousand parameters,
+no download. Tests and smoke runs use it; its images are noise.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from t2i.configs import SD1_CONFIG_DIR
+from t2i.models import SD1_CONFIG_DIR
 
 TEXT_DIM = 32
 

@@ -1,8 +1,7 @@
-"""A small world where text-to-image can be measured on a CPU: coloured shapes and their reader.
+"""The shapes world: coloured shapes drawn on white, with captions that say what is drawn.
 
 `make_image` draws one shape of a named colour at a size and position on a white background;
-`caption` says it in plain words; `analyse` reads colour and shape back from any image, with no
-learning involved, so generated images can be scored against their prompts.
+`caption` says it in plain words; `make_dataset` writes a captioned folder `t2i finetune` reads.
 """
 
 from __future__ import annotations
@@ -12,10 +11,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
-from t2i.errors import UsageError
+from t2i.errors import InvalidInput
+from t2i.files import write_text
 
 #: the colours the demo model learns; HELD_OUT is a word it never sees, for teaching with a LoRA.
 #: Not purple: the demo's text encoder is a fixed random map, and "purple" happens to land where
@@ -86,9 +85,11 @@ def colour_mix(choices: list[str]) -> tuple[str, ...]:
         name, _, weight = choice.partition(":")
         names = list(COLOURS) if name == "known" else [name]
         if name != "known" and name not in ALL_COLOURS:
-            raise UsageError(f"--colour {choice}: choose from {', '.join(ALL_COLOURS)} or known (NAME[:WEIGHT])")
+            raise InvalidInput("unknown colour", field="colours", value=choice, choices=(*ALL_COLOURS, "known"),
+                               hint="write NAME or NAME:WEIGHT")
         if weight and not (weight.isdigit() and int(weight) >= 1):
-            raise UsageError(f"--colour {choice}: the weight after ':' must be a whole number, e.g. {name}:4")
+            raise InvalidInput(f"the weight after ':' must be a whole number, e.g. {name}:4", field="colours",
+                               value=choice)
         mix += names * int(weight or 1)
     return tuple(mix)
 
@@ -108,48 +109,5 @@ def make_dataset(out: Path, count: int, seed: int = 0, colours=tuple(COLOURS), s
         make_image(spec, image_size).save(out / name)
         captions = sorted({caption(spec, rng) for _ in range(4)})
         lines.append(json.dumps({"file_name": name, "text": captions, "colour": spec.colour, "shape": spec.shape}))
-    (out / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    write_text(out / "metadata.jsonl", "\n".join(lines) + "\n")
     return out
-
-
-# ---- reading images back --------------------------------------------------------------------
-
-
-def foreground(image: Image.Image) -> np.ndarray:
-    """Pixels that differ clearly from the background colour (the median of the border)."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    background = np.median(border, axis=0)
-    return np.linalg.norm(pixels - background, axis=-1) > 80
-
-
-def colour_name(rgb: np.ndarray, candidates=ALL_COLOURS) -> str:
-    names = list(candidates)
-    distances = [np.linalg.norm(rgb - np.array(candidates[n], dtype=np.float32)) for n in names]
-    return names[int(np.argmin(distances))]
-
-
-def shape_name(mask: np.ndarray) -> str:
-    """From the mask's geometry: fill of its bounding box, and where its mass sits vertically."""
-    rows, cols = np.nonzero(mask)
-    top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
-    box = mask[top:bottom + 1, left:right + 1].astype(np.float32)
-    fill = box.mean()
-    height = box.shape[0]
-    upper = box[: height // 2].sum() / max(box.sum(), 1)  # an upward triangle keeps ~1/4 of its area on top
-    if upper < 0.38:
-        return "triangle"
-    if fill > 0.87:  # a disc fills pi/4 = 0.79 of its box; a square with softened corners still ~0.9
-        return "square"
-    if fill > 0.68:
-        return "circle"
-    return "cross"
-
-
-def analyse(image: Image.Image, colours=ALL_COLOURS) -> tuple[str | None, str | None]:
-    """(colour name, shape name) of the image's foreground; (None, None) when there is none."""
-    mask = foreground(image)
-    if mask.sum() < 12:
-        return None, None
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return colour_name(np.median(pixels[mask], axis=0), colours), shape_name(mask)

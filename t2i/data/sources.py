@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from t2i.errors import UsageError
+from t2i.errors import InvalidInput, NotFound
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 FLICKR_IMAGE_DIRS = ("flickr30k-images", "flickr30k_images", "images", ".")
@@ -55,8 +55,8 @@ def _find_image_dir(root: Path, some_image: str) -> Path:
     for candidate in [root / d for d in FLICKR_IMAGE_DIRS] + [root / "flickr30k_images" / "flickr30k_images"]:
         if (candidate / some_image).is_file():
             return candidate
-    raise UsageError(f"--data {root}: captions found, but not the image {some_image} in any of "
-                     f"{', '.join(FLICKR_IMAGE_DIRS)} below it")
+    raise NotFound(f"captions found, but not the image {some_image} in any of {', '.join(FLICKR_IMAGE_DIRS)} "
+                   "below it", field="data", value=root)
 
 
 def read_flickr_token(file: Path) -> list[Sample]:
@@ -116,7 +116,8 @@ def read_imagefolder(file: Path) -> list[Sample]:
             rows = list(csv.DictReader(f))
     column = next((c for c in ("text", "caption", "captions", "prompt") if rows and c in rows[0]), None)
     if column is None:
-        raise UsageError(f"--data {file}: no caption column (text, caption, captions or prompt) beside file_name")
+        raise InvalidInput("no caption column (text, caption, captions or prompt) beside file_name", field="data",
+                           value=file)
     samples = []
     for row in rows:
         value = row[column]
@@ -163,9 +164,9 @@ def read_collection(root: str | Path, data_format: str | None = None) -> tuple[s
     """(layout name, samples) of a data folder; `data_format` skips detection."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise UsageError(f"--data {root}: no such folder")
+        raise NotFound("no such folder", field="data", value=root)
     if data_format is not None and data_format not in FORMATS:
-        raise UsageError(f"--data-format {data_format}: choose one of {', '.join(FORMATS)}")
+        raise InvalidInput("unknown layout", field="data_format", value=data_format, choices=FORMATS)
     for name, (marker_name, reader) in LAYOUTS.items():
         if data_format in (None, name) and (marker := _marker(root, marker_name)):
             return name, _non_empty(reader(marker), root)
@@ -174,14 +175,14 @@ def read_collection(root: str | Path, data_format: str | None = None) -> tuple[s
         if samples:
             return "kohya", _non_empty(samples, root)
     accepted = ", ".join(f"{name} ({marker})" for name, (marker, _) in LAYOUTS.items())
-    raise UsageError(f"--data {root}: no captioned images found. Accepted layouts: {accepted}, "
-                     "or kohya (images with same-stem .txt/.caption files)")
+    raise InvalidInput(f"no captioned images found. Accepted layouts: {accepted}, "
+                       "or kohya (images with same-stem .txt/.caption files)", field="data", value=root)
 
 
 def _non_empty(samples: list[Sample], root: Path) -> list[Sample]:
     samples = [s for s in samples if s.captions]
     if not samples:
-        raise UsageError(f"--data {root}: the captions file lists no captioned images")
+        raise InvalidInput("the captions file lists no captioned images", field="data", value=root)
     return samples
 
 

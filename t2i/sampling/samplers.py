@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from t2i.errors import UsageError
+from t2i.errors import InvalidInput
 
 KARRAS = {"use_karras_sigmas": True}
 SDE = {"algorithm_type": "sde-dpmsolver++"}
@@ -98,17 +98,18 @@ def resolve_sampler(name: str, schedule: str | None = None) -> str:
     if schedule_key in ("automatic", "default"):
         schedule_key = "normal"
     if schedule_key not in SCHEDULES:
-        raise UsageError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        raise InvalidInput("unknown schedule", field="schedule", value=schedule, choices=SCHEDULES)
     aliases = _aliases()
     key = normalize(name)
     if schedule_key == "karras" and not key.endswith("-karras"):
         if key in aliases and aliases[key] + "-karras" not in SAMPLERS:
             with_karras = ", ".join(n for n in SAMPLERS if n.endswith("-karras"))
-            raise UsageError(f"sampler {name!r} has no Karras schedule; samplers with one: {with_karras}")
+            raise InvalidInput("has no Karras schedule", field="sampler", value=name,
+                               hint=f"samplers with one: {with_karras}")
         key += "-karras"
     if key not in aliases:
-        raise UsageError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)} "
-                         "(A1111 and ComfyUI names work too; see `t2i samplers`)")
+        raise InvalidInput("unknown sampler", field="sampler", value=name, choices=tuple(SAMPLERS),
+                           hint="A1111 and ComfyUI names work too")
     return aliases[key]
 
 

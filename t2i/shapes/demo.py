@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from t2i.configs import SD1_CONFIG_DIR
-from t2i.shapes import COLOURS, SHAPES, make_dataset, make_image, random_shape
+from t2i.files import write_text
+from t2i.models import SD1_CONFIG_DIR
+from t2i.shapes.world import COLOURS, SHAPES, make_dataset, make_image, random_shape
 
 log = logging.getLogger("t2i")
 
@@ -121,8 +122,8 @@ def train_demo(out: Path, recipe: DemoRecipe = DemoRecipe(), progress: bool = Tr
     """Build the demo model in `out/model` (fp16 safetensors) with `recipe.json` beside its weights."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    from t2i.config import FinetuneConfig
-    from t2i.finetune_lora import finetune
+    from t2i.train.config import FinetuneConfig
+    from t2i.train.trainer import finetune
 
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
@@ -151,48 +152,14 @@ def train_demo(out: Path, recipe: DemoRecipe = DemoRecipe(), progress: bool = Tr
         checkpoint_every=500, mixed_precision="no"), progress=progress)
     timings["unet_s"] = time.perf_counter() - started
 
-    from t2i.config import ModelConfig
-    from t2i.pipelines import load_model
+    from t2i.models.config import ModelConfig
+    from t2i.models.loading import load_model
 
     trained = load_model(ModelConfig(model=str(out / "trained"), device="cpu")).pipe
     trained.to(torch.float16).save_pretrained(out / "model")
     record = {"recipe": asdict(recipe), "seconds": {k: round(v, 1) for k, v in timings.items()},
               "total_minutes": round(sum(timings.values()) / 60, 2), "threads": torch.get_num_threads(),
               "colours": list(COLOURS), "shapes": list(SHAPES)}
-    (out / "model" / "recipe.json").write_text(json.dumps(record, indent=2))
+    write_text(out / "model" / "recipe.json", json.dumps(record, indent=2))
     log.info("demo model written to %s in %.1f min", out / "model", record["total_minutes"])
     return out / "model"
-
-
-@dataclass(frozen=True)
-class GridScore:
-    accuracy: float  # colour and shape both right
-    colour_accuracy: float
-    shape_accuracy: float
-    seconds_per_image: float
-    misses: tuple[tuple[str, str, str | None, str | None], ...]  # (asked colour, shape, seen colour, shape)
-
-
-def grid_accuracy(model, colours=tuple(COLOURS), shapes=SHAPES, seeds=(0,), sampler: str = "dpmpp-2m",
-                  steps: int = 20, guidance: float = 7.5, batch_size: int = 16) -> GridScore:
-    """Generate 'a <colour> <shape>' for every combination and seed; score with the analyser."""
-    from t2i.schedulers import build_scheduler
-    from t2i.shapes import analyse
-
-    pipe = model.pipe
-    pipe.scheduler = build_scheduler(sampler, model.scheduler_config)
-    pipe.set_progress_bar_config(disable=True)
-    jobs = [(c, s, seed) for seed in seeds for c in colours for s in shapes]
-    results = []
-    started = time.perf_counter()
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        images = pipe([f"a {c} {s}" for c, s, _ in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                      generator=[torch.Generator("cpu").manual_seed(seed) for _, _, seed in chunk]).images
-        results += [(c, s, *analyse(image)) for (c, s, _), image in zip(chunk, images)]
-    seconds = (time.perf_counter() - started) / len(jobs)
-    colour_ok = [c == seen_c for c, _, seen_c, _ in results]
-    shape_ok = [s == seen_s for _, s, _, seen_s in results]
-    both = [a and b for a, b in zip(colour_ok, shape_ok)]
-    return GridScore(float(np.mean(both)), float(np.mean(colour_ok)), float(np.mean(shape_ok)), seconds,
-                     tuple(r for r, ok in zip(results, both) if not ok))

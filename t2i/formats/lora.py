@@ -8,13 +8,14 @@ through diffusers' `load_lora_weights`, which keeps each kohya module's alpha.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from t2i.errors import T2IError, UsageError, first_line
+from t2i.errors import InvalidInput, LoadError, NotFound, check, first_line
+from t2i.files import atomic_write
 
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -35,6 +36,9 @@ class LoraRef:
                 pass  # a ':' inside the path itself (C:\\loras\\x.safetensors)
         return cls(text)
 
+    def __post_init__(self):
+        check(math.isfinite(self.scale), "loras", f"{self.path}:{self.scale}", "the scale must be a finite number")
+
     @property
     def file(self) -> Path:
         """The weights file: the path itself, or the diffusers file inside a training output folder."""
@@ -42,9 +46,10 @@ class LoraRef:
         if path.is_dir():
             path = path / DIFFUSERS_LORA_FILE
         if not path.is_file():
-            raise UsageError(f"--lora {self.path}: no such LoRA file (or folder with {DIFFUSERS_LORA_FILE})")
+            raise NotFound(f"no such LoRA file (or folder with {DIFFUSERS_LORA_FILE})", field="loras", value=self.path)
         if path.suffix.lower() != ".safetensors":
-            raise UsageError(f"--lora {self.path}: only .safetensors LoRA files are loaded (pickles can run code)")
+            raise InvalidInput("only .safetensors LoRA files are loaded (pickles can run code)", field="loras",
+                               value=self.path)
         return path
 
     @property
@@ -55,8 +60,12 @@ class LoraRef:
 
 
 def apply_loras(pipe, refs: tuple[LoraRef, ...]) -> list[dict]:
-    """Load each LoRA as its own adapter at its scale; returns what the metadata records."""
-    from t2i.metadata import file_sha256
+    """Load each LoRA into `pipe` as its own adapter at its scale; returns what the metadata records.
+
+    This changes the pipeline's UNet (and text encoder): generation calls it on a per-call copy of
+    the module tree (t2i.sampling.view), never on the shared loaded model.
+    """
+    from t2i.formats.hashes import file_sha256
 
     applied = []
     for index, ref in enumerate(refs):
@@ -66,7 +75,8 @@ def apply_loras(pipe, refs: tuple[LoraRef, ...]) -> list[dict]:
             pipe.load_lora_weights(str(file), adapter_name=adapter)
         except Exception as exc:  # corrupt or foreign files fail in safetensors, peft or the converters
             pipe.unload_lora_weights()
-            raise T2IError(f"--lora {ref.path}: not a LoRA file t2i can load ({first_line(exc)})") from exc
+            raise LoadError(f"not a LoRA file t2i can load ({first_line(exc)})", field="loras",
+                            value=ref.path) from exc
         applied.append({"path": str(file), "name": ref.name, "scale": ref.scale, "adapter": adapter,
                         "hash": file_sha256(file)[:12]})
     if applied:
@@ -75,20 +85,6 @@ def apply_loras(pipe, refs: tuple[LoraRef, ...]) -> list[dict]:
 
 
 # ---- writing: the training side -------------------------------------------------------------
-
-
-def _atomic_file(final: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp)` then rename into place, so a crash never leaves a half-written file."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return final
 
 
 def save_diffusers_lora(unet, folder: Path, lora_config: dict) -> Path:
@@ -109,7 +105,7 @@ def save_diffusers_lora(unet, folder: Path, lora_config: dict) -> Path:
                                                       unet_lora_adapter_metadata=lora_config)
             os.replace(Path(scratch) / DIFFUSERS_LORA_FILE, tmp)
 
-    return _atomic_file(folder / DIFFUSERS_LORA_FILE, write)
+    return atomic_write(folder / DIFFUSERS_LORA_FILE, write)
 
 
 def load_diffusers_lora_into(unet, file: Path) -> None:
@@ -122,7 +118,8 @@ def load_diffusers_lora_into(unet, file: Path) -> None:
     result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
-        raise T2IError(f"{file}: {len(unexpected)} LoRA tensors do not fit this model (e.g. {unexpected[0]})")
+        raise LoadError(f"{len(unexpected)} LoRA tensors do not fit this model (e.g. {unexpected[0]})",
+                        field="resume", value=file)
 
 
 def kohya_state_dict(unet, alpha: float) -> dict:
@@ -149,4 +146,4 @@ def save_kohya_lora(unet, file: Path, rank: int, alpha: float, base_model: str) 
                 "modelspec.implementation": "https://github.com/huggingface/diffusers",
                 "modelspec.title": file.stem, "modelspec.sai_model_spec": "1.0.0"}
     state = kohya_state_dict(unet, alpha)
-    return _atomic_file(file, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    return atomic_write(file, lambda tmp: save_file(state, str(tmp), metadata=metadata))

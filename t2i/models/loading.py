@@ -19,16 +19,15 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 import torch
-from diffusers import (AutoencoderKL, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline,
-                       StableDiffusionPipeline, UNet2DConditionModel)
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import snapshot_download
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from t2i.config import PRESETS, ModelConfig
-from t2i.configs import DEMO_MODEL_DIR, SD1_CONFIG_DIR
-from t2i.errors import T2IError, UsageError, first_line
-from t2i.metadata import file_sha256
+from t2i.errors import InvalidInput, LoadError, NotFound, T2IError, first_line
+from t2i.formats.hashes import file_sha256
+from t2i.models import DEMO_MODEL_DIR, SD1_CONFIG_DIR
+from t2i.models.config import PRESETS, ModelConfig
 
 log = logging.getLogger("t2i")
 
@@ -43,7 +42,10 @@ HUB_FILES = ["model_index.json", "scheduler/*.json", "tokenizer/*", "*/config.js
 
 @dataclass
 class LoadedModel:
-    pipe: StableDiffusionPipeline  # the txt2img pipeline; other modes share its components
+    """Loaded components, shared by every generation on this model and never changed by one:
+    a generation builds its own pipeline around them (t2i.sampling.view)."""
+
+    pipe: StableDiffusionPipeline  # holds the components; generation never sets anything on it
     scheduler_config: Mapping[str, Any]  # as the model shipped it; samplers are built from this
     name: str  # A1111's "Model:" field
     hash: str | None  # A1111's "Model hash": first 10 hex of the checkpoint file's SHA-256
@@ -53,15 +55,9 @@ class LoadedModel:
     def is_inpainting_model(self) -> bool:
         return self.pipe.unet.config.in_channels == 9
 
-    def pipeline_for(self, mode: str):
-        """The pipeline for txt2img, img2img or inpaint, sharing the loaded components."""
-        classes = {"txt2img": StableDiffusionPipeline, "img2img": StableDiffusionImg2ImgPipeline,
-                   "inpaint": StableDiffusionInpaintPipeline}
-        if mode == "txt2img":
-            return self.pipe
-        pipe = classes[mode](**self.pipe.components, requires_safety_checker=False)
-        pipe.set_progress_bar_config(**getattr(self.pipe, "_progress_bar_config", {}))
-        return pipe
+    @property
+    def dtype_name(self) -> str:
+        return next(name for name, dtype in DTYPES.items() if dtype == self.pipe.unet.dtype)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,7 +69,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available[name]:
-        raise UsageError(f"--device {name}: no such device is available here; use --device auto or cpu")
+        raise InvalidInput("no such device is available here", field="device", value=name, hint="use auto or cpu")
     return torch.device(name)
 
 
@@ -88,10 +84,10 @@ def _is_offline(config: ModelConfig) -> bool:
     return config.offline or bool(hub_constants.HF_HUB_OFFLINE)
 
 
-def _refuse_pickle(path: Path, config: ModelConfig) -> None:
+def _refuse_pickle(path: Path, config: ModelConfig, field: str) -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES and not config.allow_pickle:
-        raise UsageError(f"{path} is a pickled checkpoint, and loading a pickle can run arbitrary code: "
-                         "convert it to .safetensors, or pass --allow-pickle if you trust its source")
+        raise InvalidInput("a pickled checkpoint, and loading a pickle can run arbitrary code", field=field,
+                           value=path, hint="convert it to .safetensors, or set {allow_pickle} if you trust its source")
 
 
 def _pickle_to_safetensors(path: Path, workdir: Path) -> Path:
@@ -135,8 +131,8 @@ def _load_folder(folder: Path, config: ModelConfig, vae: AutoencoderKL | None,
                  dtype: torch.dtype) -> StableDiffusionPipeline:
     """Each component is read straight into `dtype` (casting fp16 files afterwards makes diffusers warn)."""
     if not (folder / "model_index.json").is_file():
-        raise UsageError(f"{folder} is not a diffusers model folder (no model_index.json); pass a folder "
-                         "saved with save_pretrained, a .safetensors checkpoint, or a hub id")
+        raise InvalidInput("not a diffusers model folder (no model_index.json)", field="model", value=folder,
+                           hint="give a folder saved with save_pretrained, a .safetensors checkpoint, or a hub id")
     safetensors_only = None if config.allow_pickle else True
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
@@ -149,8 +145,9 @@ def _load_folder(folder: Path, config: ModelConfig, vae: AutoencoderKL | None,
                                                     torch_dtype=dtype)
         scheduler = _scheduler_class(folder).from_pretrained(folder, subfolder="scheduler")
     except (OSError, EnvironmentError) as exc:
-        hint = "" if config.allow_pickle else " (only .safetensors weights are read without --allow-pickle)"
-        raise T2IError(f"could not load the model in {folder}: {first_line(exc)}{hint}") from exc
+        hint = None if config.allow_pickle else "only .safetensors weights are read without {allow_pickle}"
+        raise LoadError(f"could not load this model ({first_line(exc)})", field="model", value=folder,
+                        hint=hint) from exc
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -161,7 +158,8 @@ def _scheduler_class(folder: Path):
 
     name = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
     if not (name.endswith("Scheduler") and hasattr(diffusers, name)):
-        raise T2IError(f"{folder}/scheduler: unknown scheduler class {name!r}")
+        raise LoadError(f"unknown scheduler class {name!r} in scheduler/scheduler_config.json", field="model",
+                        value=folder)
     return getattr(diffusers, name)
 
 
@@ -172,31 +170,31 @@ def _download(repo_id: str, config: ModelConfig) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
     except Exception as exc:  # not cached (the hub client raises several types for it)
         if _is_offline(config):
-            raise T2IError(f"model {repo_id!r} is not in the local Hugging Face cache and t2i is offline: "
-                           "pass a local diffusers folder or .safetensors file with --model") from exc
+            raise LoadError("not in the local Hugging Face cache, and t2i is offline", field="model", value=repo_id,
+                            hint="give a local diffusers folder or .safetensors file") from exc
     host = urlparse(hub_constants.ENDPOINT).hostname or "huggingface.co"
     try:  # fail in seconds, not after the hub client's retries with back-off
         socket.create_connection((host, 443), timeout=5).close()
     except OSError as exc:
-        raise T2IError(f"cannot reach {host} to download {repo_id!r}: pass a local diffusers folder or "
-                       ".safetensors file with --model, or use a cached model with --offline") from exc
+        raise LoadError(f"cannot reach {host} to download it", field="model", value=repo_id,
+                        hint="give a local diffusers folder or .safetensors file, or a cached model offline") from exc
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:
-        raise T2IError(f"could not download {repo_id!r}: {first_line(exc)}") from exc
+        raise LoadError(f"could not download it ({first_line(exc)})", field="model", value=repo_id) from exc
 
 
 def _load_vae(source: str, config: ModelConfig) -> AutoencoderKL:
     path = Path(source).expanduser()
     if path.is_file():
-        _refuse_pickle(path, config)
+        _refuse_pickle(path, config, "vae")
         return AutoencoderKL.from_single_file(str(path), config=str(config.single_file_config or SD1_CONFIG_DIR),
                                               subfolder="vae", local_files_only=True)
     if path.is_dir():
         return AutoencoderKL.from_pretrained(path, use_safetensors=None if config.allow_pickle else True)
     if HUB_ID.match(source):
         return AutoencoderKL.from_pretrained(_download(source, config))
-    raise UsageError(f"--vae {source!r}: no such file or folder")
+    raise NotFound("no such file or folder", field="vae", value=source)
 
 
 def _locate(config: ModelConfig) -> tuple[str, Path | None]:
@@ -211,13 +209,14 @@ def _locate(config: ModelConfig) -> tuple[str, Path | None]:
         return "folder", path
     if path.is_file():
         if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
-            raise UsageError(f"--model {source}: expected a .safetensors checkpoint (or a diffusers folder)")
-        _refuse_pickle(path, config)
+            raise InvalidInput("expected a .safetensors checkpoint (or a diffusers folder)", field="model",
+                               value=source)
+        _refuse_pickle(path, config, "model")
         return "file", path
     if HUB_ID.match(source) and not path.suffix:
         return "hub", None
-    raise UsageError(f"--model {source!r}: no such file or folder; pass a diffusers folder, a .safetensors "
-                     f"file, a hub id or a preset ({', '.join(PRESETS)})")
+    raise NotFound("no such file or folder", field="model", value=source,
+                   hint=f"give a diffusers folder, a .safetensors file, a hub id or a preset ({', '.join(PRESETS)})")
 
 
 def load_model(config: ModelConfig) -> LoadedModel:
@@ -229,7 +228,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
     try:
         vae = _load_vae(config.vae, config) if config.vae else None
         if kind == "preset":
-            from t2i.tiny import tiny_components
+            from t2i.models.presets import tiny_components
 
             log.warning("model 'tiny' has random weights: its images are noise (it is for tests and smoke runs)")
             components = tiny_components()
@@ -248,9 +247,10 @@ def load_model(config: ModelConfig) -> LoadedModel:
     except T2IError:
         raise
     except Exception as exc:  # corrupt or mismatched files surface as many library error types
-        raise T2IError(f"could not load model {config.model!r}: {first_line(exc)}") from exc
+        raise LoadError(f"could not load this model ({first_line(exc)})", field="model", value=config.model) from exc
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):  # each, as saved weights may be fp16
-        module.to(device=device, dtype=None if module.dtype == dtype else dtype)
+        # dtype only where it changes: diffusers warns about fp32-kept modules whenever one is passed
+        module.to(device) if module.dtype == dtype else module.to(device, dtype)
     pipe.set_progress_bar_config(leave=False)
     return LoadedModel(pipe=pipe, scheduler_config=dict(pipe.scheduler.config), name=name, hash=model_hash,
                        config=config)

@@ -1,0 +1,81 @@
+"""The `t2i` command line (typer): parse, build a config, call one library function, print the result.
+
+No torch or diffusers import at module level: `t2i --help` and `t2i samplers` answer instantly,
+and `--offline` can set HF_HUB_OFFLINE before huggingface_hub is first imported. Library errors
+carry the config field they are about; `main` words them with this command line's flag names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from t2i.errors import InvalidInput, NotFound, T2IError, first_line
+
+app = typer.Typer(name="t2i", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
+                  help="Text-to-image with Stable Diffusion 1.x models: generate, fine-tune, inspect.")
+log = logging.getLogger("t2i")
+
+# config field -> the flag (or argument) that sets it, where it is not --<field-with-dashes>
+FLAGS = {"out_dir": "--out", "loras": "--lora", "prompts": "PROMPTS", "colours": "--colour", "image": "IMAGE",
+         "validation_prompts": "--validation-prompt", "export_kohya": "--export", "out": "OUT"}
+USAGE_ERRORS = (InvalidInput, NotFound)  # exit 2, as click does for bad arguments; the rest exit 1
+
+
+def flag(field: str) -> str:
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def prepare_environment(offline: bool) -> None:
+    # read once when huggingface_hub is imported, so it must be set before the first heavy import
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def given(ctx: typer.Context) -> dict:
+    """The options the user typed (typer vendors click, so compare the parameter source by name)."""
+    def typed(name: str) -> bool:
+        return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
+
+    return {name: value for name, value in ctx.params.items() if typed(name)}
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (it is replaced under test runners)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+# the commands register themselves on `app` when imported
+from t2i.cli import finetune, generate, shapes  # noqa: E402,F401
+
+
+def main() -> None:
+    if not log.handlers:  # t2i's own messages only; libraries keep their own verbosity
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("t2i: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    try:
+        app()
+    except T2IError as exc:
+        if os.environ.get("T2I_DEBUG"):
+            raise
+        print(f"t2i: error: {exc.render(flag)}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, USAGE_ERRORS) else 1)
+    except KeyboardInterrupt:
+        print("t2i: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # a bug or an environment failure: still one line unless debugging
+        if os.environ.get("T2I_DEBUG"):
+            raise
+        print(f"t2i: error: {type(exc).__name__}: {first_line(exc)} (T2I_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,84 @@
+"""`t2i finetune`."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import List, Optional
+
+import typer
+
+from t2i.cli import app, given, log, prepare_environment
+from t2i.errors import InvalidInput
+from t2i.models.config import DEFAULT_MODEL
+from t2i.train.config import (
+    LORA_TARGETS,
+    LR_SCHEDULERS,
+    MIXED_PRECISION,
+    FinetuneConfig,
+)
+
+
+def _tuning(name: str):
+    """FinetuneConfig's default for a field: the CLI never restates a default."""
+    return next(f.default for f in fields(FinetuneConfig) if f.name == name)
+
+
+def build_config(options: dict) -> FinetuneConfig:
+    """The config `t2i finetune` runs, from the options the user typed."""
+    exports = set(options.pop("export", None) or [])
+    if exports - {"kohya"}:
+        raise InvalidInput("the only extra format is kohya", field="export_kohya",
+                           value=", ".join(sorted(exports - {"kohya"})))
+    prompts = tuple(options.pop("validation_prompt", None) or ())
+    return FinetuneConfig(**options, validation_prompts=prompts, export_kohya="kohya" in exports)
+
+
+@app.command()
+def finetune(
+    ctx: typer.Context,
+    data: str = typer.Option(..., help="Flickr30k (any of its 4 layouts), an imagefolder or a kohya folder."),
+    output: str = typer.Option(..., help="Folder for the LoRA (or model), checkpoints, logs and plots."),
+    lora: bool = typer.Option(_tuning("lora"), help="Train a LoRA (default) or, with --no-lora, the whole UNet."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Base model: hub id, diffusers folder, .safetensors, a preset."),
+    data_format: Optional[str] = typer.Option(None, help="Skip detection: flickr-token, kaggle, karpathy, ..."),
+    val_fraction: float = typer.Option(_tuning("val_fraction"), help="Held out when the data has no split."),
+    resolution: int = typer.Option(_tuning("resolution")),
+    random_crop: bool = typer.Option(_tuning("random_crop"), help="Random instead of center crops (needs --no-cache)."),
+    flip: bool = typer.Option(_tuning("flip"), help="Random horizontal flips."),
+    caption_dropout: float = typer.Option(_tuning("caption_dropout"), help="Share of empty captions (for CFG)."),
+    lora_targets: str = typer.Option(_tuning("lora_targets"), help=" | ".join(LORA_TARGETS)),
+    rank: int = typer.Option(_tuning("rank")),
+    alpha: Optional[float] = typer.Option(None, help="LoRA alpha. Default: the rank."),
+    learning_rate: Optional[float] = typer.Option(None, help="Default: 1e-4 for LoRA, 1e-5 for the whole UNet."),
+    lr_scheduler: str = typer.Option(_tuning("lr_scheduler"), help=" | ".join(LR_SCHEDULERS)),
+    lr_warmup_steps: int = typer.Option(_tuning("lr_warmup_steps")),
+    batch_size: int = typer.Option(_tuning("batch_size")),
+    gradient_accumulation: int = typer.Option(_tuning("gradient_accumulation")),
+    epochs: int = typer.Option(_tuning("epochs")),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps; overrides --epochs."),
+    max_grad_norm: float = typer.Option(_tuning("max_grad_norm"), help="Gradient clipping norm."),
+    mixed_precision: Optional[str] = typer.Option(None, help=" | ".join(MIXED_PRECISION) + "; default: launcher's."),
+    gradient_checkpointing: bool = typer.Option(_tuning("gradient_checkpointing")),
+    snr_gamma: Optional[float] = typer.Option(None, help="Min-SNR loss weighting gamma (5 is usual)."),
+    noise_offset: float = typer.Option(_tuning("noise_offset")),
+    ema: bool = typer.Option(_tuning("ema"), help="EMA weights (whole-UNet fine-tune)."),
+    seed: int = typer.Option(_tuning("seed")),
+    cache: bool = typer.Option(_tuning("cache"), help="Cache VAE latents and text embeddings on disk."),
+    cache_dir: Optional[str] = typer.Option(None, help="Default: ~/.cache/t2i/train-cache."),
+    num_workers: int = typer.Option(_tuning("num_workers"), help="DataLoader worker processes."),
+    checkpoint_every: int = typer.Option(_tuning("checkpoint_every")),
+    checkpoints_keep: int = typer.Option(_tuning("checkpoints_keep")),
+    resume: Optional[str] = typer.Option(None, help="'latest' or a checkpoint folder."),
+    validate_every: int = typer.Option(_tuning("validate_every")),
+    validation_prompt: Optional[List[str]] = typer.Option(None, help="Sampled into validation/ grids; repeatable."),
+    export: Optional[List[str]] = typer.Option(None, help="'kohya': also write an A1111/ComfyUI LoRA file."),
+    offline: bool = typer.Option(False, help="Never touch the network."),
+    allow_pickle: bool = typer.Option(False, help="Allow a pickled base checkpoint (it can run code)."),
+):
+    """Fine-tune on captioned images: a LoRA (default) or the whole UNet. Works under accelerate launch."""
+    prepare_environment(offline)
+    config = build_config(given(ctx))
+
+    from t2i.train import trainer
+
+    log.info("done: %s", trainer.finetune(config))

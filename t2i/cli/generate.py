@@ -1,0 +1,142 @@
+"""`t2i generate`, `t2i info`, `t2i samplers`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from t2i.cli import app, given, log, prepare_environment
+from t2i.errors import InvalidInput, T2IError
+from t2i.models.config import DEFAULT_MODEL, DEVICES, DTYPE_NAMES, ModelConfig
+from t2i.sampling.config import GenerationConfig
+from t2i.sampling.samplers import SAMPLERS, SCHEDULES
+
+MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
+GENERATION_FIELDS = {f.name for f in fields(GenerationConfig)}
+
+
+def _default(name: str, config_class=GenerationConfig):
+    """A config dataclass's default for a field: the CLI never restates a default."""
+    return next(f.default for f in fields(config_class) if f.name == name)
+
+
+def _read_prompts(prompts: list[str] | None, prompts_file: Path | None) -> tuple[str, ...]:
+    found = list(prompts or [])
+    if prompts_file is not None:
+        try:
+            lines = prompts_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"cannot read it ({exc})", field="prompts_file", value=prompts_file) from exc
+        found += [line.strip() for line in lines if line.strip()]
+    return tuple(found)
+
+
+def _out_folder(out: str) -> Path:
+    """The output folder, checked before any work: an existing file there is a usage error."""
+    folder = Path(out).expanduser()
+    blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise InvalidInput(f"{blocking} is a file, not a folder", field="out_dir", value=out,
+                           hint="choose a folder for the images")
+    return folder
+
+
+def build_configs(options: dict) -> tuple[ModelConfig, GenerationConfig]:
+    """The configs `t2i generate` runs: a PNG's recorded settings (--from-image), then the typed options."""
+    model, generation = {}, {}
+    if options.get("from_image"):
+        from t2i.formats.settings import fields_from_png
+
+        try:
+            model, generation = fields_from_png(options["from_image"])
+        except T2IError as exc:
+            exc.field = "from_image" if exc.field == "image" else exc.field
+            raise
+    typed = {("loras" if k == "lora" else k): v for k, v in options.items()}
+    if "prompts" in typed or "prompts_file" in typed:
+        typed["prompts"] = _read_prompts(typed.get("prompts"), typed.get("prompts_file"))
+    if "loras" in typed:
+        typed["loras"] = tuple(typed["loras"] or ())
+    model.update({k: v for k, v in typed.items() if k in MODEL_FIELDS})
+    generation.update({k: v for k, v in typed.items() if k in GENERATION_FIELDS})
+    generation.setdefault("prompts", ())
+    return ModelConfig(**model), GenerationConfig(**generation)
+
+
+@app.command()
+def generate(
+    ctx: typer.Context,
+    prompts: Optional[List[str]] = typer.Argument(None, help="One or more prompts.", show_default=False),
+    prompts_file: Optional[Path] = typer.Option(None, help="A text file with one prompt per line."),
+    negative_prompt: str = typer.Option(_default("negative_prompt"), help="What the images should not show."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Hub id, diffusers folder, .safetensors file, or a preset: "
+                              "'demo' (shapes, offline) or 'tiny' (noise, for tests)."),
+    vae: Optional[str] = typer.Option(None, help="Use this VAE (folder or .safetensors) instead of the model's."),
+    sampler: str = typer.Option(_default("sampler"), help="See `t2i samplers`; A1111/ComfyUI names work."),
+    schedule: Optional[str] = typer.Option(None, help=f"ComfyUI-style schedule: {', '.join(SCHEDULES)}."),
+    steps: int = typer.Option(_default("steps")),
+    guidance_scale: float = typer.Option(_default("guidance_scale"), help="Classifier-free guidance (CFG) scale."),
+    seed: Optional[int] = typer.Option(None, help="Image i of the run uses seed+i. Default: random."),
+    num_images: int = typer.Option(_default("num_images"), help="Images per prompt."),
+    batch_size: int = typer.Option(_default("batch_size")),
+    width: Optional[int] = typer.Option(None, help="Multiple of 8. Default: the model's native size."),
+    height: Optional[int] = typer.Option(None, help="Multiple of 8. Default: the model's native size."),
+    lora: Optional[List[str]] = typer.Option(None, help="PATH[:SCALE] of a LoRA file or training folder; repeatable."),
+    clip_skip: Optional[int] = typer.Option(None, help="A1111 convention: 2 = penultimate CLIP layer."),
+    init_image: Optional[str] = typer.Option(None, help="img2img: start from this image."),
+    strength: Optional[float] = typer.Option(None, help="img2img/inpaint: how much to change, in (0, 1]."),
+    mask: Optional[str] = typer.Option(None, help="Inpainting mask for --init-image: white is repainted."),
+    out: str = typer.Option("outputs", help="Output folder; existing files are never overwritten."),
+    from_image: Optional[str] = typer.Option(None, help="Re-make a t2i PNG from its settings; flags given override."),
+    dtype: str = typer.Option(_default("dtype", ModelConfig), help=f"{', '.join(DTYPE_NAMES)}; auto = fp16 on CUDA."),
+    device: str = typer.Option(_default("device", ModelConfig), help=", ".join(DEVICES)),
+    offline: bool = typer.Option(False, help="Never touch the network (same as HF_HUB_OFFLINE=1)."),
+    allow_pickle: bool = typer.Option(False, help="Allow pickled .ckpt/.bin/.pt checkpoints (they can run code)."),
+):
+    """Generate images: txt2img, img2img (--init-image) or inpainting (--init-image --mask)."""
+    prepare_environment(offline)
+    options = given(ctx)
+    model_config, config = build_configs(options)  # checks every value before the slow imports
+    out_dir = _out_folder(out)
+
+    from t2i.formats.png import save_png
+    from t2i.models.loading import load_model
+    from t2i.sampling.generate import generate_iter
+
+    loaded = load_model(model_config)
+    written = 0
+    for result in generate_iter(loaded, config):
+        print(save_png(result.image, result.settings, out_dir), flush=True)
+        written += 1
+    log.info("wrote %d image(s) to %s", written, out_dir)
+
+
+@app.command()
+def samplers():
+    """List the samplers with their A1111 and ComfyUI names."""
+    rows = [("name", "A1111", "ComfyUI", "summary")]
+    for name, spec in SAMPLERS.items():
+        a1111 = spec.a1111 + (" Karras" if spec.schedule == "Karras" else "")
+        comfy = (spec.comfy or "-") + (" + karras" if spec.schedule == "Karras" and spec.comfy else "")
+        rows.append((name, a1111, comfy, spec.summary))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+
+
+@app.command()
+def info(image: str = typer.Argument(..., help="A PNG written by t2i (or A1111).")):
+    """Print the generation settings stored in a PNG."""
+    from t2i.formats.png import read_png_text
+
+    text, settings = read_png_text(image)
+    if text is None and settings is None:
+        raise InvalidInput("no generation settings stored in this image", field="image", value=image)
+    if text:
+        print(text)
+    if settings:
+        print(json.dumps(settings, indent=2, ensure_ascii=False))

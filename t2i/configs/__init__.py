@@ -1,9 +1,0 @@
-"""Configuration files shipped with t2i (no weights)."""
-
-from pathlib import Path
-
-#: SD 1.x architecture configs + CLIP tokenizer, for offline single-file loading
-SD1_CONFIG_DIR = Path(__file__).parent / "sd1"
-
-#: the shipped `demo` model, trained from scratch on the shapes world (`t2i shapes train-demo`)
-DEMO_MODEL_DIR = Path(__file__).parent.parent / "models" / "demo"

@@ -1,0 +1,112 @@
+"""The on-disk cache of VAE latents and text embeddings: each image and caption is encoded once.
+
+Entries are keyed by everything that changes them (file, size, mtime, crop, flip, resolution and
+the frozen weights' fingerprint), so a cache built for one model or crop is never used for another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from t2i.data.training_set import CENTRE, image_key, pixels, text_key
+from t2i.files import atomic_write
+from t2i.formats.images import UNREADABLE
+
+
+def weights_fingerprint(*modules) -> str:
+    """Identity of frozen weights, so a cache built for one model is never used with another."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class TensorCache:
+    """Tensors on disk under a content key: one safetensors file each, written atomically."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    def __contains__(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def get(self, key: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(self.path(key))
+
+    def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        final = self.path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        atomic_write(final, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def _latent_keys(sample, augment, vae_id: str) -> list[tuple[str, bool]]:
+    flips = (False, True) if augment.flip else (False,)
+    return [(image_key(sample, augment, CENTRE, flip, vae_id), flip) for flip in flips]
+
+
+@torch.no_grad()
+def build_cache(samples, augment, cache: TensorCache, vae, text_encoder, tokenizer, vae_id: str, text_id: str,
+                rank: int = 0, world: int = 1, progress=None, batch_size: int = 32) -> dict[str, str]:
+    """Encode this rank's share of the missing latents and caption embeddings, once.
+
+    Entries already cached under the same key are reused. Returns {key: reason} for the images
+    this rank could not read; which samples are usable is then read off the cache by
+    `cached_samples`, the same on every rank.
+    """
+    unreadable = {}
+    device, dtype = vae.device, vae.dtype
+    pending: list[tuple[str, torch.Tensor]] = []  # (key, pixels), encoded in batches
+
+    def encode_pending() -> None:
+        dist = vae.encode(torch.stack([p for _, p in pending]).to(device, dtype)).latent_dist
+        for (key, _), mean, std in zip(pending, dist.mean, dist.std):
+            cache.put(key, {"mean": mean, "std": std})
+        pending.clear()
+
+    for position, sample in enumerate(samples):
+        if position % world == rank:
+            try:
+                pending += [(key, pixels(sample, augment, CENTRE, flip))
+                            for key, flip in _latent_keys(sample, augment, vae_id) if key not in cache]
+            except UNREADABLE as exc:
+                unreadable[sample.key] = f"{type(exc).__name__}: {exc}"
+            if len(pending) >= batch_size:
+                encode_pending()
+        if progress:
+            progress()
+    if pending:
+        encode_pending()
+    captions = sorted({""} | {c for s in samples for c in s.captions})
+    todo = [c for i, c in enumerate(captions) if i % world == rank and text_key(c, text_id) not in cache]
+    for start in range(0, len(todo), 64):
+        chunk = todo[start:start + 64]
+        ids = tokenizer(chunk, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+        for caption, embedding in zip(chunk, text_encoder(ids)[0]):
+            cache.put(text_key(caption, text_id), {"text": embedding})
+    return unreadable
+
+
+def cached_samples(samples, augment, cache: TensorCache, vae_id: str) -> list:
+    """The samples whose every latent is in the cache."""
+    good = []
+    for sample in samples:
+        try:
+            if all(key in cache for key, _ in _latent_keys(sample, augment, vae_id)):
+                good.append(sample)
+        except UNREADABLE:
+            pass
+    return good

@@ -1,0 +1,141 @@
+"""What the training loop eats: pixels or cached latents, captions or cached text embeddings.
+
+Every random choice of a draw (which caption, caption dropout, flip, crop) is a function of
+(seed, epoch, index), never of a global RNG: the same run gives the same batches in any number
+of DataLoader workers, and a resumed run picks up exactly where the killed one stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from t2i.data.sources import Sample
+from t2i.formats.images import UNREADABLE, open_image, to_rgb
+
+if TYPE_CHECKING:
+    from t2i.data.cache import TensorCache
+
+CENTRE = (0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Augment:
+    resolution: int
+    random_crop: bool = False
+    flip: bool = False  # random horizontal flip
+    caption_dropout: float = 0.1  # share of draws trained on "" so classifier-free guidance works
+
+
+def draw_rng(seed: int, epoch: int, index: int) -> random.Random:
+    return random.Random(f"{seed}/{epoch}/{index}")
+
+
+def read_rgb(sample: Sample) -> Image.Image:
+    """The sample's image as 8-bit RGB, decoded as init images are (t2i.formats.images)."""
+    return to_rgb(open_image(sample.path, sample.member))
+
+
+def pixels(sample: Sample, augment: Augment, centering: tuple[float, float], flip: bool) -> torch.Tensor:
+    """The sample as a (3, R, R) tensor in [-1, 1]: the largest square at `centering`, resized."""
+    image = ImageOps.fit(read_rgb(sample), (augment.resolution,) * 2, Image.BICUBIC, centering=centering)
+    if flip:
+        image = ImageOps.mirror(image)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def cache_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def image_key(sample: Sample, augment: Augment, centering: tuple[float, float], flip: bool, vae_id: str) -> str:
+    stat = sample.path.stat()
+    return cache_key("latent", vae_id, str(sample.path), sample.member, stat.st_size, stat.st_mtime_ns,
+                           augment.resolution, centering, flip)
+
+
+def text_key(caption: str, text_id: str) -> str:
+    return cache_key("text", text_id, caption)
+
+
+class TrainingSet(torch.utils.data.Dataset):
+    """Indexed by (epoch, index) pairs from `EpochSampler`; returns one training example.
+
+    With a cache (`vae_id`/`text_id` set), examples hold `latent_mean`/`latent_std` and `text`
+    embeddings read from disk; without one, `pixels` and `input_ids` for the frozen models.
+    """
+
+    def __init__(self, samples: list[Sample], augment: Augment, seed: int, tokenizer,
+                 cache: TensorCache | None = None, vae_id: str = "", text_id: str = ""):
+        self.samples, self.augment, self.seed, self.tokenizer = samples, augment, seed, tokenizer
+        self.cache, self.vae_id, self.text_id = cache, vae_id, text_id
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def draw(self, epoch: int, index: int) -> tuple[Sample, str, tuple[float, float], bool]:
+        """What the (epoch, index) draw uses: sample, caption, crop centering, flip."""
+        sample = self.samples[index]
+        rng = draw_rng(self.seed, epoch, index)
+        caption = "" if rng.random() < self.augment.caption_dropout else rng.choice(sample.captions)
+        flip = self.augment.flip and rng.random() < 0.5
+        centering = (rng.random(), rng.random()) if self.augment.random_crop else CENTRE
+        return sample, caption, centering, flip
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
+        sample, caption, centering, flip = self.draw(*item)
+        if self.cache is None:
+            ids = self.tokenizer(caption, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids[0]
+            return {"pixels": pixels(sample, self.augment, centering, flip), "input_ids": ids}
+        latent = self.cache.get(image_key(sample, self.augment, centering, flip, self.vae_id))
+        return {"latent_mean": latent["mean"], "latent_std": latent["std"],
+                "text": self.cache.get(text_key(caption, self.text_id))["text"]}
+
+
+def _readable(sample: Sample) -> str | None:
+    """None if the image decodes, else why not (missing, empty, truncated, not an image)."""
+    try:
+        read_rgb(sample)
+        return None
+    except UNREADABLE as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def check_images(samples: list[Sample]) -> tuple[list[Sample], dict[str, str]]:
+    """(readable samples, {key: reason} for the skipped ones)."""
+    skipped = {s.key: reason for s in samples if (reason := _readable(s)) is not None}
+    return [s for s in samples if s.key not in skipped], skipped
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields (epoch, index) for this rank's share of a seeded per-epoch permutation.
+
+    Each epoch is padded by wrapping around so every rank gets the same number of full batches.
+    """
+
+    def __init__(self, size: int, seed: int, epoch: int, rank: int = 0, world: int = 1, batch_size: int = 1):
+        self.size, self.seed, self.epoch, self.rank, self.world = size, seed, epoch, rank, world
+        self.batch_size = batch_size
+
+    @staticmethod
+    def draws_per_rank(size: int, world: int, batch_size: int) -> int:
+        chunk = world * batch_size
+        return -(-size // chunk) * batch_size
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        per_rank = self.draws_per_rank(self.size, self.world, self.batch_size)
+        padded = (order * -(-per_rank * self.world // self.size))[:per_rank * self.world]
+        return iter([(self.epoch, index) for index in padded[self.rank::self.world]])
+
+    def __len__(self) -> int:
+        return self.draws_per_rank(self.size, self.world, self.batch_size)

@@ -1,0 +1,69 @@
+"""Reading images: one decoder for init images, masks and training data, so all see the same pixels.
+
+Any common file becomes 8-bit RGB as a person would see it: EXIF rotation applied, 16-bit values
+scaled (not clipped at 255), transparency put on white.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from t2i.errors import InvalidInput, NotFound
+
+# what a missing, empty, truncated or non-image file raises when read
+UNREADABLE = (OSError, ValueError, KeyError, zipfile.BadZipFile, Image.DecompressionBombError)
+
+
+def open_image(path: Path, member: str | None = None) -> Image.Image:
+    """Decode a file (or a member of a zip archive) fully into memory."""
+    if member is not None:
+        with zipfile.ZipFile(path) as archive:
+            image = Image.open(io.BytesIO(archive.read(member)))
+    else:
+        image = Image.open(path)
+    image.load()  # reads the pixels; PIL closes a single-frame file opened by name
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: EXIF rotation applied, 16-bit scaled to 8 bits, alpha composited on white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale, do not clip at 255
+        array = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(array / max(array.max(), 1) * 255, 0, 255).astype(np.uint8))
+    if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_image(source: str | Path | Image.Image, field: str) -> Image.Image:
+    """An init image or mask as RGB, from a path or an image in memory; `field` names it in errors."""
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    file = Path(source).expanduser()
+    if not file.is_file():
+        raise NotFound("no such file", field=field, value=source)
+    try:
+        return to_rgb(open_image(file))
+    except (UnidentifiedImageError, *UNREADABLE) as exc:
+        raise InvalidInput(f"not a readable image ({exc})", field=field, value=source) from exc
+
+
+def load_mask(source: str | Path | Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A grayscale inpainting mask the size of the init image: white is repainted, black is kept."""
+    mask = load_image(source, "mask").convert("L")
+    if mask.size != size:
+        raise InvalidInput(f"is {mask.size[0]}x{mask.size[1]} but the init image is {size[0]}x{size[1]}",
+                           field="mask", value=_describe(source), hint="give a mask of the same size")
+    return mask
+
+
+def _describe(source) -> str:
+    return "(image in memory)" if isinstance(source, Image.Image) else str(source)

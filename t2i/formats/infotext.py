@@ -1,0 +1,40 @@
+"""A1111's `parameters` infotext: the settings line A1111, ComfyUI and civitai read from a PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from t2i.sampling.samplers import SAMPLERS
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def infotext(settings: dict[str, Any]) -> str:
+    """The A1111 `parameters` text for one image's settings (t2i.formats.settings)."""
+    spec = SAMPLERS[settings["sampler"]]
+    prompt = settings["prompt"] + "".join(
+        f" <lora:{lora['name']}:{_number(lora['scale'])}>" for lora in settings["loras"])
+    fields = {
+        "Steps": settings["steps"], "Sampler": spec.a1111, "Schedule type": spec.schedule,
+        "CFG scale": _number(settings["guidance_scale"]), "Seed": settings["seed"],
+        "Size": f"{settings['width']}x{settings['height']}", "Model hash": settings["model_hash"],
+        "Model": settings["model_name"], "VAE": settings["vae"] and Path(settings["vae"]).name,
+        "Denoising strength": settings["strength"] and _number(settings["strength"]),
+        "Clip skip": settings["clip_skip"] if (settings["clip_skip"] or 1) > 1 else None,
+        "Lora hashes": ", ".join(f"{lora['name']}: {lora['hash']}" for lora in settings["loras"]) or None,
+        "Version": f"t2i {settings['version']}",
+    }
+    lines = [prompt]
+    if settings["negative_prompt"]:
+        lines.append(f"Negative prompt: {settings['negative_prompt']}")
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in fields.items() if value is not None))
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""PNG files that carry their settings: A1111's `parameters` text plus a `t2i` JSON chunk.
+
+Writing is a step of its own, apart from generation (the CLI writes files, a server sends bytes).
+Files are named `NNNNN-SEED.png`, never from prompt text, and never overwrite an existing file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+from t2i.errors import InvalidInput, NotFound
+from t2i.files import write_new
+from t2i.formats.infotext import infotext
+
+JSON_CHUNK = "t2i"
+OUTPUT_NAME = re.compile(r"^(\d{5,})-")
+
+
+def png_info(settings: dict[str, Any]) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", infotext(settings))  # PIL writes iTXt when the text is not Latin-1
+    info.add_text(JSON_CHUNK, json.dumps(settings, ensure_ascii=False, sort_keys=True))
+    return info
+
+
+def png_bytes(image: Image.Image, settings: dict[str, Any]) -> bytes:
+    """The PNG file for one generated image, in memory."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=png_info(settings))
+    return buffer.getvalue()
+
+
+def _names(out_dir: Path, seed: int):
+    """`NNNNN-SEED.png` from one past the highest number in the folder upwards."""
+    index = max((int(m.group(1)) for name in os.listdir(out_dir) if (m := OUTPUT_NAME.match(name))), default=0) + 1
+    while True:
+        yield f"{index:05d}-{seed}.png"
+        index += 1
+
+
+def save_png(image: Image.Image, settings: dict[str, Any], out_dir: Path) -> Path:
+    """Write one generated image with its settings into `out_dir`; returns the new file's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = png_bytes(image, settings)
+    return write_new(out_dir, _names(out_dir, settings["seed"]), lambda tmp: tmp.write_bytes(data))
+
+
+def read_png_text(path: str | Path) -> tuple[str | None, dict[str, Any] | None]:
+    """(infotext, t2i settings) stored in a PNG; either may be None for images from other tools."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise NotFound("no such file", field="image", value=path)
+    try:
+        with Image.open(file) as image:
+            chunks = dict(getattr(image, "text", {}))
+    except OSError as exc:
+        raise InvalidInput(f"not a readable image ({exc})", field="image", value=path) from exc
+    try:
+        settings = json.loads(chunks[JSON_CHUNK]) if JSON_CHUNK in chunks else None
+    except ValueError as exc:
+        raise InvalidInput(f"its {JSON_CHUNK!r} settings chunk is not valid JSON ({exc})", field="image",
+                           value=path) from exc
+    if settings is not None and not isinstance(settings, dict):
+        raise InvalidInput(f"its {JSON_CHUNK!r} settings chunk is not a JSON object", field="image", value=path)
+    return chunks.get("parameters"), settings

@@ -1,0 +1,8 @@
+"""Where a model comes from: its config, the loaders for every source, the presets and shipped SD 1.x configs."""
+
+from pathlib import Path
+
+#: SD 1.x architecture configs + CLIP tokenizer (no weights), for offline single-file loading
+SD1_CONFIG_DIR = Path(__file__).parent / "sd1"
+#: the shipped `demo` model, trained from scratch on the shapes world (`t2i shapes train-demo`)
+DEMO_MODEL_DIR = Path(__file__).parent / "demo"

@@ -1,0 +1,1 @@
+"""Sampling: the sampler registry, what to generate (`GenerationConfig`) and the generation function."""

@@ -1,0 +1,73 @@
+"""What to generate: `GenerationConfig`, every default once and every value checked on creation.
+
+No torch import here, so a front end can check a request before paying for the heavy imports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from t2i.errors import check
+from t2i.formats.lora import LoraRef
+from t2i.sampling.samplers import resolve_sampler
+
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    prompts: tuple[str, ...]
+    negative_prompt: str = ""
+    steps: int = 25
+    guidance_scale: float = 7.5
+    seed: int | None = None  # None: a random one, recorded in each image
+    num_images: int = 1  # per prompt
+    batch_size: int = 1
+    width: int | None = None  # None: the model's native size (or the init image's)
+    height: int | None = None
+    sampler: str = "dpmpp-2m-karras"  # t2i, A1111 or ComfyUI name; stored resolved to the t2i name
+    schedule: str | None = None  # "karras" or "normal", as in ComfyUI's scheduler field
+    loras: tuple[LoraRef, ...] = ()
+    clip_skip: int | None = None  # A1111 convention: 1 = last layer, 2 = penultimate
+    init_image: Any = None  # a path or a PIL image: img2img, or inpainting with `mask`
+    mask: Any = None  # a path or a PIL image; white is repainted
+    strength: float | None = None  # None: 0.75 for img2img, 1.0 for inpainting
+
+    def __post_init__(self):
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        check(len(self.prompts) >= 1, "prompts", None, "give at least one prompt")
+        check(self.steps >= 1, "steps", self.steps, "must be at least 1")
+        check(math.isfinite(self.guidance_scale) and self.guidance_scale >= 0, "guidance_scale",
+              self.guidance_scale, "must be a finite number, 0 or more")
+        check(self.num_images >= 1, "num_images", self.num_images, "must be at least 1")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "must be at least 1")
+        check(self.seed is None or 0 <= self.seed <= MAX_SEED, "seed", self.seed, f"must be in 0..{MAX_SEED}")
+        last_seed = (self.seed or 0) + len(self.prompts) * self.num_images - 1
+        check(last_seed <= MAX_SEED, "seed", self.seed,
+              f"the last image would get seed {last_seed}, past {MAX_SEED}", hint="choose a smaller seed")
+        for name in ("width", "height"):
+            size = getattr(self, name)
+            check(size is None or (size >= 8 and size % 8 == 0), name, size,
+                  f"must be a positive multiple of 8 (e.g. {max(8, (size or 0) // 8 * 8)})")
+        check(self.clip_skip is None or self.clip_skip >= 1, "clip_skip", self.clip_skip, "must be 1 or more")
+        check(self.mask is None or self.init_image is not None, "mask", None,
+              "needs {init_image} (the image to repaint)")
+        check(self.strength is None or self.init_image is not None, "strength", None,
+              "needs {init_image} (it says how much of the init image to change)")
+        check(self.strength is None or (math.isfinite(self.strength) and 0 < self.strength <= 1), "strength",
+              self.strength, "must be in (0, 1]")
+        check(self.strength is None or self.steps * self.strength >= 1, "strength", self.strength,
+              f"with {{steps}} {self.steps} leaves no denoising step", hint="raise either")
+        object.__setattr__(self, "sampler", resolve_sampler(self.sampler, self.schedule))
+        object.__setattr__(self, "schedule", None)
+        object.__setattr__(self, "loras", tuple(LoraRef.parse(r) if isinstance(r, str) else r for r in self.loras))
+
+    @property
+    def mode(self) -> str:
+        return "inpaint" if self.mask is not None else "img2img" if self.init_image is not None else "txt2img"
+
+    @property
+    def effective_strength(self) -> float:
+        return self.strength if self.strength is not None else (1.0 if self.mode == "inpaint" else 0.75)

@@ -1,0 +1,120 @@
+"""Generation: txt2img, img2img and inpainting through the stock diffusers pipelines, images in memory.
+
+t2i adds what the pipelines leave to the caller: one seed per image (seed, seed+1, ... on a CPU
+generator, so any image of a batch can be re-made alone), samplers built from the original
+scheduler config, LoRAs, an fp32 retry for NaN fp16 decodes, and a record of every setting with
+each image. Writing files is not done here (t2i.formats.png): a server sends the same images.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from PIL import Image
+
+from t2i.errors import check
+from t2i.formats.images import load_image, load_mask
+from t2i.formats.settings import image_record
+from t2i.models.loading import LoadedModel
+from t2i.sampling.config import GenerationConfig
+from t2i.sampling.text import text_inputs
+from t2i.sampling.view import call_view
+
+log = logging.getLogger("t2i")
+
+#: called after each denoising step with (step, steps) of the current batch
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    image: Image.Image
+    settings: dict[str, Any]  # every resolved setting (t2i.formats.settings): enough to re-make it
+
+
+def _output_size(model: LoadedModel, config: GenerationConfig, init) -> tuple[int, int]:
+    if init is not None:
+        native = (init.width // 8 * 8, init.height // 8 * 8)
+    else:
+        side = model.pipe.unet.config.sample_size * model.pipe.vae_scale_factor
+        native = (side, side)
+    return config.width or native[0], config.height or native[1]
+
+
+def _check_steps(scheduler, config: GenerationConfig) -> None:
+    """SD's 'leading' spacing with steps_offset 1 puts DDPM's 1000th step at t=1000, one past the
+    schedule: diffusers then fails mid-run with an IndexError. Say so before any work."""
+    scheduler.set_timesteps(config.steps)
+    last = int(scheduler.timesteps.max())
+    limit = scheduler.config.num_train_timesteps
+    check(last < limit, "steps", config.steps,
+          f"the {config.sampler} sampler on this model's schedule reaches timestep {last} of {limit}",
+          hint=f"use {config.steps - 1} or fewer")
+
+
+def decode(pipe, latents: torch.Tensor, generators) -> list[Image.Image]:
+    """Latents -> PIL images, as the pipelines decode them, retrying in fp32 if fp16 gave NaN.
+
+    The SD 1.x VAE overflows in fp16 on some latents and the pipelines never upcast it: the result
+    is a black image. Detecting it costs one isfinite over the decoded batch. The retry decodes
+    with an fp32 copy of the VAE, so the shared model is never changed, even for a moment.
+    """
+    vae = pipe.vae
+    images = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generators)[0]
+    if not torch.isfinite(images).all() and vae.dtype != torch.float32:
+        log.warning("the %s VAE decode gave NaN (a black image): decoding again in fp32", vae.dtype)
+        vae = copy.deepcopy(vae).float()
+        images = vae.decode(latents.float() / vae.config.scaling_factor, return_dict=False, generator=generators)[0]
+    return pipe.image_processor.postprocess(images, output_type="pil", do_denormalize=[True] * len(images))
+
+
+def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCallback | None = None,
+                  progress: bool = True) -> Iterator[GeneratedImage]:
+    """Yield every image `config` asks for, batch by batch, each with its settings."""
+    # read and check every input before any work, so a bad input fails before the first image
+    init = load_image(config.init_image, "init_image") if config.init_image is not None else None
+    mask = load_mask(config.mask, init.size) if config.mask is not None else None
+    width, height = _output_size(model, config, init)
+    if init is not None and init.size != (width, height):
+        init = init.resize((width, height), resample=Image.BICUBIC)  # as diffusers' preprocess
+        mask = mask.resize((width, height), resample=Image.NEAREST) if mask is not None else None
+    layers = model.pipe.text_encoder.config.num_hidden_layers
+    check(config.clip_skip is None or config.clip_skip <= layers, "clip_skip", config.clip_skip,
+          f"this text encoder has only {layers} layers")
+    seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
+    pipe, loras = call_view(model, config.mode, config.sampler, config.loras, progress)
+    _check_steps(pipe.scheduler, config)
+
+    jobs = [(prompt, seed + i) for i, prompt in enumerate(p for p in config.prompts for _ in range(config.num_images))]
+    batches = [jobs[i:i + config.batch_size] for i in range(0, len(jobs), config.batch_size)]
+    mode_args = {"txt2img": {"width": width, "height": height},
+                 "img2img": {"image": init, "strength": config.effective_strength},
+                 "inpaint": {"image": init, "mask_image": mask, "strength": config.effective_strength,
+                             "width": width, "height": height}}[config.mode]
+    if on_step is not None:
+        def step_end(_pipe, index, _timestep, tensors):
+            on_step(index + 1, _pipe.num_timesteps)
+            return tensors
+
+        mode_args["callback_on_step_end"] = step_end
+    for number, batch in enumerate(batches, 1):
+        pipe.set_progress_bar_config(leave=False, disable=not progress, desc=f"batch {number}/{len(batches)}")
+        generators = [torch.Generator("cpu").manual_seed(s) for _, s in batch]
+        text = text_inputs(pipe, [p for p, _ in batch], config.negative_prompt, config.clip_skip)
+        latents = pipe(**text, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
+                       generator=generators, output_type="latent", **mode_args).images
+        with torch.no_grad():
+            images = decode(pipe, latents, generators)
+        for (prompt, image_seed), image in zip(batch, images):
+            yield GeneratedImage(image, image_record(model, config, prompt, image_seed, width, height, loras))
+
+
+def generate(model: LoadedModel, config: GenerationConfig, on_step: StepCallback | None = None,
+             progress: bool = True) -> list[GeneratedImage]:
+    """Every image `config` asks for, in order, each with its settings (see `generate_iter`)."""
+    return list(generate_iter(model, config, on_step, progress))

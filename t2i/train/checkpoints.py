@@ -1,0 +1,97 @@
+"""Training checkpoints: accelerate's save_state/load_state, in folders that appear whole or not at all.
+
+accelerate writes the optimizer, scaler and RNG states; t2i's hooks write the trained weights
+themselves (a LoRA checkpoint holds the adapter's megabytes, not a copy of the whole UNet).
+Two things are kept by hand because accelerate cannot do them: it writes into the folder it is
+given, file by file, so a run killed mid-save would leave a checkpoint that looks complete; and
+`ProjectConfiguration(total_limit=...)` prunes only its own automatically named folders, in
+place. So each checkpoint is saved into a hidden `.checkpoint-NNNNNN.part` folder, renamed into
+place once whole, and the newest K are kept here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from t2i.errors import InvalidInput, NotFound
+from t2i.files import write_text
+
+log = logging.getLogger("t2i")
+NAME = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "state.json"
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := NAME.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def install_weight_hooks(accelerator, save_weights: Callable[[Path], None], load_weights: Callable[[Path], None]):
+    """Route the model part of save_state/load_state through t2i's own weight files."""
+    def on_save(models, weights, output_dir):
+        if accelerator.is_main_process:
+            save_weights(Path(output_dir))
+        weights.clear()  # accelerate then writes no full copy of the model
+
+    def on_load(models, input_dir):
+        load_weights(Path(input_dir))
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(on_save)
+    accelerator.register_load_state_pre_hook(on_load)
+
+
+def save_checkpoint(accelerator, folder: Path, step: int, state: dict, keep: int) -> Path:
+    """Save the run's state as `checkpoint-<step>`; collective: every rank calls it."""
+    final = folder / f"checkpoint-{step:06d}"
+    partial = folder / f".{final.name}.part"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every rank's files are in before the folder becomes visible
+    if accelerator.is_main_process:
+        write_text(partial / STATE_FILE, json.dumps(state, indent=2, sort_keys=True))
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        for old in checkpoints(folder)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("checkpoint: %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def find_checkpoint(folder: Path, resume: str) -> Path | None:
+    """`resume` is 'latest' (newest complete checkpoint under `folder`, None if there is none yet)
+    or a checkpoint path."""
+    if resume == "latest":
+        found = checkpoints(folder)
+        return found[-1] if found else None
+    path = Path(resume).expanduser()
+    if not path.is_dir():
+        raise NotFound("no such checkpoint folder", field="resume", value=resume, hint="use 'latest'")
+    if not (path / STATE_FILE).is_file():
+        raise InvalidInput(f"not a t2i checkpoint folder (no {STATE_FILE})", field="resume", value=resume,
+                           hint="use 'latest' or a checkpoint-NNNNNN folder")
+    return path
+
+
+def read_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / STATE_FILE).read_text())
+
+
+def check_same_settings(checkpoint: Path, state: dict, current: dict) -> None:
+    """A resumed run must draw the same batches and train the same way: refuse changed settings."""
+    changed = [k for k, value in current.items() if state["settings"].get(k) != value]
+    if changed:
+        raise InvalidInput(f"the checkpoint was made with other {', '.join(changed)}", field="resume",
+                           value=checkpoint, hint="resume with the same settings or start a new output folder")

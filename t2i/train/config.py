@@ -1,0 +1,99 @@
+"""How to fine-tune: `FinetuneConfig`, every default once and every value checked on creation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from t2i.errors import check
+from t2i.models.config import DEFAULT_MODEL
+
+LORA_TARGETS = {
+    # peft target_modules (suffixes of module names) for each lora_targets choice
+    "cross": ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"),
+    "attention": ("to_q", "to_k", "to_v", "to_out.0"),
+    # kohya's SD 1 default: every Linear and 1x1 conv of the transformer blocks (192 modules on SD 1.5)
+    "full": ("proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
+}
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    data: str
+    output: str
+    model: str = DEFAULT_MODEL
+    offline: bool = False
+    allow_pickle: bool = False
+    data_format: str | None = None  # None: detect the layout
+    val_fraction: float = 0.0  # used only when the layout has no split of its own
+    resolution: int = 512
+    random_crop: bool = False
+    flip: bool = False
+    caption_dropout: float = 0.1
+    lora: bool = True  # False: fine-tune the whole UNet
+    lora_targets: str = "cross"
+    rank: int = 4
+    alpha: float | None = None  # None: equal to rank (scale 1)
+    learning_rate: float | None = None  # None: 1e-4 for LoRA, 1e-5 for the whole UNet
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    batch_size: int = 1
+    gradient_accumulation: int = 1
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs
+    max_grad_norm: float = 1.0
+    mixed_precision: str | None = None  # None: what `accelerate launch --mixed_precision` said, else "no"
+    gradient_checkpointing: bool = False
+    snr_gamma: float | None = None  # Min-SNR weighting (Hang et al. 2023); 5.0 is the paper's value
+    noise_offset: float = 0.0
+    ema: bool = False  # whole-UNet fine-tune only
+    seed: int = 0
+    cache: bool = True
+    cache_dir: str | None = None  # None: $XDG_CACHE_HOME/t2i (or ~/.cache/t2i)
+    num_workers: int = 0
+    checkpoint_every: int = 500  # optimizer steps; 0: only the final weights
+    checkpoints_keep: int = 3
+    resume: str | None = None  # "latest" or a checkpoint folder
+    validate_every: int = 0  # optimizer steps; 0: only at the end (when prompts are given)
+    validation_prompts: tuple[str, ...] = ()
+    validation_steps: int = 20
+    export_kohya: bool = False
+
+    def __post_init__(self):
+        for f in fields(self):  # a NaN or infinite hyperparameter would only show as a NaN loss later
+            value = getattr(self, f.name)
+            check(not isinstance(value, float) or math.isfinite(value), f.name, value, "must be a finite number")
+        check(self.lora_targets in LORA_TARGETS, "lora_targets", self.lora_targets, "unknown target set",
+              choices=tuple(LORA_TARGETS))
+        check(self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", self.lr_scheduler, "unknown schedule",
+              choices=LR_SCHEDULERS)
+        check(self.mixed_precision in (None, *MIXED_PRECISION), "mixed_precision", self.mixed_precision,
+              "unknown precision", choices=MIXED_PRECISION)
+        check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution", self.resolution,
+              "must be a positive multiple of 8 (512 for SD 1.x)")
+        for name in ("rank", "batch_size", "epochs", "gradient_accumulation", "validation_steps"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1")
+        check(self.max_steps is None or self.max_steps >= 1, "max_steps", self.max_steps, "must be at least 1")
+        check(self.alpha is None or self.alpha > 0, "alpha", self.alpha, "must be positive")
+        check(self.learning_rate is None or self.learning_rate > 0, "learning_rate", self.learning_rate,
+              "must be positive")
+        check(0 <= self.caption_dropout < 1, "caption_dropout", self.caption_dropout, "must be in [0, 1)")
+        check(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "must be in [0, 1)")
+        check(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "must be positive")
+        check(self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma", self.snr_gamma, "must be positive")
+        for name in ("checkpoint_every", "validate_every", "lr_warmup_steps", "num_workers"):
+            check(getattr(self, name) >= 0, name, getattr(self, name), "must be 0 or more")
+        check(self.checkpoints_keep >= 1, "checkpoints_keep", self.checkpoints_keep, "must be at least 1")
+        check(not (self.cache and self.random_crop), "random_crop", None,
+              "gives a new crop every epoch, so its latents cannot be cached", hint="turn {cache} off")
+        check(not (self.ema and self.lora), "ema", None, "applies to the whole-UNet fine-tune", hint="turn {lora} off")
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.alpha if self.alpha is not None else self.rank)
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else (1e-4 if self.lora else 1e-5)

@@ -1,0 +1,120 @@
+"""What a training run leaves: the weights, loss.csv, loss.png and validation grids."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from t2i.files import atomic_write, write_text
+from t2i.formats.lora import save_diffusers_lora, save_kohya_lora
+
+COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "clipped_grad_norm", "seconds")
+
+
+class LossLog:
+    """loss.csv, one row per optimizer step; on resume, rows past the checkpoint are dropped."""
+
+    def __init__(self, file: Path, resume_step: int = 0):
+        self.file = file
+        rows = []
+        if resume_step and file.is_file():
+            with open(file, newline="") as f:
+                rows = [row for row in csv.DictReader(f) if int(row["step"]) <= resume_step]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(file, text.getvalue())
+
+    def add(self, **row) -> None:
+        with open(self.file, "a", newline="") as f:
+            csv.DictWriter(f, COLUMNS, lineterminator="\n").writerow(row)
+
+    def rows(self) -> list[dict]:
+        with open(self.file, newline="") as f:
+            return list(csv.DictReader(f))
+
+
+def plot_loss(log: LossLog, png: Path) -> None:
+    """Loss per step and its moving average."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = log.rows()
+    steps = [int(r["step"]) for r in rows]
+    losses = [float(r["loss"]) for r in rows]
+    window = max(1, len(losses) // 20)
+    smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
+              for i in range(len(losses))]
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    axes.plot(steps, losses, alpha=0.35, label="loss")
+    axes.plot(steps, smooth, label=f"mean of {window}")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("MSE loss")
+    axes.legend()
+    figure.tight_layout()
+    atomic_write(png, lambda tmp: figure.savefig(tmp, format="png"))
+    plt.close(figure)
+
+
+def image_grid(images: list[Image.Image]) -> Image.Image:
+    """Images in a near-square grid, the last row filled with white."""
+    from diffusers.utils import make_image_grid
+
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    blank = Image.new("RGB", images[0].size, "white")
+    return make_image_grid(images + [blank] * (rows * columns - len(images)), rows, columns)
+
+
+def validation_grid(model, prompts, steps: int, seed: int, resolution: int) -> Image.Image:
+    """One image per prompt through t2i's own generation (prompt i always gets seed+i, so the grids
+    of successive steps compare)."""
+    from t2i.sampling.config import GenerationConfig
+    from t2i.sampling.generate import generate
+
+    config = GenerationConfig(prompts=tuple(prompts), steps=steps, seed=seed, width=resolution, height=resolution,
+                              sampler="dpmpp-2m")
+    return image_grid([result.image for result in generate(model, config, progress=False)])
+
+
+def save_weights(folder: Path, unet, lora_config, ema=None) -> None:
+    """A checkpoint's weights: the LoRA file, or the whole UNet (and its EMA)."""
+    if lora_config is not None:
+        save_diffusers_lora(unet, folder, lora_config.to_dict())
+    else:
+        unet.save_pretrained(folder / "unet")
+        if ema is not None:
+            atomic_write(folder / "ema.pt", lambda tmp: torch.save(ema.state_dict(), tmp))
+
+
+def load_weights(folder: Path, unet, lora_config, ema=None) -> None:
+    """Put a checkpoint's weights back (the inverse of `save_weights`)."""
+    from t2i.formats.lora import DIFFUSERS_LORA_FILE, load_diffusers_lora_into
+
+    if lora_config is not None:
+        load_diffusers_lora_into(unet, folder / DIFFUSERS_LORA_FILE)
+        return
+    from diffusers import UNet2DConditionModel
+
+    unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "unet").state_dict())
+    if ema is not None:
+        ema.load_state_dict(torch.load(folder / "ema.pt", weights_only=True))
+
+
+def save_final(out: Path, model, config, lora_config) -> None:
+    """The run's result: a LoRA (diffusers, and kohya for A1111/ComfyUI on request) or a whole model."""
+    unet = model.pipe.unet
+    if config.lora:
+        save_diffusers_lora(unet, out, lora_config.to_dict())
+        if config.export_kohya:
+            save_kohya_lora(unet, out / f"{out.name}.safetensors", config.rank, config.lora_alpha, config.model)
+    else:
+        model.pipe.to(torch.float32).save_pretrained(out)

@@ -1,0 +1,245 @@
+"""The fine-tuning loop, under accelerate: set up, step, checkpoint, finish.
+
+The loss is the epsilon (or v) prediction MSE with the model's OWN noise schedule, the one its
+sampler uses; CLIP and the VAE stay frozen. Batches, noise and timesteps are pure functions of
+(seed, step), which is what makes a resumed run bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from t2i.errors import InvalidInput, TrainingError, require_extra
+from t2i.files import write_text
+from t2i.train.checkpoints import (
+    check_same_settings,
+    find_checkpoint,
+    install_weight_hooks,
+    read_state,
+    save_checkpoint,
+)
+from t2i.train.components import (
+    WEIGHT_DTYPES,
+    Components,
+    TrainData,
+    batches,
+    load_components,
+    load_data,
+)
+from t2i.train.config import FinetuneConfig
+from t2i.train.outputs import (
+    LossLog,
+    load_weights,
+    plot_loss,
+    save_final,
+    save_weights,
+    validation_grid,
+)
+from t2i.train.step import training_loss
+
+log = logging.getLogger("t2i")
+# settings a checkpoint must share with the run that resumes it: what the batches are drawn from,
+# and how each step trains (a changed learning rate would be recorded but not used: the
+# optimizer's saved state carries the old one)
+RESUME_KEYS = ("data", "model", "lora", "lora_targets", "rank", "alpha", "batch_size", "gradient_accumulation",
+               "seed", "resolution", "flip", "random_crop", "caption_dropout", "cache", "learning_rate",
+               "lr_scheduler", "lr_warmup_steps", "max_grad_norm", "snr_gamma", "noise_offset", "ema")
+
+
+def _refuse_isolated_ranks(accelerator: Accelerator) -> None:
+    """`accelerate launch --multi_gpu` without GPUs starts N processes that each think they are alone."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise TrainingError(f"launched as {launched} processes but they did not form one group (each trains alone)",
+                            hint="on CPUs use `ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node N "
+                                 "-m t2i finetune ...`")
+
+
+class Trainer:
+    """One fine-tuning run; `run()` returns the output folder."""
+
+    def __init__(self, config: FinetuneConfig, progress: bool = True):
+        require_extra("train", "tensorboard", "matplotlib")
+        self.config, self.progress = config, progress
+        self.out = Path(config.output).expanduser()
+        # accelerate keeps its settings in a per-process singleton: forget the previous run's (the process
+        # group itself, PartialState, is kept), so a second run in one process gets its own precision
+        AcceleratorState._reset_state()
+        # None lets `accelerate launch --mixed_precision X` decide; either way weight_dtype follows the result
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard",
+                                       project_dir=str(self.out))
+        _refuse_isolated_ranks(self.accelerator)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.main = self.accelerator.is_main_process
+        self.weight_dtype = WEIGHT_DTYPES[self.accelerator.mixed_precision]
+        if self.main and not config.resume and (self.out / "train_config.json").exists():
+            raise InvalidInput("already holds a training run", field="output", value=self.out,
+                               hint="resume it ({resume} latest) or choose another output folder")
+
+    @property
+    def trained_unet(self):
+        return self.parts.model.pipe.unet  # the module itself; accelerate's DDP wrapper only wraps it
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def _setup(self) -> None:
+        config = self.config
+        self.parts: Components = load_components(config, self.accelerator.device, self.weight_dtype)
+        self.data: TrainData = load_data(config, self.parts, self.accelerator, self.progress)
+        steps_per_epoch = max(1, self.data.batches_per_epoch // config.gradient_accumulation)
+        self.total_steps = config.max_steps or config.epochs * steps_per_epoch
+        self.optimizer = torch.optim.AdamW(self.parts.params, lr=config.lr)
+        # stepped once per optimizer step on every rank: not prepared, so accelerate does not scale it
+        self.lr_scheduler = get_scheduler(config.lr_scheduler, self.optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                          num_training_steps=self.total_steps)
+        self.unet, self.optimizer = self.accelerator.prepare(self.parts.model.pipe.unet, self.optimizer)
+        parts = self.parts
+        install_weight_hooks(self.accelerator,
+                             lambda folder: save_weights(folder, self.trained_unet, parts.lora_config, parts.ema),
+                             lambda folder: load_weights(folder, self.trained_unet, parts.lora_config, parts.ema))
+
+    def _settings(self) -> dict:
+        return {k: getattr(self.config, k) for k in RESUME_KEYS}
+
+    def _resume(self) -> int:
+        path = find_checkpoint(self.out / "checkpoints", self.config.resume)
+        if path is None:  # killed before its first checkpoint: nothing is lost by starting over here
+            log.warning("no checkpoint in %s yet: starting from step 0 in the same folder", self.out / "checkpoints")
+            return 0
+        state = read_state(path)
+        check_same_settings(path, state, self._settings())
+        self.accelerator.load_state(str(path))
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        log.info("resumed from %s at step %d", path, state["step"])
+        return state["step"]
+
+    def _checkpoint(self, step: int) -> None:
+        state = {"step": step, "settings": self._settings(), "lr_scheduler": self.lr_scheduler.state_dict()}
+        save_checkpoint(self.accelerator, self.out / "checkpoints", step, state, self.config.checkpoints_keep)
+
+    def _start_logs(self, step: int) -> LossLog | None:
+        if not self.main:
+            return None
+        self.out.mkdir(parents=True, exist_ok=True)
+        record = {**dataclasses.asdict(self.config), "layout": self.data.layout, "images": len(self.data.dataset),
+                  "skipped_images": len(self.data.skipped), "processes": self.world, "total_steps": self.total_steps}
+        write_text(self.out / "train_config.json", json.dumps(record, indent=2, default=str))
+        self.accelerator.init_trackers("t2i-finetune", config={k: v for k, v in record.items()
+                                                               if isinstance(v, (int, float, str, bool))})
+        if self.data.skipped:
+            log.warning("skipping %d unreadable image(s), e.g. %s", len(self.data.skipped),
+                        next(iter(self.data.skipped.items())))
+        return LossLog(self.out / "loss.csv", resume_step=step)
+
+    # ---- one optimizer step ---------------------------------------------------------------
+    def _step(self, step: int, stream) -> tuple[float, float, float]:
+        """Accumulate, clip, step; returns (mean loss over ranks and micro-batches, grad norm, clipped norm)."""
+        accumulation, losses = self.config.gradient_accumulation, []
+        for micro in range(accumulation):
+            batch_index = step * accumulation + micro
+            sync = micro == accumulation - 1
+            with nullcontext() if sync else self.accelerator.no_sync(self.unet):
+                loss = training_loss(self.unet, self.parts, self.config, next(stream), batch_index, self.rank,
+                                     self.accelerator)
+                every_rank = self.accelerator.gather(loss.detach().reshape(1))
+                if not torch.isfinite(every_rank).all():
+                    raise TrainingError(f"the loss became {every_rank.tolist()} at step {step + 1}: training stopped "
+                                        f"and the last checkpoint in {self.out / 'checkpoints'} is intact",
+                                        hint="lower {learning_rate}, or use bf16 instead of fp16 mixed precision")
+                self.accelerator.backward(loss / accumulation)
+            losses.append(every_rank.mean().item())
+        norm = self.accelerator.clip_grad_norm_(self.parts.params, self.config.max_grad_norm)
+        grads = [p.grad.detach().float().norm() for p in self.parts.params if p.grad is not None]
+        clipped = torch.stack(grads).norm().item() if grads else 0.0
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.parts.ema is not None:
+            self.parts.ema.step(self.parts.params)
+        return sum(losses) / len(losses), float(norm), clipped
+
+    # ---- finishing ------------------------------------------------------------------------
+    def _validate(self, step: int) -> None:
+        if not self.config.validation_prompts or not self.main:
+            return
+        self.trained_unet.eval()
+        with self.accelerator.autocast():
+            sheet = validation_grid(self.parts.model, self.config.validation_prompts, self.config.validation_steps,
+                                    self.config.seed, self.config.resolution)
+        folder = self.out / "validation"
+        folder.mkdir(parents=True, exist_ok=True)
+        sheet.save(folder / f"step-{step:06d}.png")
+        self.trained_unet.train()
+
+    def _check_ranks_agree(self) -> None:
+        """Every rank must end with the same weights; a silent divergence would ship rank 0's alone."""
+        digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in self.parts.params)).hexdigest()
+        log.info("rank %d of %d: trained weights sha256 %s", self.rank, self.world, digest[:16])
+        every_rank = self.accelerator.gather(torch.tensor([int(digest[:15], 16)], device=self.accelerator.device))
+        if (every_rank != every_rank[0]).any():
+            raise TrainingError(f"the {self.world} processes ended with different weights: the launch did not keep "
+                                "them in sync (see the launch forms in the README)")
+
+    def _finish(self, loss_log: LossLog | None) -> None:
+        self._check_ranks_agree()
+        if self.main:
+            if self.parts.ema is not None:
+                self.parts.ema.copy_to(self.trained_unet.parameters())
+            save_final(self.out, self.parts.model, self.config, self.parts.lora_config)
+            if loss_log and loss_log.rows():
+                plot_loss(loss_log, self.out / "loss.png")
+        # Tear down in step on every rank. Dropping the DDP wrapper after its process group is gone can
+        # deadlock with gloo (the group's destructor joins a worker thread that waits for the GIL), so
+        # the wrapper goes first, while the group and every rank are still there.
+        self.accelerator.wait_for_everyone()
+        self.unet = self.trained_unet
+        self.accelerator.free_memory()
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+
+    # ---- the loop -------------------------------------------------------------------------
+    def run(self) -> Path:
+        config = self.config
+        self._setup()
+        step = self._resume() if config.resume else 0
+        loss_log = self._start_logs(step)
+        stream = batches(self.data, config, self.rank, self.world, step * config.gradient_accumulation)
+        bar = tqdm(total=self.total_steps, initial=step, desc="fine-tuning", disable=not self.progress or not self.main)
+        started = time.perf_counter()
+        while step < self.total_steps:
+            loss, norm, clipped = self._step(step, stream)
+            step += 1
+            if self.main:
+                lr = self.lr_scheduler.get_last_lr()[0]
+                epoch = (step * config.gradient_accumulation - 1) // self.data.batches_per_epoch
+                loss_log.add(step=step, epoch=epoch, loss=loss, lr=lr, grad_norm=norm, clipped_grad_norm=clipped,
+                             seconds=round(time.perf_counter() - started, 3))
+                self.accelerator.log({"loss": loss, "lr": lr, "grad_norm": norm}, step=step)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                bar.update(1)
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < self.total_steps:
+                self._checkpoint(step)
+            if config.validate_every and step % config.validate_every == 0:
+                self._validate(step)
+        bar.close()
+        if not (config.validate_every and step % config.validate_every == 0):
+            self._validate(step)
+        self._finish(loss_log)
+        return self.out
+
+
+def finetune(config: FinetuneConfig, progress: bool = True) -> Path:
+    """Run a fine-tune to completion; returns the output folder."""
+    return Trainer(config, progress).run()
