@@ -44,12 +44,7 @@ def make_data(folder: Path, count: int, size: int) -> None:
 
 def make_model(folder: Path, width_divisor: int) -> None:
     """SD 1.5's architecture from t2i's shipped configs, widths divided, random weights."""
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from t2i.models import SD1_CONFIG_DIR

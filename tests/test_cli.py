@@ -67,6 +67,18 @@ def test_from_image_remakes_the_image_exactly(run_cli, tmp_path, init_image):
     assert code == 0 and outputs(tmp_path / "x") == ["00001-3.png"]
 
 
+@pytest.mark.parametrize("sampler, label", [("ddpm", "DDPM"), ("deis", "DEIS")])
+def test_samplers_a1111_lacks_are_remade_exactly_from_the_png(run_cli, tmp_path, sampler, label):
+    code, stdout, stderr = run_cli("generate", "a cat", *TINY, "--seed", "3", "--sampler", sampler, "--out", tmp_path / "a")
+    assert code == 0, stderr
+    first = stdout.split()[0]
+    assert f"Sampler: {label}," in read_metadata(first)[0]  # A1111 would read DPM++ 2M: t2i's JSON keeps it
+    code, stdout, stderr = run_cli("generate", "--from-image", first, "--out", tmp_path / "b")
+    assert code == 0, stderr
+    assert read_metadata(stdout.split()[0])[1]["sampler"] == sampler
+    assert np.array_equal(pixels(stdout.split()[0]), pixels(first))
+
+
 def test_info_prints_infotext_and_settings(run_cli, tmp_path):
     run_cli("generate", "a fox", *TINY, "--seed", "2", "--out", tmp_path)
     code, stdout, _ = run_cli("info", tmp_path / "00001-2.png")
@@ -99,10 +111,9 @@ def test_lora_tags_and_hashes_are_recorded(run_cli, tmp_path):
     assert text.startswith("a fox <lora:style:0.5>\n") and 'Lora hashes: "style: ' in text
 
 
-@pytest.fixture
-def bad_files(tmp_path, tiny_folder):
-    files = tmp_path / "files"
-    files.mkdir()
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    files = tmp_path_factory.mktemp("files")
     (files / "corrupt.safetensors").write_bytes(b"\x00\x01not a safetensors file")
     (files / "model.ckpt").write_bytes(b"pickle")
     (files / "lora.safetensors").write_bytes(b"garbage")
@@ -113,6 +124,11 @@ def bad_files(tmp_path, tiny_folder):
     Image.new("RGB", (32, 32)).save(files / "plain.png")
     Image.new("RGB", (32, 32)).save(files / "init.png")
     Image.new("L", (16, 16)).save(files / "small-mask.png")
+    Image.new("RGB", (1, 1)).save(files / "one-pixel.png")
+    Image.new("1", (20000, 20000)).save(files / "bomb.png")  # a few hundred KB that decode to 400 Mpixels
+    inflating = PngInfo()
+    inflating.add_text("note", "x" * 50_000_000, zip=True)  # zTXt: ~50 KB in the file, 50 MB inflated
+    Image.new("RGB", (32, 32)).save(files / "text-bomb.png", pnginfo=inflating)
     (files / "empty-folder").mkdir()
     for name, chunk in (("lacks-keys.png", '{"prompt": "x"}'), ("string-steps.png", json.dumps({**RECORD, "steps": "9"})),
                         ("bad-json.png", "{not json")):
@@ -169,6 +185,13 @@ BAD_INPUTS = [  # (arguments, exit code, what the message must say)
     (["--seed", "9223372036854775807", "--num-images", "2"], 2, "the last image would get seed 9223372036854775808"),
     (["--out", "{f}/notes.txt"], 2, "notes.txt is a file, not a folder"),
     (["--out", "{f}/notes.txt/sub"], 2, "notes.txt is a file, not a folder"),
+    (["--init-image", "{f}/one-pixel.png"], 2, "--init-image {f}/one-pixel.png: is 1x1 pixels; it must be at least 8x8"),
+    (["--init-image", "{f}/bomb.png"], 2, "--init-image {f}/bomb.png: has more pixels than t2i reads"),
+    (["--init-image", "{f}/text-bomb.png"], 2, "--init-image {f}/text-bomb.png: a text chunk inflates past the"),
+    (["--from-image", "{f}/text-bomb.png"], 2, "--from-image {f}/text-bomb.png: a text chunk inflates past the"),
+    (["--steps", "1000000000"], 2, "--steps 1000000000: must be at most 1000: this model's noise schedule"),
+    (["--sampler", "ddim", "--steps", "5000"], 2, "--steps 5000: must be at most 1000"),
+    (["--width", "100000", "--height", "100000"], 2, "--width 100000: must be at most 4096"),
     (["--from-image", "{f}/lacks-keys.png"], 2, "--from-image {f}/lacks-keys.png: its t2i settings lack 'negative_prompt'"),
     (["--from-image", "{f}/string-steps.png"], 2, "its t2i setting 'steps' holds '9', not a int"),
     (["--from-image", "{f}/bad-json.png"], 2, "--from-image {f}/bad-json.png: its 't2i' settings chunk is not valid JSON"),

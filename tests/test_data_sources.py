@@ -157,3 +157,16 @@ def test_unrecognised_folder_says_which_layouts_are_accepted(tmp_path):
 ])
 def test_captions_are_lightly_cleaned(raw, clean):
     assert clean_caption(raw) == clean
+
+
+@pytest.mark.parametrize("marker, content", [
+    ("metadata.jsonl", '{"file_name": "a.png", "text": "a cat"}\n{not json\n'),
+    ("metadata.jsonl", '{"text": "no file name"}\n'),
+    ("dataset_flickr30k.json", '{"images": [{"filename": "a.jpg"}]}'),
+    ("results_20130124.token", b"\xff\xfe not utf-8"),
+])
+def test_a_broken_captions_file_is_named_in_one_line(tmp_path, marker, content):
+    path = tmp_path / marker
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(InvalidInput, match=f"its {marker} is not a .* captions file"):
+        read_collection(tmp_path)

@@ -1,7 +1,9 @@
 """Fine-tuning on the tiny model: LoRA files every tool loads, exact resume, real clipping, scale-out."""
 
 import csv
+import hashlib
 import json
+import logging
 import os
 import re
 import signal
@@ -17,7 +19,8 @@ from PIL import Image, ImageDraw
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from t2i.errors import InvalidInput, T2IError
+from t2i.errors import InvalidInput, LoadError, T2IError
+from t2i.formats.png import read_png_text as read_metadata
 from t2i.train.config import FinetuneConfig
 from t2i.train.trainer import Trainer, finetune
 
@@ -88,21 +91,48 @@ def test_kohya_file_has_true_alpha_and_a1111_metadata(shapes, tmp_path):
     assert metadata["ss_network_dim"] == "4" and metadata["ss_network_alpha"] == "2.0"
     assert metadata["ss_base_model_version"] == "sd_v1"
     assert metadata["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    # kohya's sshs hashes: of the file the tensors make with only the ss_ metadata, as its scripts compute them
+    from safetensors.torch import save
+
+    ss_only = save(tensors, {k: v for k, v in metadata.items() if k.startswith("ss_")})
+    data_start = 8 + int.from_bytes(ss_only[:8], "little")
+    assert metadata["sshs_model_hash"] == hashlib.sha256(ss_only[data_start:]).hexdigest()
+    assert metadata["sshs_legacy_hash"] == hashlib.sha256(ss_only[0x100000:0x110000]).hexdigest()[:8]
     with safe_open(out / "pytorch_lora_weights.safetensors", "pt") as f:
         assert '"unet.lora_alpha": 2.0' in f.metadata()["lora_adapter_metadata"]
 
 
 def test_generate_uses_both_lora_formats(shapes, tmp_path, run_cli):
     out = finetune(config(shapes, tmp_path, export_kohya=True, max_steps=3, learning_rate=5e-2), progress=False)
-    images = {}
+    images, texts = {}, {}
     for name, lora in (("none", None), ("diffusers", out), ("kohya", out / "run.safetensors")):
         args = ["generate", "a red circle", "--model", "tiny", "--steps", "4", "--seed", "1", "--sampler", "ddim",
                 "--out", tmp_path / name] + (["--lora", lora] if lora else [])
         code, stdout, stderr = run_cli(*args)
         assert code == 0, stderr
         images[name] = pixels(stdout.split()[0])
+        texts[name] = read_metadata(stdout.split()[0])[0]
     assert not np.array_equal(images["none"], images["diffusers"])
     assert np.abs(images["diffusers"] - images["kohya"]).max() <= 1  # same weights, two file formats
+    # A1111 names the LoRA by the addnet hash of the file its users have: the kohya export, for both refs
+    kohya_file = (out / "run.safetensors").read_bytes()
+    header = 8 + int.from_bytes(kohya_file[:8], "little")
+    expected = hashlib.sha256(kohya_file[header:]).hexdigest()[:12]
+    assert f'Lora hashes: "run: {expected}"' in texts["diffusers"] and f'"run: {expected}"' in texts["kohya"]
+    assert hashlib.sha256(kohya_file).hexdigest()[:12] != expected
+
+
+def test_a_file_without_kohya_hashes_is_named_by_its_addnet_hash(tmp_path):
+    from safetensors.torch import save_file
+
+    from t2i.formats.hashes import lora_hash
+
+    file = tmp_path / "x.safetensors"
+    save_file({"a": torch.arange(6.0)}, file, metadata={"note": "edited later"})
+    data = file.read_bytes()
+    assert lora_hash(file) == hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()[:12]
+    save_file({"a": torch.arange(6.0)}, file, metadata={"sshs_model_hash": "f" * 64})
+    assert lora_hash(file) == "f" * 12  # the stored hash takes precedence, as in A1111
 
 
 def test_outputs_logs_and_config_are_written(shapes, tmp_path):
@@ -164,6 +194,22 @@ def test_resume_before_any_checkpoint_starts_from_step_0_in_the_same_folder(shap
     assert "starting from step 0 in the same folder" in caplog.text
     assert [int(r["step"]) for r in read_csv(out / "loss.csv")] == [1, 2]
     assert (out / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_a_damaged_checkpoint_is_named_and_resume_falls_back_to_the_one_before(shapes, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="t2i")
+    out = finetune(config(shapes, tmp_path, max_steps=6, checkpoint_every=2), progress=False)
+    uninterrupted = load_file(out / "pytorch_lora_weights.safetensors")
+    newest = out / "checkpoints" / "checkpoint-000004"
+    optimizer = newest / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])  # truncated, as by a full disk
+    with pytest.raises(LoadError, match="checkpoint-000004: the checkpoint is damaged"):
+        finetune(config(shapes, tmp_path, max_steps=6, checkpoint_every=2, resume=str(newest)), progress=False)
+    finetune(config(shapes, tmp_path, max_steps=6, checkpoint_every=2, resume="latest"), progress=False)
+    assert "checkpoint-000004 is damaged" in caplog.text and "checkpoint-000002 at step 2" in caplog.text
+    resumed = load_file(out / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+    assert [int(r["step"]) for r in read_csv(out / "loss.csv")] == [1, 2, 3, 4, 5, 6]
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(shapes, tmp_path):

@@ -4,14 +4,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import pixels, plain_pipeline
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    PNDMScheduler,
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionInpaintPipeline,
-)
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       PNDMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline)
 from PIL import Image
 
 from t2i.models.config import ModelConfig

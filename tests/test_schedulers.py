@@ -106,4 +106,7 @@ def test_samplers_command_lists_names_without_importing_torch():
     assert result.returncode == 0, result.stderr
     assert "dpmpp-2m-karras" in result.stdout and "DPM++ 2M Karras" in result.stdout
     assert "euler_ancestral" in result.stdout
-    assert len(result.stdout.strip().splitlines()) == len(SAMPLERS) + 1
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(SAMPLERS) + 2  # header, samplers, footnote
+    marked = {line.split()[0] for line in lines[1:-1] if " * " in line}
+    assert marked == {"ddpm", "deis"}, "the samplers A1111 would misread as DPM++ 2M"

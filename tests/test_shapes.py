@@ -7,15 +7,7 @@ import pytest
 
 from t2i.data.sources import read_collection
 from t2i.shapes.analyser import analyse
-from t2i.shapes.world import (
-    ALL_COLOURS,
-    COLOURS,
-    HELD_OUT,
-    SHAPES,
-    caption,
-    make_image,
-    random_shape,
-)
+from t2i.shapes.world import ALL_COLOURS, COLOURS, HELD_OUT, SHAPES, caption, make_image, random_shape
 
 
 def test_analyser_reads_the_generator_s_images_back():
@@ -78,3 +70,16 @@ def test_colour_weights_set_each_colours_share(tmp_path, run_cli):
     shares = {c: sum(r["colour"] == c for r in rows) / len(rows) for c in ALL_COLOURS}
     assert 0.45 <= shares["brown"] <= 0.55  # 8 of 16 draws
     assert all(0.03 <= shares[c] <= 0.10 for c in COLOURS)  # 1 of 16 each
+
+
+@pytest.mark.parametrize("make, extra, message", [
+    (lambda p: p.write_text("a file"), [], "OUT {out}: is a file, not a folder"),
+    (lambda p: None, ["--size", "100000"], "--size 100000: must be from 16 to 1024"),
+    (lambda p: None, ["--count", "0"], "--count 0: must be at least 1"),
+])
+def test_make_dataset_refuses_bad_input_before_any_work(tmp_path, run_cli, make, extra, message):
+    out = tmp_path / "out"
+    make(out)
+    code, stdout, stderr = run_cli("shapes", "make-dataset", out, *extra)
+    assert code == 2 and message.format(out=out) in stderr and "Traceback" not in stderr
+    assert out.is_file() or not out.exists(), "nothing is left behind"

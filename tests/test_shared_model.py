@@ -52,24 +52,25 @@ def test_two_threads_with_other_samplers_and_loras_get_the_pixels_each_gets_alon
                             progress=False)[0])
     assert not np.array_equal(alone[0], plain), "the LoRA must change the image for this test to mean anything"
 
-    lockstep = threading.Barrier(2, timeout=60)  # each denoising step of one waits for the other's
-    results, errors = [None, None], []
+    for _ in range(3):  # a race shows up in some runs only
+        lockstep = threading.Barrier(2, timeout=60)  # each denoising step of one waits for the other's
+        results, errors = [None, None], []
 
-    def run(index):
-        try:
-            results[index] = pixels(generate(model, jobs[index], on_step=lambda *_: lockstep.wait(),
-                                             progress=False)[0])
-        except Exception as exc:  # reported below: a thread's exception would otherwise be lost
-            errors.append(exc)
-            lockstep.abort()
+        def run(index):
+            try:
+                results[index] = pixels(generate(model, jobs[index], on_step=lambda *_: lockstep.wait(),
+                                                 progress=False)[0])
+            except Exception as exc:  # reported below: a thread's exception would otherwise be lost
+                errors.append(exc)
+                lockstep.abort()
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not errors, errors
-    assert np.array_equal(results[0], alone[0]) and np.array_equal(results[1], alone[1])
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        assert np.array_equal(results[0], alone[0]) and np.array_equal(results[1], alone[1])
     for name, weights in before.items():
         after = state(getattr(model.pipe, name))
         assert after.keys() == weights.keys(), f"{name} gained or lost modules (an adapter left behind?)"

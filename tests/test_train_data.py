@@ -11,13 +11,7 @@ from PIL import Image
 
 from t2i.data.cache import TensorCache, build_cache, cached_samples
 from t2i.data.sources import Sample
-from t2i.data.training_set import (
-    Augment,
-    EpochSampler,
-    TrainingSet,
-    check_images,
-    read_rgb,
-)
+from t2i.data.training_set import CENTRE, Augment, EpochSampler, TrainingSet, check_images, image_key, read_rgb
 from t2i.models.presets import tiny_components
 
 
@@ -136,6 +130,9 @@ def test_cache_is_reused_and_invalidated_by_its_key(tmp_path):
     assert build(Augment(16), vae_id="vae-b") == 12, "another VAE invalidates every latent"
     texts = len(list((tmp_path / "cache").rglob("*.safetensors"))) - 12
     assert texts == 4  # 3 captions and the empty one, computed once for all of the above
+    damaged = cache.path(image_key(images[0], Augment(16), CENTRE, False, "vae-a"))
+    damaged.write_bytes(damaged.read_bytes()[:40])  # a truncated entry (a killed writer, a full disk)
+    assert build(Augment(16)) == 13, "a damaged entry is encoded again, not fatal"
     Image.new("RGB", (40, 32), "white").save(tmp_path / "1.png")  # the file changed on disk
     assert cached_samples(images, Augment(16), cache, "vae-a") == [images[0], images[2]]
     dataset = TrainingSet([images[0]], Augment(16, caption_dropout=0), 0, parts["tokenizer"], cache, "vae-a", "text-a")

@@ -10,12 +10,7 @@ import typer
 from t2i.cli import app, given, log, prepare_environment
 from t2i.errors import InvalidInput
 from t2i.models.config import DEFAULT_MODEL
-from t2i.train.config import (
-    LORA_TARGETS,
-    LR_SCHEDULERS,
-    MIXED_PRECISION,
-    FinetuneConfig,
-)
+from t2i.train.config import LORA_TARGETS, LR_SCHEDULERS, MIXED_PRECISION, FinetuneConfig
 
 
 def _tuning(name: str):

@@ -117,15 +117,16 @@ def generate(
 
 @app.command()
 def samplers():
-    """List the samplers with their A1111 and ComfyUI names."""
+    """List the samplers with their A1111 and ComfyUI names (* not in A1111)."""
     rows = [("name", "A1111", "ComfyUI", "summary")]
     for name, spec in SAMPLERS.items():
-        a1111 = spec.a1111 + (" Karras" if spec.schedule == "Karras" else "")
+        a1111 = spec.a1111 + (" Karras" if spec.schedule == "Karras" else "") + ("" if spec.in_a1111 else " *")
         comfy = (spec.comfy or "-") + (" + karras" if spec.schedule == "Karras" and spec.comfy else "")
         rows.append((name, a1111, comfy, spec.summary))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    print("* A1111 has no such sampler and reads this label as DPM++ 2M; t2i --from-image re-makes it exactly")
 
 
 @app.command()

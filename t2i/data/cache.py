@@ -7,13 +7,17 @@ the frozen weights' fingerprint), so a cache built for one model or crop is neve
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import torch
 
 from t2i.data.training_set import CENTRE, image_key, pixels, text_key
+from t2i.errors import first_line
 from t2i.files import atomic_write
 from t2i.formats.images import UNREADABLE
+
+log = logging.getLogger("t2i")
 
 
 def weights_fingerprint(*modules) -> str:
@@ -36,7 +40,21 @@ class TensorCache:
         return self.folder / key[:2] / f"{key}.safetensors"
 
     def __contains__(self, key: str) -> bool:
-        return self.path(key).is_file()
+        """Whether an intact entry is there; a damaged one (a truncated file, say) is removed, so that
+        it is encoded again rather than stopping a run."""
+        from safetensors import safe_open
+
+        path = self.path(key)
+        if not path.is_file():
+            return False
+        try:
+            with safe_open(path, framework="pt") as f:  # reads and checks the header against the file size
+                f.keys()
+            return True
+        except Exception as exc:  # safetensors raises its own error type for every kind of damage
+            log.warning("cache entry %s is damaged (%s): encoding it again", path.name, first_line(exc))
+            path.unlink(missing_ok=True)
+            return False
 
     def get(self, key: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from t2i.errors import InvalidInput, NotFound
+from t2i.errors import InvalidInput, NotFound, first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 FLICKR_IMAGE_DIRS = ("flickr30k-images", "flickr30k_images", "images", ".")
@@ -169,7 +169,11 @@ def read_collection(root: str | Path, data_format: str | None = None) -> tuple[s
         raise InvalidInput("unknown layout", field="data_format", value=data_format, choices=FORMATS)
     for name, (marker_name, reader) in LAYOUTS.items():
         if data_format in (None, name) and (marker := _marker(root, marker_name)):
-            return name, _non_empty(reader(marker), root)
+            try:
+                return name, _non_empty(reader(marker), root)
+            except (ValueError, KeyError, TypeError, IndexError, csv.Error) as exc:  # JSON, CSV, encoding errors
+                raise InvalidInput(f"its {marker.name} is not a {name} captions file ({type(exc).__name__}: "
+                                   f"{first_line(exc)})", field="data", value=root) from exc
     if data_format in (None, "kohya"):
         samples = read_kohya_folder(root)
         if samples:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import io
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from t2i.errors import InvalidInput, NotFound
 
+MAX_SIDE = 4096
+MAX_PIXELS = MAX_SIDE * MAX_SIDE  # what t2i decodes from an input file; A1111's own UI stops at 2048
 # what a missing, empty, truncated or non-image file raises when read
 UNREADABLE = (OSError, ValueError, KeyError, zipfile.BadZipFile, Image.DecompressionBombError)
 
@@ -43,17 +47,40 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+@contextmanager
+def checked_image(path: str | Path, field: str) -> Iterator[Image.Image]:
+    """An image file opened for reading, refused before decoding when it is missing, not an image,
+    over MAX_PIXELS (a decompression bomb decodes to gigabytes from a small file) or holds a text
+    chunk that inflates past PIL's limit."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise NotFound("no such file", field=field, value=path)
+    try:
+        with Image.open(file) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise InvalidInput(f"is {width}x{height} pixels; t2i reads at most {MAX_PIXELS:,} "
+                                   f"({MAX_SIDE}x{MAX_SIDE})", field=field, value=path)
+            yield image
+    except Image.DecompressionBombError as exc:
+        raise InvalidInput(f"has more pixels than t2i reads (at most {MAX_PIXELS:,})", field=field,
+                           value=path) from exc
+    except ValueError as exc:
+        if "Decompressed" not in str(exc):
+            raise InvalidInput(f"not a readable image ({exc})", field=field, value=path) from exc
+        raise InvalidInput(f"a text chunk inflates past the {PngImagePlugin.MAX_TEXT_CHUNK:,}-byte limit",
+                           field=field, value=path) from exc
+    except (UnidentifiedImageError, OSError, zipfile.BadZipFile) as exc:
+        raise InvalidInput(f"not a readable image ({exc})", field=field, value=path) from exc
+
+
 def load_image(source: str | Path | Image.Image, field: str) -> Image.Image:
     """An init image or mask as RGB, from a path or an image in memory; `field` names it in errors."""
     if isinstance(source, Image.Image):
         return to_rgb(source)
-    file = Path(source).expanduser()
-    if not file.is_file():
-        raise NotFound("no such file", field=field, value=source)
-    try:
-        return to_rgb(open_image(file))
-    except (UnidentifiedImageError, *UNREADABLE) as exc:
-        raise InvalidInput(f"not a readable image ({exc})", field=field, value=source) from exc
+    with checked_image(source, field) as image:
+        image.load()
+        return to_rgb(image)
 
 
 def load_mask(source: str | Path | Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -61,9 +88,9 @@ def load_mask(source: str | Path | Image.Image, size: tuple[int, int]) -> Image.
     mask = load_image(source, "mask").convert("L")
     if mask.size != size:
         raise InvalidInput(f"is {mask.size[0]}x{mask.size[1]} but the init image is {size[0]}x{size[1]}",
-                           field="mask", value=_describe(source), hint="give a mask of the same size")
+                           field="mask", value=describe(source), hint="give a mask of the same size")
     return mask
 
 
-def _describe(source) -> str:
+def describe(source) -> str:
     return "(image in memory)" if isinstance(source, Image.Image) else str(source)

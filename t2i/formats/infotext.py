@@ -10,8 +10,9 @@ from t2i.sampling.samplers import SAMPLERS
 
 
 def _quote(value: Any) -> str:
+    """A value as A1111 reads it back: JSON-quoted when it holds a separator or starts with a quote."""
     text = str(value)
-    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") or text.startswith('"') else text
 
 
 def _number(value: float) -> str:

@@ -58,6 +58,14 @@ class LoraRef:
         path = Path(self.path).expanduser()
         return path.name if path.is_dir() else path.stem
 
+    @property
+    def hash_file(self) -> Path:
+        """The file A1111 users have under `name`: for a training folder, its kohya export
+        (`NAME/NAME.safetensors`) when there is one, else the diffusers file t2i loads."""
+        path = Path(self.path).expanduser()
+        export = path / f"{path.name}.safetensors"
+        return export if path.is_dir() and export.is_file() else self.file
+
 
 def apply_loras(pipe, refs: tuple[LoraRef, ...]) -> list[dict]:
     """Load each LoRA into `pipe` as its own adapter at its scale; returns what the metadata records.
@@ -65,20 +73,23 @@ def apply_loras(pipe, refs: tuple[LoraRef, ...]) -> list[dict]:
     This changes the pipeline's UNet (and text encoder): generation calls it on a per-call copy of
     the module tree (t2i.sampling.view), never on the shared loaded model.
     """
-    from t2i.formats.hashes import file_sha256
+    from t2i.formats.hashes import lora_hash
 
     applied = []
     for index, ref in enumerate(refs):
         file = ref.file
         adapter = f"lora{index}"
         try:
-            pipe.load_lora_weights(str(file), adapter_name=adapter)
+            # low_cpu_mem_usage=False: the memory-saving path creates the adapter layers under a context
+            # manager that patches torch.nn.Module for the whole process, which races with a generation
+            # loading another LoRA in another thread (and can leave the patch in place for good)
+            pipe.load_lora_weights(str(file), adapter_name=adapter, low_cpu_mem_usage=False)
         except Exception as exc:  # corrupt or foreign files fail in safetensors, peft or the converters
             pipe.unload_lora_weights()
             raise LoadError(f"not a LoRA file t2i can load ({first_line(exc)})", field="loras",
                             value=ref.path) from exc
         applied.append({"path": str(file), "name": ref.name, "scale": ref.scale, "adapter": adapter,
-                        "hash": file_sha256(file)[:12]})
+                        "hash": lora_hash(ref.hash_file)})
     if applied:
         pipe.set_adapters([a["adapter"] for a in applied], adapter_weights=[a["scale"] for a in applied])
     return [{k: v for k, v in a.items() if k != "adapter"} for a in applied]
@@ -140,10 +151,13 @@ def save_kohya_lora(unet, file: Path, rank: int, alpha: float, base_model: str) 
     """A LoRA file A1111, ComfyUI and kohya's tools load, with the metadata A1111's UI reads."""
     from safetensors.torch import save_file
 
+    from t2i.formats.hashes import kohya_hashes
+
     metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
                 "ss_base_model_version": "sd_v1", "ss_output_name": file.stem, "ss_sd_model_name": base_model,
                 "ss_training_comment": "trained with t2i", "modelspec.architecture": "stable-diffusion-v1/lora",
                 "modelspec.implementation": "https://github.com/huggingface/diffusers",
                 "modelspec.title": file.stem, "modelspec.sai_model_spec": "1.0.0"}
     state = kohya_state_dict(unet, alpha)
+    metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = kohya_hashes(state, metadata)
     return atomic_write(file, lambda tmp: save_file(state, str(tmp), metadata=metadata))

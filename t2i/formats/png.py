@@ -15,8 +15,9 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from t2i.errors import InvalidInput, NotFound
+from t2i.errors import InvalidInput
 from t2i.files import write_new
+from t2i.formats.images import checked_image
 from t2i.formats.infotext import infotext
 
 JSON_CHUNK = "t2i"
@@ -54,14 +55,8 @@ def save_png(image: Image.Image, settings: dict[str, Any], out_dir: Path) -> Pat
 
 def read_png_text(path: str | Path) -> tuple[str | None, dict[str, Any] | None]:
     """(infotext, t2i settings) stored in a PNG; either may be None for images from other tools."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise NotFound("no such file", field="image", value=path)
-    try:
-        with Image.open(file) as image:
-            chunks = dict(getattr(image, "text", {}))
-    except OSError as exc:
-        raise InvalidInput(f"not a readable image ({exc})", field="image", value=path) from exc
+    with checked_image(path, "image") as image:
+        chunks = dict(getattr(image, "text", {}))
     try:
         settings = json.loads(chunks[JSON_CHUNK]) if JSON_CHUNK in chunks else None
     except ValueError as exc:

@@ -14,6 +14,7 @@ from t2i.formats.lora import LoraRef
 from t2i.sampling.samplers import resolve_sampler
 
 MAX_SEED = 2**63 - 1
+MAX_SIDE = 4096  # pixels; checked before any work (SD 1.x is trained at 512, A1111's UI stops at 2048)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class GenerationConfig:
             size = getattr(self, name)
             check(size is None or (size >= 8 and size % 8 == 0), name, size,
                   f"must be a positive multiple of 8 (e.g. {max(8, (size or 0) // 8 * 8)})")
+            check(size is None or size <= MAX_SIDE, name, size, f"must be at most {MAX_SIDE}")
         check(self.clip_skip is None or self.clip_skip >= 1, "clip_skip", self.clip_skip, "must be 1 or more")
         check(self.mask is None or self.init_image is not None, "mask", None,
               "needs {init_image} (the image to repaint)")

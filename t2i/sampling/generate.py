@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from t2i.errors import check
-from t2i.formats.images import load_image, load_mask
+from t2i.formats.images import describe, load_image, load_mask
 from t2i.formats.settings import image_record
 from t2i.models.loading import LoadedModel
 from t2i.sampling.config import GenerationConfig
@@ -78,6 +78,9 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     """Yield every image `config` asks for, batch by batch, each with its settings."""
     # read and check every input before any work, so a bad input fails before the first image
     init = load_image(config.init_image, "init_image") if config.init_image is not None else None
+    if init is not None:
+        check(min(init.size) >= 8, "init_image", describe(config.init_image),
+              f"is {init.width}x{init.height} pixels; it must be at least 8x8")
     mask = load_mask(config.mask, init.size) if config.mask is not None else None
     width, height = _output_size(model, config, init)
     if init is not None and init.size != (width, height):
@@ -86,6 +89,9 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     layers = model.pipe.text_encoder.config.num_hidden_layers
     check(config.clip_skip is None or config.clip_skip <= layers, "clip_skip", config.clip_skip,
           f"this text encoder has only {layers} layers")
+    timesteps = model.scheduler_config["num_train_timesteps"]
+    check(config.steps <= timesteps, "steps", config.steps,
+          f"must be at most {timesteps}: this model's noise schedule has {timesteps} timesteps")
     seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
     pipe, loras = call_view(model, config.mode, config.sampler, config.loras, progress)
     _check_steps(pipe.scheduler, config)

@@ -19,6 +19,11 @@ SDE = {"algorithm_type": "sde-dpmsolver++"}
 
 #: schedule names accepted beside a sampler name ("Schedule type" in A1111, "scheduler" in ComfyUI)
 SCHEDULES = ("normal", "karras")
+#: A1111's own sampler labels; an infotext with any other `Sampler:` is read by A1111 as DPM++ 2M
+A1111_SAMPLERS = frozenset({
+    "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE",
+    "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++", "PLMS",
+    "UniPC", "LCM"})
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,10 @@ class SamplerSpec:
     def schedule(self) -> str:
         """A1111's "Schedule type" label for this entry."""
         return "Karras" if self.overrides.get("use_karras_sigmas") else "Normal"
+
+    @property
+    def in_a1111(self) -> bool:
+        return self.a1111 in A1111_SAMPLERS
 
 
 def _with_karras(spec: SamplerSpec) -> SamplerSpec:

@@ -10,13 +10,9 @@ layers are injected into the copy and the shared modules never change.
 from __future__ import annotations
 
 import copy
-import itertools
 
-from diffusers import (
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-)
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
 from t2i.formats.lora import LoraRef, apply_loras
 from t2i.sampling.samplers import build_scheduler
@@ -26,8 +22,14 @@ PIPELINES = {"txt2img": StableDiffusionPipeline, "img2img": StableDiffusionImg2I
 
 
 def shared_weights_copy(module):
-    """A copy of `module`'s tree of submodules that shares every parameter and buffer with it."""
-    memo = {id(tensor): tensor for tensor in itertools.chain(module.parameters(), module.buffers())}
+    """A copy of `module`'s tree of submodules whose parameters and buffers share memory with its own.
+
+    The copy gets new tensor objects over the same storage, not the same objects: peft moves
+    the layers it wraps with `.to()`, which re-assigns each parameter's `.data` in place, and doing
+    that to a parameter another thread is reading can corrupt that thread's result.
+    """
+    memo = {id(p): torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in module.parameters()}
+    memo.update({id(b): b.detach() for b in module.buffers()})
     return copy.deepcopy(module, memo)
 
 

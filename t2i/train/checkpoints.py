@@ -70,19 +70,18 @@ def save_checkpoint(accelerator, folder: Path, step: int, state: dict, keep: int
     return final
 
 
-def find_checkpoint(folder: Path, resume: str) -> Path | None:
-    """`resume` is 'latest' (newest complete checkpoint under `folder`, None if there is none yet)
-    or a checkpoint path."""
+def resume_candidates(folder: Path, resume: str) -> list[Path]:
+    """The checkpoints to try, in order: for 'latest' every complete one under `folder`, newest first
+    (an empty list before the first one is written); otherwise the one named."""
     if resume == "latest":
-        found = checkpoints(folder)
-        return found[-1] if found else None
+        return checkpoints(folder)[::-1]
     path = Path(resume).expanduser()
     if not path.is_dir():
         raise NotFound("no such checkpoint folder", field="resume", value=resume, hint="use 'latest'")
     if not (path / STATE_FILE).is_file():
         raise InvalidInput(f"not a t2i checkpoint folder (no {STATE_FILE})", field="resume", value=resume,
                            hint="use 'latest' or a checkpoint-NNNNNN folder")
-    return path
+    return [path]
 
 
 def read_state(checkpoint: Path) -> dict:

@@ -22,32 +22,13 @@ from accelerate.state import AcceleratorState
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from t2i.errors import InvalidInput, TrainingError, require_extra
+from t2i.errors import InvalidInput, LoadError, TrainingError, first_line, require_extra
 from t2i.files import write_text
-from t2i.train.checkpoints import (
-    check_same_settings,
-    find_checkpoint,
-    install_weight_hooks,
-    read_state,
-    save_checkpoint,
-)
-from t2i.train.components import (
-    WEIGHT_DTYPES,
-    Components,
-    TrainData,
-    batches,
-    load_components,
-    load_data,
-)
+from t2i.train.checkpoints import (check_same_settings, install_weight_hooks, read_state, resume_candidates,
+                                   save_checkpoint)
+from t2i.train.components import WEIGHT_DTYPES, Components, TrainData, batches, load_components, load_data
 from t2i.train.config import FinetuneConfig
-from t2i.train.outputs import (
-    LossLog,
-    load_weights,
-    plot_loss,
-    save_final,
-    save_weights,
-    validation_grid,
-)
+from t2i.train.outputs import LossLog, load_weights, plot_loss, save_final, save_weights, validation_grid
 from t2i.train.step import training_loss
 
 log = logging.getLogger("t2i")
@@ -114,16 +95,27 @@ class Trainer:
         return {k: getattr(self.config, k) for k in RESUME_KEYS}
 
     def _resume(self) -> int:
-        path = find_checkpoint(self.out / "checkpoints", self.config.resume)
-        if path is None:  # killed before its first checkpoint: nothing is lost by starting over here
-            log.warning("no checkpoint in %s yet: starting from step 0 in the same folder", self.out / "checkpoints")
-            return 0
-        state = read_state(path)
-        check_same_settings(path, state, self._settings())
-        self.accelerator.load_state(str(path))
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        log.info("resumed from %s at step %d", path, state["step"])
-        return state["step"]
+        """The step to go on from: the named checkpoint, or with 'latest' the newest intact one."""
+        candidates = resume_candidates(self.out / "checkpoints", self.config.resume)
+        for path in candidates:
+            try:
+                state = read_state(path)
+                check_same_settings(path, state, self._settings())
+                self.accelerator.load_state(str(path))  # overwrites all it loads: a failed try leaves no trace
+                self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+            except InvalidInput:
+                raise
+            except Exception as exc:  # a truncated or damaged file surfaces as many library error types
+                if self.config.resume != "latest":
+                    raise LoadError(f"the checkpoint is damaged ({first_line(exc)})", field="resume", value=path,
+                                    hint="resume from 'latest' or another checkpoint folder") from exc
+                log.warning("checkpoint %s is damaged (%s): trying the one before it", path.name, first_line(exc))
+                continue
+            log.info("resumed from %s at step %d", path, state["step"])
+            return state["step"]
+        # killed before its first checkpoint (or every one is damaged): nothing is lost by starting over here
+        log.warning("no intact checkpoint in %s: starting from step 0 in the same folder", self.out / "checkpoints")
+        return 0
 
     def _checkpoint(self, step: int) -> None:
         state = {"step": step, "settings": self._settings(), "lr_scheduler": self.lr_scheduler.state_dict()}

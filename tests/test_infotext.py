@@ -1,0 +1,73 @@
+"""t2i's infotext as A1111 reads it: parsed here by A1111's documented rules, with the expected
+fields written out by hand for prompts that stress the format."""
+
+import json
+import re
+
+import pytest
+from PIL import Image
+
+from t2i.formats.infotext import infotext
+from t2i.formats.png import read_png_text, save_png
+
+# A1111's rules: the last line holds `Key: value` pairs separated by commas, a value in double
+# quotes is a JSON string; the lines before it are the prompt, up to a line starting with
+# "Negative prompt:", after which they are the negative prompt.
+PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def parse_like_a1111(text: str) -> dict:
+    *lines, last = text.strip().split("\n")
+    fields = {}
+    for key, value in PAIR.findall(last):
+        fields[key] = json.loads(value) if value.startswith('"') and value.endswith('"') else value
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    return {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative), **fields}
+
+
+def settings(**overrides):
+    base = {"version": "0.1.0", "mode": "txt2img", "prompt": "a cat", "negative_prompt": "", "steps": 20,
+            "guidance_scale": 7.0, "seed": 5, "width": 512, "height": 512, "sampler": "dpmpp-2m-karras",
+            "clip_skip": None, "strength": None, "init_image": None, "mask": None, "loras": [], "model": "m",
+            "model_name": "sd15", "model_hash": "0123456789", "vae": None, "dtype": "fp32", "device": "cpu"}
+    return {**base, **overrides}
+
+
+CASES = [
+    (settings(prompt="a red bicycle, leaning: on a wall", negative_prompt="blurry, low quality"),
+     {"Prompt": "a red bicycle, leaning: on a wall", "Negative prompt": "blurry, low quality", "Steps": "20",
+      "Sampler": "DPM++ 2M", "Schedule type": "Karras", "CFG scale": "7", "Seed": "5", "Size": "512x512",
+      "Model hash": "0123456789", "Model": "sd15", "Version": "t2i 0.1.0"}),
+    (settings(prompt='a "quoted" word', negative_prompt='"ugly", bad', model_name='"quoted model"'),
+     {"Prompt": 'a "quoted" word', "Negative prompt": '"ugly", bad', "Model": '"quoted model"'}),
+    (settings(prompt="line one\nline two", negative_prompt="neg one\nneg two"),
+     {"Prompt": "line one\nline two", "Negative prompt": "neg one\nneg two", "Steps": "20"}),
+    (settings(prompt="一只猫, 猫: 可爱", negative_prompt="ぼやけた", model_name="模型, v1"),
+     {"Prompt": "一只猫, 猫: 可爱", "Negative prompt": "ぼやけた", "Model": "模型, v1"}),
+    (settings(prompt="a dog", loras=[{"name": "style", "scale": 0.8, "hash": "abcdef123456"},
+                                     {"name": "my lora", "scale": 0.5, "hash": "0123456789ab"}]),
+     {"Prompt": "a dog <lora:style:0.8> <lora:my lora:0.5>",
+      "Lora hashes": "style: abcdef123456, my lora: 0123456789ab"}),
+    (settings(mode="img2img", strength=0.6, clip_skip=2, sampler="euler-a", guidance_scale=6.5),
+     {"Denoising strength": "0.6", "Clip skip": "2", "Sampler": "Euler a", "Schedule type": "Normal",
+      "CFG scale": "6.5"}),
+    (settings(sampler="ddim", clip_skip=1, vae="/models/vae-ft-mse.safetensors"),
+     {"Sampler": "DDIM", "VAE": "vae-ft-mse.safetensors"}),
+]
+
+
+@pytest.mark.parametrize("recorded, expected", CASES, ids=range(len(CASES)))
+def test_a1111_reads_every_field_back(recorded, expected, tmp_path):
+    text = infotext(recorded)
+    fields = parse_like_a1111(text)
+    for key, value in expected.items():
+        assert fields.get(key) == value, (key, text)
+    assert "Clip skip" not in fields or recorded["clip_skip"] not in (None, 1)
+    assert "Denoising strength" not in fields or recorded["mode"] != "txt2img"
+    # and the same text survives the PNG (iTXt for text that is not Latin-1)
+    png = save_png(Image.new("RGB", (8, 8)), recorded, tmp_path)
+    assert read_png_text(png) == (text, recorded)
