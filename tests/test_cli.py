@@ -79,6 +79,20 @@ def test_samplers_a1111_lacks_are_remade_exactly_from_the_png(run_cli, tmp_path,
     assert np.array_equal(pixels(stdout.split()[0]), pixels(first))
 
 
+@pytest.mark.parametrize("emphasis, label", [("original", None), ("no-norm", "No norm"), ("none", "None")])
+def test_emphasised_and_long_prompts_are_recorded_and_remade_exactly(run_cli, tmp_path, emphasis, label):
+    prompt = "a (red:1.3) [cat], " + "on a mat, " * 30 + "BREAK a dog"
+    code, stdout, stderr = run_cli("generate", prompt, *TINY, "--seed", "4", "--emphasis", emphasis,
+                                   "--clip-skip", "2", "--out", tmp_path / "a")
+    assert code == 0, stderr
+    first = stdout.split()[0]
+    text = read_metadata(first)[0]
+    assert text.startswith(prompt + "\n") and (f"Emphasis: {label}," in text if label else "Emphasis" not in text)
+    code, stdout, stderr = run_cli("generate", "--from-image", first, "--out", tmp_path / "b")
+    assert code == 0, stderr
+    assert np.array_equal(pixels(stdout.split()[0]), pixels(first))
+
+
 def test_info_prints_infotext_and_settings(run_cli, tmp_path):
     run_cli("generate", "a fox", *TINY, "--seed", "2", "--out", tmp_path)
     code, stdout, _ = run_cli("info", tmp_path / "00001-2.png")
@@ -130,6 +144,7 @@ def bad_files(tmp_path_factory):
     inflating.add_text("note", "x" * 50_000_000, zip=True)  # zTXt: ~50 KB in the file, 50 MB inflated
     Image.new("RGB", (32, 32)).save(files / "text-bomb.png", pnginfo=inflating)
     (files / "empty-folder").mkdir()
+    (files / "lora-tag.txt").write_text("a cat <lora:nowhere:0.5>\n")
     for name, chunk in (("lacks-keys.png", '{"prompt": "x"}'), ("string-steps.png", json.dumps({**RECORD, "steps": "9"})),
                         ("bad-json.png", "{not json")):
         info = PngInfo()
@@ -192,6 +207,13 @@ BAD_INPUTS = [  # (arguments, exit code, what the message must say)
     (["--steps", "1000000000"], 2, "--steps 1000000000: must be at most 1000: this model's noise schedule"),
     (["--sampler", "ddim", "--steps", "5000"], 2, "--steps 5000: must be at most 1000"),
     (["--width", "100000", "--height", "100000"], 2, "--width 100000: must be at most 4096"),
+    (["--negative-prompt", "(x:1e9)"], 2, "the emphasis weight '1e9' is not a plain number"),
+    (["--negative-prompt", "(x:nan)"], 2, "the emphasis weight 'nan'"),
+    (["--negative-prompt", "BREAK"], 2, "--negative-prompt BREAK: holds nothing but BREAK"),
+    (["--negative-prompt", "cat " * 10_000], 2, "--negative-prompt cat cat"),
+    (["cat " * 10_000], 2, "t2i reads at most 20 (1500 tokens)"),
+    (["--emphasis", "strong"], 2, "--emphasis strong: unknown emphasis mode; choose one of original, no-norm, none"),
+    (["--prompts-file", "{f}/lora-tag.txt", "--lora-dir", "{f}"], 2, "PROMPTS <lora:nowhere>: no LoRA named"),
     (["--from-image", "{f}/lacks-keys.png"], 2, "--from-image {f}/lacks-keys.png: its t2i settings lack 'negative_prompt'"),
     (["--from-image", "{f}/string-steps.png"], 2, "its t2i setting 'steps' holds '9', not a int"),
     (["--from-image", "{f}/bad-json.png"], 2, "--from-image {f}/bad-json.png: its 't2i' settings chunk is not valid JSON"),

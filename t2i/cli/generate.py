@@ -86,7 +86,10 @@ def generate(
     width: Optional[int] = typer.Option(None, help="Multiple of 8. Default: the model's native size."),
     height: Optional[int] = typer.Option(None, help="Multiple of 8. Default: the model's native size."),
     lora: Optional[List[str]] = typer.Option(None, help="PATH[:SCALE] of a LoRA file or training folder; repeatable."),
+    lora_dir: str = typer.Option(_default("lora_dir"), help="Where <lora:NAME:WEIGHT> tags in prompts find NAME."),
     clip_skip: Optional[int] = typer.Option(None, help="A1111 convention: 2 = penultimate CLIP layer."),
+    emphasis: str = typer.Option(_default("emphasis"), help="(word:1.3) weights, as A1111: original, no-norm, or "
+                                 "none (brackets are text)."),
     init_image: Optional[str] = typer.Option(None, help="img2img: start from this image."),
     strength: Optional[float] = typer.Option(None, help="img2img/inpaint: how much to change, in (0, 1]."),
     mask: Optional[str] = typer.Option(None, help="Inpainting mask for --init-image: white is repainted."),

@@ -39,6 +39,22 @@ class LoraRef:
     def __post_init__(self):
         check(math.isfinite(self.scale), "loras", f"{self.path}:{self.scale}", "the scale must be a finite number")
 
+    @classmethod
+    def from_tag(cls, name: str, scale: float, lora_dir: str | Path) -> "LoraRef":
+        """The LoRA a prompt's `<lora:NAME:SCALE>` names: NAME.safetensors, or a training folder NAME,
+        inside `lora_dir` and nowhere else."""
+        folder = Path(lora_dir).expanduser()
+        if not name or any(c in name for c in "/\\") or name in (".", "..") or Path(name).is_absolute():
+            raise InvalidInput("a LoRA tag names a file inside the LoRA folder, not a path", field="prompts",
+                               value=f"<lora:{name}>")
+        for candidate in (folder / f"{name}.safetensors", folder / name):
+            if candidate.exists():
+                return cls(str(candidate), scale)
+        known = sorted({p.stem if p.is_file() else p.name for p in folder.glob("*")
+                        if p.suffix == ".safetensors" or (p / DIFFUSERS_LORA_FILE).is_file()}) if folder.is_dir() else []
+        raise NotFound(f"no LoRA named {name!r} in {folder}", field="prompts", value=f"<lora:{name}>",
+                       choices=known[:20], hint="put it in {lora_dir} as NAME.safetensors")
+
     @property
     def file(self) -> Path:
         """The weights file: the path itself, or the diffusers file inside a training output folder."""

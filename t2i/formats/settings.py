@@ -32,6 +32,7 @@ def image_record(model, config, prompt: str, seed: int, width: int, height: int,
         "height": height, "sampler": config.sampler, "clip_skip": config.clip_skip,
         "strength": config.effective_strength if config.mode != "txt2img" else None,
         "init_image": source(config.init_image), "mask": source(config.mask), "loras": loras,
+        "emphasis": config.emphasis,
         "model": model.config.model, "model_name": model.name, "model_hash": model.hash, "vae": model.config.vae,
         "dtype": model.dtype_name, "device": model.pipe.device.type,
     }
@@ -57,6 +58,10 @@ def fields_from_record(record: dict[str, Any], origin: str) -> tuple[dict, dict]
     generation["loras"] = tuple(f"{lora['path']}:{lora['scale']}" for lora in record["loras"])
     if record["mode"] != "txt2img":
         generation["strength"] = record["strength"]
+    if "emphasis" in record:  # written since t2i parses A1111 prompt syntax; older images used none
+        generation["emphasis"] = record["emphasis"]
+    else:
+        generation["emphasis"] = "none"
     return model, generation
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from t2i.errors import check
 from t2i.formats.lora import LoraRef
+from t2i.sampling.prompts import EMPHASIS, parse_prompt, split_lora_tags
 from t2i.sampling.samplers import resolve_sampler
 
 MAX_SEED = 2**63 - 1
@@ -35,6 +36,8 @@ class GenerationConfig:
     init_image: Any = None  # a path or a PIL image: img2img, or inpainting with `mask`
     mask: Any = None  # a path or a PIL image; white is repainted
     strength: float | None = None  # None: 0.75 for img2img, 1.0 for inpainting
+    emphasis: str = "original"  # A1111's emphasis mode: original, no-norm, or none (brackets are text)
+    lora_dir: str = "loras"  # where a prompt's <lora:NAME:WEIGHT> tags look for NAME
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -62,6 +65,10 @@ class GenerationConfig:
               self.strength, "must be in (0, 1]")
         check(self.strength is None or self.steps * self.strength >= 1, "strength", self.strength,
               f"with {{steps}} {self.steps} leaves no denoising step", hint="raise either")
+        check(self.emphasis in EMPHASIS, "emphasis", self.emphasis, "unknown emphasis mode", choices=EMPHASIS)
+        for prompt in self.prompts:  # weights, tags and BREAKs are checked before any work
+            parse_prompt(split_lora_tags(prompt)[0], self.emphasis)
+        parse_prompt(self.negative_prompt, self.emphasis, "negative_prompt")
         object.__setattr__(self, "sampler", resolve_sampler(self.sampler, self.schedule))
         object.__setattr__(self, "schedule", None)
         object.__setattr__(self, "loras", tuple(LoraRef.parse(r) if isinstance(r, str) else r for r in self.loras))

@@ -19,10 +19,12 @@ from PIL import Image
 
 from t2i.errors import check
 from t2i.formats.images import describe, load_image, load_mask
+from t2i.formats.lora import LoraRef
 from t2i.formats.settings import image_record
 from t2i.models.loading import LoadedModel
 from t2i.sampling.config import GenerationConfig
-from t2i.sampling.text import text_inputs
+from t2i.sampling.prompts import split_lora_tags
+from t2i.sampling.text import context_length, text_inputs
 from t2i.sampling.view import call_view
 
 log = logging.getLogger("t2i")
@@ -55,6 +57,26 @@ def _check_steps(scheduler, config: GenerationConfig) -> None:
     check(last < limit, "steps", config.steps,
           f"the {config.sampler} sampler on this model's schedule reaches timestep {last} of {limit}",
           hint=f"use {config.steps - 1} or fewer")
+
+
+def _lora_tags(prompt: str, config: GenerationConfig) -> tuple[str, tuple[LoraRef, ...]]:
+    """(prompt text without its <lora:...> tags, the config's LoRAs and the tags' ones)."""
+    text, tags = split_lora_tags(prompt)
+    return text, config.loras + tuple(LoraRef.from_tag(name, scale, config.lora_dir) for name, scale in tags)
+
+
+def _batches(jobs: list, config: GenerationConfig, tokenizer) -> list[list]:
+    """Jobs in batches of up to batch_size. A batch shares one LoRA set and one context length
+    (padding one prompt's context to another's would change its image: each must re-make alone)."""
+    lengths = {text: context_length(tokenizer, text, config.negative_prompt, config.emphasis) for text, _, _ in jobs}
+    batches: list[list] = []
+    for job in jobs:
+        last = batches[-1] if batches else None
+        if last and len(last) < config.batch_size and (lengths[last[0][0]], last[0][1]) == (lengths[job[0]], job[1]):
+            last.append(job)
+        else:
+            batches.append([job])
+    return batches
 
 
 def decode(pipe, latents: torch.Tensor, generators) -> list[Image.Image]:
@@ -93,11 +115,18 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     check(config.steps <= timesteps, "steps", config.steps,
           f"must be at most {timesteps}: this model's noise schedule has {timesteps} timesteps")
     seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
-    pipe, loras = call_view(model, config.mode, config.sampler, config.loras, progress)
-    _check_steps(pipe.scheduler, config)
+    tagged = {prompt: _lora_tags(prompt, config) for prompt in config.prompts}  # files resolved before work
+    views = {}  # LoRA set -> (pipeline, LoRAs as recorded): prompts with other tags get their own view
 
-    jobs = [(prompt, seed + i) for i, prompt in enumerate(p for p in config.prompts for _ in range(config.num_images))]
-    batches = [jobs[i:i + config.batch_size] for i in range(0, len(jobs), config.batch_size)]
+    def view(loras):
+        if loras not in views:
+            views[loras] = call_view(model, config.mode, config.sampler, loras, progress)
+        return views[loras]
+
+    _check_steps(view(config.loras)[0].scheduler, config)
+    prompts = (p for p in config.prompts for _ in range(config.num_images))
+    jobs = [(*tagged[prompt], seed + i) for i, prompt in enumerate(prompts)]  # (text, LoRAs, seed)
+    batches = _batches(jobs, config, model.pipe.tokenizer)
     mode_args = {"txt2img": {"width": width, "height": height},
                  "img2img": {"image": init, "strength": config.effective_strength},
                  "inpaint": {"image": init, "mask_image": mask, "strength": config.effective_strength,
@@ -109,14 +138,15 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
 
         mode_args["callback_on_step_end"] = step_end
     for number, batch in enumerate(batches, 1):
+        pipe, loras = view(batch[0][1])
         pipe.set_progress_bar_config(leave=False, disable=not progress, desc=f"batch {number}/{len(batches)}")
-        generators = [torch.Generator("cpu").manual_seed(s) for _, s in batch]
-        text = text_inputs(pipe, [p for p, _ in batch], config.negative_prompt, config.clip_skip)
+        generators = [torch.Generator("cpu").manual_seed(s) for _, _, s in batch]
+        text = text_inputs(pipe, [p for p, _, _ in batch], config.negative_prompt, config.clip_skip, config.emphasis)
         latents = pipe(**text, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
                        generator=generators, output_type="latent", **mode_args).images
         with torch.no_grad():
             images = decode(pipe, latents, generators)
-        for (prompt, image_seed), image in zip(batch, images):
+        for (prompt, _, image_seed), image in zip(batch, images):
             yield GeneratedImage(image, image_record(model, config, prompt, image_seed, width, height, loras))
 
 
