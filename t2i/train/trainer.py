@@ -23,7 +23,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from t2i.errors import InvalidInput, LoadError, TrainingError, first_line, require_extra
-from t2i.files import write_text
+from t2i.files import atomic_write, write_text
 from t2i.train.checkpoints import (check_same_settings, install_weight_hooks, read_state, resume_candidates,
                                    save_checkpoint)
 from t2i.train.components import WEIGHT_DTYPES, Components, TrainData, batches, load_components, load_data
@@ -170,9 +170,7 @@ class Trainer:
         with self.accelerator.autocast():
             sheet = validation_grid(self.parts.model, self.config.validation_prompts, self.config.validation_steps,
                                     self.config.seed, self.config.resolution)
-        folder = self.out / "validation"
-        folder.mkdir(parents=True, exist_ok=True)
-        sheet.save(folder / f"step-{step:06d}.png")
+        atomic_write(self.out / "validation" / f"step-{step:06d}.png", lambda tmp: sheet.save(tmp, format="PNG"))
         self.trained_unet.train()
 
     def _check_ranks_agree(self) -> None:
