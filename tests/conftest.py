@@ -20,6 +20,25 @@ def plain_pipeline(unet_in_channels: int = 4, cls=None):
                feature_extractor=None, requires_safety_checker=False)
 
 
+def make_lora(folder, seed, targets, unet=None):
+    """A LoRA with a visible effect (peft starts B at zero), saved in diffusers' format in `folder`;
+    on the tiny UNet unless another is given."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    unet = unet or tiny_components()["unet"]
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights="gaussian"))
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    StableDiffusionPipeline.save_lora_weights(folder, convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
+    return str(folder)
+
+
 def pixels(source) -> np.ndarray:
     """An image's pixels, from a file, a PIL image or a generation result."""
     image = getattr(source, "image", source)
@@ -81,3 +100,30 @@ def run_cli(capsys, monkeypatch):
 
     return run
 
+
+
+@pytest.fixture(scope="session")
+def server_files(tmp_path_factory):
+    """A server's folders: a second checkpoint (tiny, as a diffusers folder) and a LoRA for `demo`."""
+    from diffusers import UNet2DConditionModel
+
+    from t2i.models import DEMO_MODEL_DIR
+
+    root = tmp_path_factory.mktemp("server")
+    plain_pipeline().save_pretrained(root / "models" / "tiny-sd")
+    demo_unet = UNet2DConditionModel.from_pretrained(DEMO_MODEL_DIR, subfolder="unet")
+    make_lora(root / "loras" / "cross", 1, ["attn2.to_k", "attn2.to_v"], unet=demo_unet)
+    (root / "loras" / "cross" / "pytorch_lora_weights.safetensors").rename(root / "loras" / "cross.safetensors")
+    (root / "loras" / "cross").rmdir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_server(server_files):
+    """`t2i serve --model demo` with a models folder and a LoRA folder, for the whole session."""
+    from serving import start_server
+
+    server = start_server(server_files, "--model", "demo", "--models-dir", "models", "--lora-dir", "loras",
+                          "--output-dir", "outputs", "--max-queue", "4")
+    yield server
+    server.stop()

@@ -1,32 +1,12 @@
-"""t2i's infotext as A1111 reads it: parsed here by A1111's documented rules, with the expected
-fields written out by hand for prompts that stress the format."""
-
-import json
-import re
+"""t2i's infotext as A1111 reads it: parsed by A1111's documented rules (t2i.formats.infotext's
+reader, which `png-info` serves), with the expected fields written out by hand for prompts that
+stress the format."""
 
 import pytest
 from PIL import Image
 
-from t2i.formats.infotext import infotext
+from t2i.formats.infotext import infotext, parse_infotext as parse_like_a1111
 from t2i.formats.png import read_png_text, save_png
-
-# A1111's rules: the last line holds `Key: value` pairs separated by commas, a value in double
-# quotes is a JSON string; the lines before it are the prompt, up to a line starting with
-# "Negative prompt:", after which they are the negative prompt.
-PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-
-
-def parse_like_a1111(text: str) -> dict:
-    *lines, last = text.strip().split("\n")
-    fields = {}
-    for key, value in PAIR.findall(last):
-        fields[key] = json.loads(value) if value.startswith('"') and value.endswith('"') else value
-    prompt, negative, in_negative = [], [], False
-    for line in lines:
-        if line.startswith("Negative prompt:"):
-            in_negative, line = True, line[len("Negative prompt:"):].strip()
-        (negative if in_negative else prompt).append(line)
-    return {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative), **fields}
 
 
 def settings(**overrides):
@@ -71,3 +51,12 @@ def test_a1111_reads_every_field_back(recorded, expected, tmp_path):
     # and the same text survives the PNG (iTXt for text that is not Latin-1)
     png = save_png(Image.new("RGB", (8, 8)), recorded, tmp_path)
     assert read_png_text(png) == (text, recorded)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("just a prompt", {"Prompt": "just a prompt", "Negative prompt": ""}),
+    ("a cat\nNegative prompt: dog\nSteps: 5, Seed: 7", {"Prompt": "a cat", "Negative prompt": "dog", "Steps": "5",
+                                                          "Seed": "7"}),
+])
+def test_infotexts_from_other_tools_parse(text, expected):
+    assert parse_like_a1111(text) == expected

@@ -176,7 +176,7 @@ def test_images_of_a_batch_with_long_and_short_prompts_are_remade_alone():
 
 
 def test_lora_tags_load_from_the_lora_folder_per_prompt(tmp_path):
-    from test_shared_model import make_lora
+    from conftest import make_lora
 
     from t2i.formats.infotext import infotext
     from t2i.models.config import ModelConfig

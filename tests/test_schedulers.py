@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from t2i.errors import InvalidInput
+from t2i.errors import InvalidInput, NotFound
 from t2i.models.config import ModelConfig
 from t2i.sampling.config import GenerationConfig
 from t2i.sampling.samplers import SAMPLERS, build_scheduler, resolve_sampler
@@ -41,6 +41,12 @@ def test_registry_has_every_sampler_users_expect():
     ("LMS Karras", None, "lms-karras"),
     ("uni_pc", None, "unipc"),
     ("  DDIM ", "automatic", "ddim"),
+    # A1111's Automatic schedule: Karras where A1111's sampler table defaults to it
+    ("DPM++ 2M", "Automatic", "dpmpp-2m-karras"),
+    ("DPM2 a", "automatic", "dpm2-a-karras"),
+    ("DPM++ SDE", "Automatic", "dpmpp-sde-karras"),
+    ("Euler a", "Automatic", "euler-a"),
+    ("Euler", "Automatic", "euler"),
     ("lcm", None, "lcm"),
 ])
 def test_a1111_and_comfyui_names_resolve(name, schedule, expected):
@@ -50,10 +56,10 @@ def test_a1111_and_comfyui_names_resolve(name, schedule, expected):
 @pytest.mark.parametrize("name, schedule, message, choices", [
     ("bogus", None, "sampler bogus: unknown sampler", "dpmpp-2m-karras"),
     ("ddim", "karras", "has no Karras schedule", "dpmpp-2m-karras"),
-    ("euler", "exponential-ish", "schedule exponential-ish: unknown schedule", "normal, karras"),
+    ("euler", "exponential-ish", "schedule exponential-ish: unknown schedule", "automatic, normal, karras"),
 ])
 def test_bad_sampler_names_list_the_choices(name, schedule, message, choices):
-    with pytest.raises(InvalidInput, match=message) as error:
+    with pytest.raises((InvalidInput, NotFound), match=message) as error:
         resolve_sampler(name, schedule)
     assert choices in str(error.value)
 

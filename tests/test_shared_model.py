@@ -6,28 +6,12 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import pixels
-from diffusers import StableDiffusionPipeline
-from diffusers.utils import convert_state_dict_to_diffusers
-from peft import LoraConfig, get_peft_model_state_dict
+from conftest import make_lora, pixels
 
 from t2i.models.config import ModelConfig
 from t2i.models.loading import load_model
-from t2i.models.presets import tiny_components
 from t2i.sampling.config import GenerationConfig
 from t2i.sampling.generate import generate
-
-
-def make_lora(folder, seed, targets):
-    unet = tiny_components()["unet"]
-    torch.manual_seed(seed)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights="gaussian"))
-    with torch.no_grad():  # peft starts B at zero (no effect): give the LoRA a visible one
-        for name, parameter in unet.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
-    StableDiffusionPipeline.save_lora_weights(folder, convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import io
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
@@ -48,13 +48,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 @contextmanager
-def checked_image(path: str | Path, field: str) -> Iterator[Image.Image]:
-    """An image file opened for reading, refused before decoding when it is missing, not an image,
-    over MAX_PIXELS (a decompression bomb decodes to gigabytes from a small file) or holds a text
-    chunk that inflates past PIL's limit."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise NotFound("no such file", field=field, value=path)
+def checked_image(path: str | Path | BinaryIO, field: str) -> Iterator[Image.Image]:
+    """An image file (or uploaded bytes) opened for reading, refused before decoding when it is
+    missing, not an image, over MAX_PIXELS (a decompression bomb decodes to gigabytes from a small
+    file) or holds a text chunk that inflates past PIL's limit."""
+    if hasattr(path, "read"):
+        file, path = path, describe(path)
+    else:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise NotFound("no such file", field=field, value=path)
     try:
         with Image.open(file) as image:
             width, height = image.size
@@ -74,8 +77,8 @@ def checked_image(path: str | Path, field: str) -> Iterator[Image.Image]:
         raise InvalidInput(f"not a readable image ({exc})", field=field, value=path) from exc
 
 
-def load_image(source: str | Path | Image.Image, field: str) -> Image.Image:
-    """An init image or mask as RGB, from a path or an image in memory; `field` names it in errors."""
+def load_image(source: str | Path | BinaryIO | Image.Image, field: str) -> Image.Image:
+    """An init image or mask as RGB, from a path, bytes or an image in memory; `field` names it in errors."""
     if isinstance(source, Image.Image):
         return to_rgb(source)
     with checked_image(source, field) as image:
@@ -93,4 +96,6 @@ def load_mask(source: str | Path | Image.Image, size: tuple[int, int]) -> Image.
 
 
 def describe(source) -> str:
+    if hasattr(source, "read"):
+        return "(uploaded image)"
     return "(image in memory)" if isinstance(source, Image.Image) else str(source)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +42,25 @@ def infotext(settings: dict[str, Any]) -> str:
         lines.append(f"Negative prompt: {settings['negative_prompt']}")
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in fields.items() if value is not None))
     return "\n".join(lines)
+
+
+# A1111's reading rules: the last line holds `Key: value` pairs separated by commas, a value in
+# double quotes being a JSON string; the lines before it are the prompt, up to a line starting with
+# "Negative prompt:", after which they are the negative prompt.
+_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """An infotext's fields as A1111 reads them: "Prompt", "Negative prompt" and each `Key: value`."""
+    *lines, last = text.strip().split("\n")
+    if not _PAIR.match(last) or ":" not in last:  # no settings line: all of it is the prompt
+        lines, last = [*lines, last], ""
+    fields = {}
+    for key, value in _PAIR.findall(last):
+        fields[key] = json.loads(value) if value.startswith('"') and value.endswith('"') else value
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    return {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative), **fields}

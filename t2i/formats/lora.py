@@ -50,8 +50,7 @@ class LoraRef:
         for candidate in (folder / f"{name}.safetensors", folder / name):
             if candidate.exists():
                 return cls(str(candidate), scale)
-        known = sorted({p.stem if p.is_file() else p.name for p in folder.glob("*")
-                        if p.suffix == ".safetensors" or (p / DIFFUSERS_LORA_FILE).is_file()}) if folder.is_dir() else []
+        known = sorted(available_loras(folder))
         raise NotFound(f"no LoRA named {name!r} in {folder}", field="prompts", value=f"<lora:{name}>",
                        choices=known[:20], hint="put it in {lora_dir} as NAME.safetensors")
 
@@ -81,6 +80,17 @@ class LoraRef:
         path = Path(self.path).expanduser()
         export = path / f"{path.name}.safetensors"
         return export if path.is_dir() and export.is_file() else self.file
+
+
+def available_loras(lora_dir: str | Path) -> dict[str, Path]:
+    """name -> path of each LoRA a prompt tag can name in `lora_dir`: NAME.safetensors files and
+    t2i training folders NAME/ (an empty dict when the folder does not exist)."""
+    folder = Path(lora_dir).expanduser()
+    if not folder.is_dir():
+        return {}
+    found = {p.name: p for p in folder.iterdir() if (p / DIFFUSERS_LORA_FILE).is_file()}
+    found.update({p.stem: p for p in folder.glob("*.safetensors") if p.is_file()})
+    return dict(sorted(found.items()))
 
 
 def apply_loras(pipe, refs: tuple[LoraRef, ...]) -> list[dict]:

@@ -29,8 +29,13 @@ from t2i.sampling.view import call_view
 
 log = logging.getLogger("t2i")
 
-#: called after each denoising step with (step, steps) of the current batch
+#: called after each denoising step with (step, steps) of the current batch; it may raise
+#: `SkipBatch` to drop that batch, or any other exception to stop the whole run
 StepCallback = Callable[[int, int], None]
+
+
+class SkipBatch(Exception):
+    """Raised by a step callback: drop the current batch and go on with the next (A1111's Skip)."""
 
 
 @dataclass(frozen=True)
@@ -142,8 +147,11 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         pipe.set_progress_bar_config(leave=False, disable=not progress, desc=f"batch {number}/{len(batches)}")
         generators = [torch.Generator("cpu").manual_seed(s) for _, _, s in batch]
         text = text_inputs(pipe, [p for p, _, _ in batch], config.negative_prompt, config.clip_skip, config.emphasis)
-        latents = pipe(**text, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
-                       generator=generators, output_type="latent", **mode_args).images
+        try:
+            latents = pipe(**text, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
+                           generator=generators, output_type="latent", **mode_args).images
+        except SkipBatch:
+            continue
         with torch.no_grad():
             images = decode(pipe, latents, generators)
         for (prompt, _, image_seed), image in zip(batch, images):

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from t2i.errors import InvalidInput
+from t2i.errors import InvalidInput, NotFound
 
 KARRAS = {"use_karras_sigmas": True}
 SDE = {"algorithm_type": "sde-dpmsolver++"}
@@ -80,6 +80,8 @@ _BASE = {
                        "LCM", "lcm"),
 }
 _KARRAS_VARIANTS = ("euler", "heun", "lms", "dpm2", "dpm2-a", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-sde")
+# A1111's "Automatic" schedule is Karras for these samplers (its sampler table says so); Normal elsewhere
+AUTOMATIC_KARRAS = frozenset({"dpm2", "dpm2-a", "dpmpp-2m", "dpmpp-sde"})
 
 #: t2i name -> spec; the CLI's choices and `t2i samplers` read it directly
 SAMPLERS: dict[str, SamplerSpec] = {
@@ -104,12 +106,12 @@ def _aliases() -> dict[str, str]:
 def resolve_sampler(name: str, schedule: str | None = None) -> str:
     """Return the t2i name for a t2i, A1111 or ComfyUI sampler name, with an optional schedule."""
     schedule_key = normalize(schedule or "normal")
-    if schedule_key in ("automatic", "default"):
-        schedule_key = "normal"
-    if schedule_key not in SCHEDULES:
-        raise InvalidInput("unknown schedule", field="schedule", value=schedule, choices=SCHEDULES)
     aliases = _aliases()
     key = normalize(name)
+    if schedule_key in ("automatic", "default"):  # as A1111 picks it for this sampler
+        schedule_key = "karras" if aliases.get(key) in AUTOMATIC_KARRAS else "normal"
+    if schedule_key not in SCHEDULES:
+        raise InvalidInput("unknown schedule", field="schedule", value=schedule, choices=("automatic", *SCHEDULES))
     if schedule_key == "karras" and not key.endswith("-karras"):
         if key in aliases and aliases[key] + "-karras" not in SAMPLERS:
             with_karras = ", ".join(n for n in SAMPLERS if n.endswith("-karras"))
@@ -117,7 +119,7 @@ def resolve_sampler(name: str, schedule: str | None = None) -> str:
                                hint=f"samplers with one: {with_karras}")
         key += "-karras"
     if key not in aliases:
-        raise InvalidInput("unknown sampler", field="sampler", value=name, choices=tuple(SAMPLERS),
+        raise NotFound("unknown sampler", field="sampler", value=name, choices=tuple(SAMPLERS),
                            hint="A1111 and ComfyUI names work too")
     return aliases[key]
 

@@ -1,0 +1,60 @@
+"""`t2i serve`: A1111's HTTP API and a web page over a loaded model."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Optional
+
+import typer
+
+from t2i.cli import app, given, log, prepare_environment
+from t2i.errors import require_extra
+from t2i.models.config import DEFAULT_MODEL
+from t2i.server.settings import ServerSettings
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _default(name: str):
+    return next(f.default for f in fields(ServerSettings) if f.name == name)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    model: str = typer.Option(DEFAULT_MODEL, help="The model loaded at start (as t2i generate's --model)."),
+    models_dir: Optional[str] = typer.Option(None, help="More checkpoints to switch to: *.safetensors files and "
+                                             "diffusers folders; VAEs in its VAE/ folder."),
+    lora_dir: str = typer.Option(_default("lora_dir"), help="Where <lora:NAME:W> tags find NAME."),
+    output_dir: str = typer.Option(_default("output_dir"), help="Where requests with save_images=true write."),
+    host: str = typer.Option(_default("host"), help="Address to bind; other than 127.0.0.1 exposes the server."),
+    port: int = typer.Option(_default("port")),
+    api_auth: Optional[str] = typer.Option(None, help="USER:PASS: require HTTP Basic auth."),
+    max_queue: int = typer.Option(_default("max_queue"), help="Requests that may wait; more get 429."),
+    max_pixels: int = typer.Option(_default("max_pixels"), help="Largest width x height of an image."),
+    max_steps: int = typer.Option(_default("max_steps")),
+    max_images: int = typer.Option(_default("max_images"), help="Largest batch_size x n_iter of a request."),
+    max_body_mb: float = typer.Option(_default("max_body_mb"), help="Largest request body."),
+    dtype: str = typer.Option(_default("dtype")),
+    device: str = typer.Option(_default("device")),
+    offline: bool = typer.Option(False, help="Never touch the network (same as HF_HUB_OFFLINE=1)."),
+    allow_pickle: bool = typer.Option(False, help="Allow pickled checkpoints (they can run code)."),
+):
+    """Serve A1111's /sdapi/v1 API (SillyTavern, Open WebUI, webuiapi...) and a web page at /."""
+    prepare_environment(offline)
+    settings = ServerSettings(**given(ctx))
+    require_extra("server", "fastapi", "uvicorn")
+    if host not in LOCAL_HOSTS and api_auth is None:
+        log.warning("binding %s without --api-auth: anyone who can reach this address can use the server", host)
+
+    import uvicorn
+
+    from t2i.server.app import create_app
+    from t2i.server.service import Service
+
+    service = Service(settings)
+    checkpoint = service.catalog.checkpoint(service.options["sd_model_checkpoint"])
+    # a model that cannot load fails here, not at the first request
+    service.queue.run_now(lambda: service.catalog.load(checkpoint, None))
+    log.info("serving %s on http://%s:%d (API at /sdapi/v1, page at /)", checkpoint.title, host, port)
+    uvicorn.run(create_app(settings, service), host=host, port=port, log_level="warning")

@@ -1,0 +1,72 @@
+"""A1111's request bodies, with A1111's field names and defaults. Unknown keys are accepted and
+ignored, as A1111's own models do, so clients written for A1111 or its extensions keep working."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = Field(default_factory=list)
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: Optional[str] = None
+    sampler_index: str = "Euler"  # A1111's default sampler when a request names none
+    scheduler: Optional[str] = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: Optional[int] = None  # None: the model's native size (512 for SD 1.x, A1111's default)
+    height: Optional[int] = None
+    restore_faces: Optional[bool] = None
+    tiling: Optional[bool] = None
+    eta: Optional[float] = None
+    s_churn: Optional[float] = None
+    s_tmin: Optional[float] = None
+    s_tmax: Optional[float] = None
+    s_noise: Optional[float] = None
+    override_settings: Optional[dict[str, Any]] = None
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: Optional[str] = None
+    script_name: Optional[str] = None
+    script_args: list[Any] = Field(default_factory=list)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    send_images: bool = True
+    save_images: bool = False
+    denoising_strength: Optional[float] = None
+
+
+class Txt2ImgRequest(GenerationRequest):
+    enable_hr: bool = False
+
+
+class Img2ImgRequest(GenerationRequest):
+    init_images: list[str] = Field(default_factory=list)
+    resize_mode: int = 0
+    mask: Optional[str] = None
+    mask_blur: Optional[int] = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: Optional[float] = None
+    include_init_images: bool = False
+    denoising_strength: Optional[float] = 0.75
+
+
+class PngInfoRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    image: str

@@ -1,0 +1,162 @@
+"""What the API does, apart from HTTP: generation jobs, options, listings, PNG info.
+
+Each answer has A1111's shape (field names and types its clients read). Generation goes through
+`t2i.sampling.generate`, the function `t2i generate` runs, so the same settings give the same pixels.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from t2i import __version__
+from t2i.errors import InvalidInput
+from t2i.formats.infotext import infotext, parse_infotext
+from t2i.formats.png import JSON_CHUNK, png_bytes, save_png
+from t2i.sampling.samplers import AUTOMATIC_KARRAS, SAMPLERS
+from t2i.server import img2img
+from t2i.server.catalog import Catalog
+from t2i.server.jobs import Job, JobQueue, Stopped
+from t2i.server.schemas import GenerationRequest, Img2ImgRequest
+from t2i.server.settings import ServerSettings
+from t2i.server.translate import OPTIONS, Plan, check_options, plan
+
+log = logging.getLogger("t2i")
+
+
+class Service:
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.catalog = Catalog(settings)
+        self.queue = JobQueue(settings.max_queue)
+        start = self.catalog.checkpoints()[0]
+        self.options: dict[str, Any] = {"sd_model_checkpoint": start.title, "sd_vae": "Automatic",
+                                        "CLIP_stop_at_last_layers": 1}
+
+    # ---- generation ------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest, kind: str, is_disconnected=None) -> dict[str, Any]:
+        work = plan(request, self.options, self.catalog, self.settings)  # every check, before queueing
+        config = work.config
+        job = Job(kind, images=config.num_images, batch_size=config.batch_size)
+        results, interrupted = await self.queue.run(job, lambda job: self._run(work, job), is_disconnected)
+        return self._answer(request, kind, work, results, interrupted, job)
+
+    def _run(self, work: Plan, job: Job) -> tuple[list, bool]:
+        """In the worker thread: load (if needed), generate, finish each image as A1111 would."""
+        from t2i.sampling.generate import generate_iter
+
+        model = self.catalog.load(work.checkpoint, work.vae)
+        results = []
+        try:
+            for result in generate_iter(model, work.config, on_step=job.on_step, progress=False):
+                results.append((work.finish(result.image), result.settings))
+                job.image_done()
+        except Stopped:
+            return results, True
+        return results, job.interrupted
+
+    def _answer(self, request, kind, work: Plan, results, interrupted: bool, job: Job) -> dict[str, Any]:
+        images = []
+        for image, settings in results:
+            data = png_bytes(image, settings)
+            if request.send_images:
+                images.append(base64.b64encode(data).decode("ascii"))
+            if request.save_images:
+                save_png(image, settings, Path(self.settings.output_dir) / f"{kind}-images")
+        if isinstance(request, Img2ImgRequest) and request.include_init_images:
+            images += request.init_images
+        parameters = request.model_dump()
+        if isinstance(request, Img2ImgRequest) and not request.include_init_images:
+            parameters.update(init_images=None, mask=None)
+        return {"images": images, "parameters": parameters,
+                "info": json.dumps(self._info(request, work, [s for _, s in results], interrupted, job))}
+
+    def _info(self, request, work: Plan, records: list[dict], interrupted: bool, job: Job) -> dict[str, Any]:
+        config = work.config
+        first = records[0] if records else {}
+        seeds = [r["seed"] for r in records]
+        spec = SAMPLERS[config.sampler]
+        return {
+            "prompt": request.prompt, "all_prompts": [request.prompt] * len(records),
+            "negative_prompt": request.negative_prompt,
+            "all_negative_prompts": [request.negative_prompt] * len(records),
+            "seed": seeds[0] if seeds else request.seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": seeds,
+            "subseed_strength": 0, "width": first.get("width", request.width), "height": first.get("height",
+                                                                                                   request.height),
+            "sampler_name": spec.a1111, "scheduler": spec.schedule, "cfg_scale": config.guidance_scale,
+            "steps": config.steps, "batch_size": config.batch_size, "restore_faces": False,
+            "face_restoration_model": None, "sd_model_name": first.get("model_name", work.checkpoint.model_name),
+            "sd_model_hash": first.get("model_hash"), "sd_vae_name": Path(work.vae).name if work.vae else None,
+            "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+            "denoising_strength": first.get("strength"), "extra_generation_params": {}, "index_of_first_image": 0,
+            "infotexts": [infotext(r) for r in records], "styles": [], "job_timestamp": job.timestamp,
+            "clip_skip": config.clip_skip or 1, "is_using_inpainting_conditioning": False,
+            "version": f"t2i {__version__}", "interrupted": interrupted,
+        }
+
+    # ---- options and listings ---------------------------------------------------------------
+
+    async def set_options(self, options: dict[str, Any]) -> None:
+        """POST options: switching the checkpoint loads it in the queue, so no running job sees it change."""
+        check_options(options, "options")
+        checkpoint = self.catalog.checkpoint(options.get("sd_model_checkpoint", self.options["sd_model_checkpoint"]))
+        vae_name = options.get("sd_vae", self.options["sd_vae"])
+        vae = self.catalog.vae(vae_name)
+        if "CLIP_stop_at_last_layers" in options and options["CLIP_stop_at_last_layers"] < 1:
+            raise InvalidInput("must be 1 or more", field="CLIP_stop_at_last_layers",
+                               value=options["CLIP_stop_at_last_layers"])
+        await self.queue.run(Job("load model"), lambda job: self.catalog.load(checkpoint, vae))
+        self.options.update({k: v for k, v in options.items() if k in OPTIONS}, sd_model_checkpoint=checkpoint.title)
+
+    def get_options(self) -> dict[str, Any]:
+        checkpoint = self.catalog.checkpoint(self.options["sd_model_checkpoint"])
+        return {**self.options, "sd_checkpoint_hash": None, "samples_format": "png", "sd_model_checkpoint":
+                checkpoint.title, "outdir_samples": self.settings.output_dir}
+
+    def sd_models(self) -> list[dict[str, Any]]:
+        return [{"title": c.title, "model_name": c.model_name, "hash": None, "sha256": None, "filename": c.filename,
+                 "config": None} for c in self.catalog.checkpoints()]
+
+    def samplers(self) -> list[dict[str, Any]]:
+        """One entry a sampler (schedules are listed apart, as A1111 1.9+ does)."""
+        return [{"name": spec.a1111, "aliases": sorted({name, spec.comfy or name}),
+                 "options": {"scheduler": "karras"} if name in AUTOMATIC_KARRAS else {}}
+                for name, spec in SAMPLERS.items() if spec.schedule == "Normal"]
+
+    @staticmethod
+    def schedulers() -> list[dict[str, Any]]:
+        return [{"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+                for name, label in (("automatic", "Automatic"), ("normal", "Normal"), ("karras", "Karras"))]
+
+    def sd_vaes(self) -> list[dict[str, str]]:
+        return [{"model_name": name, "filename": str(path)} for name, path in self.catalog.vaes().items()]
+
+    def loras(self) -> list[dict[str, Any]]:
+        return [{"name": name, "alias": name, "path": str(path), "metadata": _lora_metadata(path)}
+                for name, path in self.catalog.loras().items()]
+
+    @staticmethod
+    def png_info(image_b64: str) -> dict[str, Any]:
+        image = img2img.decode_image(image_b64, "image")
+        items = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+        text = items.pop("parameters", "")
+        items.pop(JSON_CHUNK, None)
+        return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
+
+
+def _lora_metadata(path: Path) -> dict[str, str]:
+    """A LoRA file's safetensors header metadata (kohya's ss_* keys), as A1111 lists it."""
+    from safetensors import safe_open
+
+    file = path if path.is_file() else next(iter(sorted(path.glob("*.safetensors"))), None)
+    if file is None:
+        return {}
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception:  # a damaged file is listed; loading it gives the real error
+        return {}

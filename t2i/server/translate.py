@@ -1,0 +1,140 @@
+"""An A1111 request -> what t2i runs: the GenerationConfig, the checkpoint and VAE, and the img2img
+steps around generation. Everything is checked here, before the request joins the queue.
+
+A1111 features t2i does not have are refused by name when a request asks for them (a value other
+than A1111's "off" default), never dropped in silence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from PIL import Image
+
+from t2i.errors import check
+from t2i.sampling.config import GenerationConfig
+from t2i.server import img2img
+from t2i.server.catalog import Catalog, Checkpoint
+from t2i.server.schemas import GenerationRequest, Img2ImgRequest
+from t2i.server.settings import ServerSettings
+
+# GenerationConfig field -> the request field that sets it, for error messages
+API_FIELDS = {"prompts": "prompt", "guidance_scale": "cfg_scale", "num_images": "n_iter", "sampler": "sampler_name",
+              "schedule": "scheduler", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+              "init_image": "init_images", "strength": "denoising_strength", "lora_dir": "the server's --lora-dir"}
+# option -> the type its value must have; POST options and override_settings take these
+OPTIONS = {"sd_model_checkpoint": str, "sd_vae": str, "CLIP_stop_at_last_layers": int}
+
+
+def api_field(field: str) -> str:
+    return API_FIELDS.get(field, field)
+
+
+def _off(value, *off) -> bool:
+    return value is None or value in off or (isinstance(value, float) and math.isinf(value) and math.inf in off)
+
+
+# request field -> (the values that mean "not used", what t2i lacks): refused otherwise
+UNSUPPORTED = {
+    "enable_hr": ((False,), "hires fix"), "restore_faces": ((False,), "face restoration"),
+    "tiling": ((False,), "tiling"), "subseed_strength": ((0,), "variation seeds"),
+    "seed_resize_from_h": ((-1, 0), "seed resizing"), "seed_resize_from_w": ((-1, 0), "seed resizing"),
+    "script_name": (("",), "scripts"), "refiner_checkpoint": (("", "None"), "a refiner"),
+    "s_churn": ((0,), "sigma churn"), "s_tmin": ((0,), "sigma tmin"), "s_tmax": ((0, math.inf), "sigma tmax"),
+    "s_noise": ((1,), "sigma noise"), "initial_noise_multiplier": ((1,), "a noise multiplier"),
+}
+
+
+def refuse_unsupported(request: GenerationRequest) -> None:
+    for name, (off, feature) in UNSUPPORTED.items():
+        value = getattr(request, name, None)
+        check(_off(value, *off), name, value, f"t2i has no {feature}", hint="leave it out or at its default")
+    check(not request.styles, "styles", request.styles, "t2i has no saved styles", hint="put the text in the prompt")
+    scripts = [name for name, value in request.alwayson_scripts.items() if _script_enabled(value)]
+    check(not scripts, "alwayson_scripts", ", ".join(scripts), "t2i runs no A1111 extensions")
+
+
+def _script_enabled(value) -> bool:
+    """Clients send {"args": []} or {"args": [False]} for an extension they leave off."""
+    args = value.get("args") if isinstance(value, dict) else value
+    return args not in ([], [False], None, {})
+
+
+def check_options(options: dict, field: str) -> None:
+    for key, value in options.items():
+        check(key in OPTIONS, f"{field}.{key}", None, "not an option t2i has", choices=list(OPTIONS))
+        check(isinstance(value, OPTIONS[key]) and not isinstance(value, bool), f"{field}.{key}", value,
+              f"must be a {OPTIONS[key].__name__}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    config: GenerationConfig
+    checkpoint: Checkpoint
+    vae: str | None
+    finish: Callable[[Image.Image], Image.Image]  # A1111's step after generation (the inpaint overlay)
+
+
+def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: ServerSettings) -> Plan:
+    """What the request asks t2i to do, every value checked against the server's limits first."""
+    refuse_unsupported(request)
+    overrides = request.override_settings or {}
+    check_options(overrides, "override_settings")
+    options = {**options, **overrides}
+    check(request.steps <= settings.max_steps, "steps", request.steps,
+          f"over this server's limit of {settings.max_steps}")
+    images = request.batch_size * request.n_iter
+    check(images <= settings.max_images, "batch_size", f"{request.batch_size} x n_iter {request.n_iter}",
+          f"asks for {images} images; this server's limit is {settings.max_images} a request")
+    if request.width and request.height:
+        check(request.width * request.height <= settings.max_pixels, "width", f"{request.width}x{request.height}",
+              f"over this server's limit of {settings.max_pixels:,} pixels an image")
+    check(request.seed >= -1, "seed", request.seed, "must be -1 (random) or a seed of 0 or more")
+    clip_skip = options.get("CLIP_stop_at_last_layers", 1)
+    fields = dict(prompts=(request.prompt,), negative_prompt=request.negative_prompt, steps=request.steps,
+                  guidance_scale=request.cfg_scale, seed=None if request.seed == -1 else request.seed,
+                  num_images=images, batch_size=request.batch_size, width=request.width, height=request.height,
+                  sampler=request.sampler_name or request.sampler_index, schedule=request.scheduler,
+                  clip_skip=None if clip_skip == 1 else clip_skip, lora_dir=settings.lora_dir)
+    finish = _identity  # txt2img's denoising_strength belongs to hires fix, refused above when enabled
+    if isinstance(request, Img2ImgRequest):
+        fields, finish = _img2img_fields(request, fields)
+        check(fields["width"] * fields["height"] <= settings.max_pixels, "init_images",
+              f"{fields['width']}x{fields['height']}", f"over this server's limit of {settings.max_pixels:,} pixels",
+              hint="send width and height")
+    checkpoint = catalog.checkpoint(options["sd_model_checkpoint"],
+                                    "override_settings.sd_model_checkpoint" if "sd_model_checkpoint" in overrides
+                                    else "sd_model_checkpoint")
+    vae = catalog.vae(options.get("sd_vae"), "override_settings.sd_vae" if "sd_vae" in overrides else "sd_vae")
+    return Plan(GenerationConfig(**fields), checkpoint, vae, finish)
+
+
+def _identity(image: Image.Image) -> Image.Image:
+    return image
+
+
+def _img2img_fields(request: Img2ImgRequest, fields: dict) -> tuple[dict, Callable]:
+    check(len(request.init_images) >= 1, "init_images", None, "img2img needs an init image")
+    check(len(request.init_images) == 1, "init_images", f"{len(request.init_images)} images",
+          "t2i takes one init image a request")
+    init = img2img.decode_image(request.init_images[0], "init_images")
+    mask = img2img.decode_image(request.mask, "mask") if request.mask else None
+    width = fields["width"] or init.width // 8 * 8
+    height = fields["height"] or init.height // 8 * 8
+    check(width >= 8 and height >= 8, "init_images", f"{init.width}x{init.height}", "must be at least 8x8 pixels")
+    check(request.inpainting_mask_invert in (0, 1), "inpainting_mask_invert", request.inpainting_mask_invert,
+          "must be 0 (repaint white) or 1 (repaint black)")
+    blur = request.mask_blur if request.mask_blur is not None else max(request.mask_blur_x, request.mask_blur_y)
+    check(blur >= 0, "mask_blur", blur, "must be 0 or more")
+    check(request.inpaint_full_res_padding >= 0, "inpaint_full_res_padding", request.inpaint_full_res_padding,
+          "must be 0 or more")
+    inputs = img2img.prepare(init, mask, width=width, height=height, resize_mode=request.resize_mode,
+                             mask_blur=blur, invert=request.inpainting_mask_invert == 1,
+                             fill=request.inpainting_fill, only_masked=request.inpaint_full_res,
+                             padding=request.inpaint_full_res_padding)
+    check(request.denoising_strength is not None, "denoising_strength", None, "img2img needs a denoising strength")
+    fields = {**fields, "width": width, "height": height, "init_image": inputs.image, "mask": inputs.mask,
+              "strength": request.denoising_strength}
+    return fields, inputs.finish

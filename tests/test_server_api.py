@@ -1,0 +1,203 @@
+"""`t2i serve` driven by `webuiapi`, the A1111 client from PyPI, unmodified: what a client gets
+equals `t2i generate` with the same settings, pixel for pixel and infotext for infotext."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+import webuiapi
+from conftest import pixels
+from PIL import Image
+
+SMALL = {"width": 32, "height": 32}  # the demo model's native size
+
+
+@pytest.fixture(scope="module")
+def api(demo_server):
+    return webuiapi.WebUIApi(host="127.0.0.1", port=demo_server.port)
+
+
+def generated(run_cli, tmp_path, *args):
+    """The images and infotexts `t2i generate ARGS` writes."""
+    out = tmp_path / "cli"
+    code, _, err = run_cli("generate", "--model", "demo", "--out", out, *args)
+    assert code == 0, err
+    files = sorted(out.glob("*.png"))
+    return [Image.open(f) for f in files]
+
+
+def test_txt2img_batch_equals_t2i_generate(api, run_cli, tmp_path):
+    result = api.txt2img(prompt="a red circle", negative_prompt="blue", seed=5, steps=12, batch_size=2,
+                         sampler_name="DPM++ 2M", scheduler="Karras", cfg_scale=7.5, **SMALL)
+    assert result.info["all_seeds"] == [5, 6]
+    assert [image.size for image in result.images] == [(32, 32), (32, 32)]
+    expected = generated(run_cli, tmp_path, "a red circle", "--negative-prompt", "blue", "--seed", 5,
+                         "--num-images", 2, "--batch-size", 2, "--steps", 12, "--sampler", "DPM++ 2M",
+                         "--schedule", "karras", "--guidance-scale", 7.5)
+    for got, want, text in zip(result.images, expected, result.info["infotexts"]):
+        assert np.array_equal(pixels(got), pixels(want))
+        assert got.info["parameters"] == want.info["parameters"] == text
+    assert "Seed: 6" in result.info["infotexts"][1] and "Schedule type: Karras" in result.info["infotexts"][0]
+    assert not np.array_equal(pixels(result.images[0]), pixels(result.images[1]))
+
+
+def test_automatic_schedule_is_a1111s_choice_for_the_sampler(api):
+    result = api.txt2img(prompt="a square", seed=1, steps=4, sampler_name="DPM++ 2M", scheduler="automatic", **SMALL)
+    assert "Sampler: DPM++ 2M, Schedule type: Karras" in result.info["infotexts"][0]
+    result = api.txt2img(prompt="a square", seed=1, steps=4, sampler_name="Euler a", **SMALL)
+    assert "Sampler: Euler a, Schedule type: Normal" in result.info["infotexts"][0]
+
+
+def test_img2img_equals_t2i_generate(api, run_cli, tmp_path, init_image):
+    result = api.img2img(images=[Image.open(init_image)], prompt="a blue square", seed=9, steps=10,
+                         denoising_strength=0.6, sampler_name="Euler", **SMALL)
+    expected, = generated(run_cli, tmp_path, "a blue square", "--init-image", init_image, "--strength", 0.6,
+                          "--seed", 9, "--steps", 10, "--sampler", "euler", "--guidance-scale", 7)
+    assert np.array_equal(pixels(result.image), pixels(expected))
+    assert "Denoising strength: 0.6" in result.info["infotexts"][0]
+
+
+def test_inpainting_repaints_the_mask_and_keeps_every_other_pixel(api, init_image, mask_image):
+    init, mask = Image.open(init_image), Image.open(mask_image)
+    result = api.img2img(images=[init], mask_image=mask, prompt="a green circle", seed=2, steps=10,
+                         denoising_strength=0.9, inpainting_fill=1, inpaint_full_res=False, mask_blur=0, **SMALL)
+    masked = np.asarray(mask) > 127
+    got, original = pixels(result.image), pixels(init)
+    assert np.array_equal(got[~masked], original[~masked]), "A1111's overlay keeps unmasked pixels exactly"
+    assert np.abs(got[masked] - original[masked]).mean() > 10, "the masked area is repainted"
+
+    # A1111's defaults: masked content "fill", "only masked" at full resolution; unblurred, then blurred by 4
+    sharp = api.img2img(images=[init], mask_image=mask, prompt="a green circle", seed=2, steps=10, mask_blur=0,
+                        **SMALL)
+    assert sharp.image.size == (32, 32)
+    assert np.array_equal(pixels(sharp.image)[~masked], original[~masked])
+    assert np.abs(pixels(sharp.image)[masked] - original[masked]).mean() > 10
+    soft = pixels(api.img2img(images=[init], mask_image=mask, prompt="a green circle", seed=2, steps=10, **SMALL).image)
+    assert np.array_equal(soft[30:, 30:], original[30:, 30:]), "beyond the blur's reach nothing changes"
+    assert not np.array_equal(soft[20:22, 4:20], original[20:22, 4:20]), "the blur reaches past the mask's edge"
+    inverted = api.img2img(images=[init], mask_image=mask, prompt="a green circle", seed=2, steps=10,
+                           denoising_strength=0.9, inpainting_fill=1, inpaint_full_res=False, mask_blur=0,
+                           inpainting_mask_invert=1, **SMALL)
+    assert np.array_equal(pixels(inverted.image)[masked], original[masked])
+
+
+def test_png_info_reads_the_infotext_back(api):
+    result = api.txt2img(prompt="a cat, (cute:1.2)", seed=3, steps=4, **SMALL)
+    info = api.png_info(result.image)
+    assert info.info == result.info["infotexts"][0]
+    assert info.parameters["Prompt"] == "a cat, (cute:1.2)"
+    assert info.parameters["Seed"] == "3" and info.parameters["Sampler"] == "Euler a"  # webuiapi's default
+
+
+def test_listings(api):
+    samplers = api.get_samplers()
+    names = [s["name"] for s in samplers]
+    assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC", "LMS", "Heun"} <= set(names)
+    assert len(names) == len(set(names))
+    assert next(s for s in samplers if s["name"] == "DPM++ 2M")["options"] == {"scheduler": "karras"}
+    assert api.util_get_scheduler_names() == ["automatic", "karras", "normal"]
+    assert api.util_get_model_names() == ["demo", "tiny-sd"]
+    assert [(lora["name"], lora["path"].endswith("cross.safetensors")) for lora in api.get_loras()] == [("cross", True)]
+    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    assert api.get_upscalers()[0]["name"] == "None" and api.get_latent_upscale_modes() == []
+    assert api.get_sd_vae() == []
+    assert api.refresh_checkpoints() is None
+
+
+def test_switching_the_model_through_options(api):
+    try:
+        api.util_set_model("tiny-sd")
+        assert api.util_get_current_model() == "tiny-sd"
+        result = api.txt2img(prompt="x", seed=1, steps=2, **SMALL)
+        assert "Model: tiny-sd" in result.info["infotexts"][0]
+    finally:
+        api.set_options({"sd_model_checkpoint": "demo"})
+    assert api.get_options()["sd_model_checkpoint"] == "demo"
+    # a per-request override leaves the server's choice as it was
+    result = api.txt2img(prompt="x", seed=1, steps=2, override_settings={"sd_model_checkpoint": "tiny-sd"}, **SMALL)
+    assert "Model: tiny-sd" in result.info["infotexts"][0]
+    assert api.get_options()["sd_model_checkpoint"] == "demo"
+
+
+def test_lora_tags_resolve_in_the_lora_folder(api, server_files):
+    from t2i import GenerationConfig, generate, load_model
+    from t2i.models.config import ModelConfig
+
+    tagged = api.txt2img(prompt="a red circle <lora:cross:0.8>", seed=4, steps=6, sampler_name="DDIM", **SMALL)
+    plain = api.txt2img(prompt="a red circle", seed=4, steps=6, sampler_name="DDIM", **SMALL)
+    assert "<lora:cross:0.8>" in tagged.info["infotexts"][0] and "Lora hashes" in tagged.info["infotexts"][0]
+    assert not np.array_equal(pixels(tagged.image), pixels(plain.image))
+    model = load_model(ModelConfig(model="demo", device="cpu"))
+    lora = f"{server_files}/loras/cross.safetensors:0.8"
+    direct, = generate(model, GenerationConfig(prompts=("a red circle ",), seed=4, steps=6, sampler="ddim",
+                                               guidance_scale=7.0, loras=(lora,)), progress=False)
+    assert np.array_equal(pixels(tagged.image), pixels(direct))
+
+
+def _long_job(api, results, **extra):
+    payload = {"prompt": "a slow red circle", "seed": 1, "steps": 150, "n_iter": 4, "width": 96, "height": 96}
+    results.append(api.txt2img(**{**payload, **extra}))
+
+
+def _wait_for_step(demo_server, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = requests.get(f"{demo_server.api}/progress").json()
+        if state["state"]["sampling_step"] > 0:
+            return state
+        time.sleep(0.05)
+    raise AssertionError("the job never started stepping")
+
+
+def test_progress_and_interrupt_return_the_images_finished_so_far(api, demo_server):
+    results = []
+    worker = threading.Thread(target=_long_job, args=(api, results))
+    worker.start()
+    progress = _wait_for_step(demo_server)
+    assert progress["state"]["job_count"] == 4 and progress["state"]["sampling_steps"] == 150
+    assert 0 < progress["progress"] < 1 and progress["eta_relative"] > 0
+    stopped_at = time.monotonic()
+    api.interrupt()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and time.monotonic() - stopped_at < 5, "stops within a step or so"
+    result, = results
+    assert result.info["interrupted"] is True and len(result.images) < 4
+    api.util_wait_for_ready(check_interval=0.1)
+    assert requests.get(f"{demo_server.api}/progress").json()["state"]["job_count"] == 0
+
+
+def test_skip_drops_the_running_batch_and_goes_on(api, demo_server):
+    results = []
+    worker = threading.Thread(target=_long_job, args=(api, results), kwargs={"n_iter": 2, "steps": 30})
+    worker.start()
+    _wait_for_step(demo_server)
+    api.skip()
+    worker.join(timeout=120)
+    result, = results
+    assert result.info["interrupted"] is False
+    assert result.info["all_seeds"] == [2], "the first batch was skipped, the second made"
+
+
+def test_a_client_that_disconnects_leaves_no_work_running(demo_server):
+    started = time.monotonic()
+    with pytest.raises(requests.Timeout):
+        requests.post(f"{demo_server.api}/txt2img", json={"prompt": "gone", "steps": 150, "n_iter": 8,
+                                                          "width": 96, "height": 96}, timeout=1.5)
+    deadline = started + 15
+    while time.monotonic() < deadline:
+        if requests.get(f"{demo_server.api}/progress").json()["state"]["job_count"] == 0:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the abandoned job kept running")
+
+
+def test_save_images_writes_into_the_output_folder_and_send_images_false_sends_none(api, server_files):
+    folder = server_files / "outputs" / "txt2img-images"
+    before = set(folder.glob("*.png")) if folder.exists() else set()
+    result = api.txt2img(prompt="kept", seed=21, steps=2, save_images=True, send_images=False, **SMALL)
+    assert result.images == [] and result.info["all_seeds"] == [21]
+    new, = set(folder.glob("*.png")) - before
+    assert new.name.endswith("-21.png") and Image.open(new).info["parameters"] == result.info["infotexts"][0]

@@ -1,0 +1,127 @@
+"""The web page in a real browser: Debian's Chromium, headless, driven by Playwright (no browser
+download). The page talks to `t2i serve --model demo` only through /sdapi/v1."""
+
+import base64
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# without these, Chromium spends its start-up on connections this machine's closed network refuses
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not shutil.which(CHROMIUM):
+        pytest.fail("no Chromium: `apt-get install chromium` (CI does), or deselect with -m 'not browser'")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, demo_server):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(demo_server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#sampler option').length > 5")
+    yield page
+    context.close()
+    assert errors == [], f"JavaScript errors: {errors}"
+
+
+def settings(page, **values):
+    for field, value in values.items():
+        page.fill(f"#{field}", str(value))
+
+
+def image_pixels(page, figure: int = 0) -> np.ndarray:
+    source = page.locator("#gallery figure img").nth(figure).get_attribute("src")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).convert("RGB"))
+
+
+def test_generate_with_ctrl_enter_shows_the_image_and_its_settings(page, tmp_path):
+    from t2i import GenerationConfig, generate, load_model
+    from t2i.models.config import ModelConfig
+
+    page.fill("#prompt", "a red circle")
+    settings(page, steps=10, width=32, height=32, seed=7, cfg=5)
+    page.select_option("#sampler", "DPM++ 2M")
+    page.select_option("#scheduler", "karras")
+    page.press("#prompt", "Control+Enter")
+    page.wait_for_selector("#gallery figure img")
+    caption = page.locator("#gallery figcaption").first.inner_text()
+    assert caption.startswith("a red circle\n") and "Seed: 7" in caption and "Sampler: DPM++ 2M" in caption
+    assert "Schedule type: Karras" in caption and "Steps: 10" in caption
+    model = load_model(ModelConfig(model="demo", device="cpu"))
+    expected, = generate(model, GenerationConfig(prompts=("a red circle",), steps=10, seed=7, guidance_scale=5,
+                                                 sampler="dpmpp-2m-karras"), progress=False)
+    assert np.array_equal(image_pixels(page), np.asarray(expected.image))
+
+    page.click("#random-seed")
+    assert page.input_value("#seed") == "-1"
+    page.click("#reuse-seed")
+    assert page.input_value("#seed") == "7"
+
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB")).astype(float)
+    assert shot.std() > 20 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 50, "the screenshot is not blank"
+
+
+def test_interrupt_stops_a_long_run(page):
+    page.fill("#prompt", "a slow blue square")
+    settings(page, steps=150, width=96, height=96, seed=1, **{"batch-count": 4})
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('progress').value > 0")
+    assert page.is_enabled("#interrupt") and not page.is_enabled("#generate")
+    assert "step" in page.inner_text("#eta") and "ETA" in page.inner_text("#eta")
+    page.click("#interrupt")
+    page.wait_for_function("!document.getElementById('generate').disabled", timeout=30_000)
+    assert page.inner_text("#error").startswith("Interrupted")
+    assert page.locator("#gallery figure").count() < 4
+
+
+def test_inpainting_with_the_brush(page, init_image):
+    page.check("input[name=mode][value=img2img]")
+    page.set_input_files("#init-file", str(init_image))
+    page.wait_for_function("document.getElementById('mask-canvas').width === 32")
+    settings(page, steps=10, seed=3, strength=0.9)
+    page.fill("#prompt", "a green circle")
+    box = page.locator("#mask-canvas").bounding_box()  # drawn 320 px wide: 10 screen px an image pixel
+    page.mouse.move(box["x"] + 40, box["y"] + 40)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 120, box["y"] + 120, steps=8)
+    page.mouse.up()
+    assert "Mask painted" in page.inner_text("#mask-state")
+    page.click("#generate")
+    page.wait_for_selector("#gallery figure img")
+    caption = page.locator("#gallery figcaption").first.inner_text()
+    assert "Denoising strength: 0.9" in caption
+    got, original = image_pixels(page).astype(int), np.asarray(Image.open(init_image).convert("RGB")).astype(int)
+    assert np.array_equal(got[20:, :], original[20:, :]), "far from the stroke nothing changes"
+    assert np.abs(got[5:11, 5:11] - original[5:11, 5:11]).mean() > 5, "under the stroke it is repainted"
+
+
+def test_png_info_by_dropping_an_image(page, demo_server):
+    import requests
+
+    answer = requests.post(f"{demo_server.api}/txt2img", json={"prompt": "a dropped cat", "seed": 11, "steps": 3,
+                                                                "width": 32, "height": 32}).json()
+    page.evaluate("""async (data) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "cat.png", {type: "image/png"}));
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: transfer}));
+    }""", answer["images"][0])
+    page.wait_for_function("document.getElementById('png-info').textContent.includes('Seed: 11')")
+    assert page.inner_text("#png-info").startswith("a dropped cat\n")
