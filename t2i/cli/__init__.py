@@ -22,7 +22,8 @@ log = logging.getLogger("t2i")
 
 # config field -> the flag (or argument) that sets it, where it is not --<field-with-dashes>
 FLAGS = {"out_dir": "--out", "loras": "--lora", "prompts": "PROMPTS", "colours": "--colour", "image": "IMAGE",
-         "validation_prompts": "--validation-prompt", "export_kohya": "--export", "out": "OUT"}
+         "validation_prompts": "--validation-prompt", "export_kohya": "--export", "out": "OUT",
+         "guidance_scales": "--guidance-scale", "metrics": "--metric"}
 USAGE_ERRORS = (InvalidInput, NotFound)  # exit 2, as click does for bad arguments; the rest exit 1
 
 
@@ -54,7 +55,7 @@ class _StderrHandler(logging.Handler):
 
 
 # the commands register themselves on `app` when imported
-from t2i.cli import finetune, generate, serve, shapes  # noqa: E402,F401
+from t2i.cli import evaluate, finetune, generate, serve, shapes  # noqa: E402,F401
 
 
 def main() -> None:

@@ -49,3 +49,12 @@ def train_demo_model(out: Path = typer.Argument(..., help="Working folder; the m
     from t2i.shapes.demo import train_demo
 
     print(train_demo(out))
+
+
+@shapes_app.command("train-features")
+def train_feature_network(out: Path = typer.Argument(..., help="Folder for model.safetensors and recipe.json.")):
+    """Train the feature network behind Shapes-FID/KID with the recorded recipe (about 3 minutes on 2 CPU cores)."""
+    _new_folder(out)
+    from t2i.shapes.features import train_features
+
+    print(train_features(out))

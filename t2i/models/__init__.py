@@ -6,3 +6,5 @@ from pathlib import Path
 SD1_CONFIG_DIR = Path(__file__).parent / "sd1"
 #: the shipped `demo` model, trained from scratch on the shapes world (`t2i shapes train-demo`)
 DEMO_MODEL_DIR = Path(__file__).parent / "demo"
+#: the shipped shapes feature network (Shapes-FID/KID), trained by `t2i shapes train-features`
+SHAPE_FEATURES_DIR = Path(__file__).parent / "shape-features"

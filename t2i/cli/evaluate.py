@@ -1,0 +1,48 @@
+"""`t2i evaluate`: whether a fine-tune helped, measured on held-out prompts."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from t2i.cli import app, given, log, prepare_environment
+from t2i.eval.run import METRICS, EvalConfig
+
+
+def _default(name: str):
+    return next(f.default for f in fields(EvalConfig) if f.name == name)
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    data: str = typer.Option(..., help="A data folder t2i finetune reads; its held-out split gives prompts and "
+                             "the real images."),
+    output: Path = typer.Option(..., help="Report folder: report.md, report.json, the generated images."),
+    model: str = typer.Option(_default("model"), help="The base model (as t2i generate's --model)."),
+    lora: Optional[List[str]] = typer.Option(None, help="PATH[:SCALE] of a LoRA to compare with the base; repeatable."),
+    split: str = typer.Option(_default("split"), help="test (Karpathy's, where the layout has it) or val."),
+    num_samples: int = typer.Option(_default("num_samples"), help="N: held-out prompts (and real images)."),
+    guidance_scale: Optional[List[float]] = typer.Option(None, help="Repeat for a sweep. Default: 7.5."),
+    sampler: str = typer.Option(_default("sampler")),
+    steps: int = typer.Option(_default("steps")),
+    seed: int = typer.Option(_default("seed"), help="Image i uses seed+i, for every model and guidance."),
+    batch_size: int = typer.Option(_default("batch_size")),
+    metric: Optional[List[str]] = typer.Option(None, help=f"Repeatable: {', '.join(METRICS)}. Default: all."),
+    resume: bool = typer.Option(False, help="Continue a run in OUTPUT with the same settings."),
+    offline: bool = typer.Option(False, help="Never touch the network."),
+):
+    """Compare the base model and each --lora on the same held-out prompts and seeds."""
+    prepare_environment(offline)
+    options = {("loras" if k == "lora" else "guidance_scales" if k == "guidance_scale" else
+                "metrics" if k == "metric" else k): v for k, v in given(ctx).items()
+               if k not in ("output", "resume", "offline")}
+    config = EvalConfig(**options)
+    from t2i.eval.run import evaluate as run
+
+    report = run(config, output, resume=resume, log=lambda line: log.info("%s", line))
+    log.info("wrote %s (N = %d)", output / "report.md", report["n"])
+    print((output / "report.md").read_text(encoding="utf-8"), end="")

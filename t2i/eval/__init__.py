@@ -1,0 +1,1 @@
+"""Evaluation: whether a fine-tune helped, measured with N and confidence intervals."""

@@ -1,0 +1,217 @@
+"""`t2i evaluate`: the base model and each LoRA on the same held-out prompts and seeds, at each
+guidance scale, scored against the held-out real images, every number with N and a bootstrap
+interval, beside the floor of real against other real images of the same N.
+
+Generated images are kept in the report folder (`images/<variant>/g<guidance>/NNNNN.png`): a
+killed run goes on where it stopped (`resume`), and nothing is made twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from t2i.errors import InvalidInput, check
+from t2i.eval.metrics import Estimate, bootstrap, frechet_distance, kernel_distance, manifold_metrics
+from t2i.files import atomic_write, write_text
+
+METRICS = ("shapes-fid", "shapes-kid", "shapes-pr", "accuracy")
+MIN_SAMPLES = 128  # twice the 64 feature dimensions: FID with fewer images is mostly its own bias
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str = "demo"
+    data: str = ""
+    loras: tuple[str, ...] = ()
+    split: str = "test"  # the layout's own split when it has one; else the seeded validation share
+    val_fraction: float = 0.1
+    data_seed: int = 0
+    num_samples: int = 256
+    guidance_scales: tuple[float, ...] = (7.5,)
+    sampler: str = "dpmpp-2m"
+    steps: int = 20
+    seed: int = 0
+    batch_size: int = 16
+    metrics: tuple[str, ...] = METRICS
+
+    def __post_init__(self):
+        object.__setattr__(self, "loras", tuple(self.loras))
+        object.__setattr__(self, "guidance_scales", tuple(float(g) for g in self.guidance_scales))
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        check(self.num_samples >= MIN_SAMPLES, "num_samples", self.num_samples,
+              f"must be at least {MIN_SAMPLES}: FID on 64 features with fewer images measures mostly its own bias")
+        check(self.split in ("test", "val"), "split", self.split, "unknown split", choices=("test", "val"))
+        check(len(self.guidance_scales) >= 1, "guidance_scales", None, "give at least one guidance scale")
+        for scale in self.guidance_scales:
+            check(math.isfinite(scale) and scale >= 0, "guidance_scales", scale, "must be a finite number, 0 or more")
+        for metric in self.metrics:
+            check(metric in METRICS, "metrics", metric, "unknown metric", choices=METRICS,
+                  hint="Inception FID/KID, IS and CLIP score are not built yet")
+
+
+def _variants(config: EvalConfig) -> dict[str, tuple[str, ...]]:
+    """variant name -> LoRAs: 'base' and one a LoRA, named after the LoRA."""
+    from t2i.formats.lora import LoraRef
+
+    found = {"base": ()}
+    for text in config.loras:
+        ref = LoraRef.parse(text)
+        ref.file  # checked now: a missing LoRA fails before any image is made
+        found[f"lora-{ref.name}" + (f"@{ref.scale:g}" if ref.scale != 1 else "")] = (text,)
+    return found
+
+
+def _held_out(config: EvalConfig):
+    """(prompts, held-out real images, other real images): N of each, drawn with a fixed seed."""
+    from t2i.data.sources import read_collection, select_split
+
+    _, samples = read_collection(config.data)
+    held = select_split(samples, config.split, config.val_fraction, config.data_seed)
+    if not held and config.split == "test":  # no test split in this layout: the seeded validation share
+        held = select_split(samples, "val", config.val_fraction, config.data_seed)
+    check(len(held) >= config.num_samples, "num_samples", config.num_samples,
+          f"the held-out split of {config.data} has only {len(held)} images", hint="lower it, or give more data")
+    held_keys = {s.key for s in held}
+    others = [s for s in samples if s.key not in held_keys]
+    check(len(others) >= config.num_samples, "num_samples", config.num_samples,
+          f"the floor needs {config.num_samples} other real images; {config.data} has {len(others)}")
+    rng = random.Random(config.data_seed)
+    chosen, floor = rng.sample(held, config.num_samples), rng.sample(others, config.num_samples)
+    prompts = [rng.choice(sample.captions) for sample in chosen]
+    return prompts, [_rgb(s) for s in chosen], [_rgb(s) for s in floor]
+
+
+def _rgb(sample) -> Image.Image:
+    from t2i.data.training_set import read_rgb
+
+    return read_rgb(sample)
+
+
+def _check_folder(out: Path, config: EvalConfig, resume: bool) -> None:
+    """A report folder holds one run's settings: another run's are refused, the same continue on --resume."""
+    settings_file = out / "settings.json"
+    if out.exists() and not out.is_dir():
+        raise InvalidInput("is a file, not a folder", field="output", value=out)
+    if settings_file.exists():
+        recorded = json.loads(settings_file.read_text())
+        if recorded != json.loads(json.dumps(asdict(config))):
+            changed = sorted(k for k in recorded if recorded.get(k) != json.loads(json.dumps(asdict(config))).get(k))
+            raise InvalidInput(f"holds a run with other settings ({', '.join(changed)})", field="output", value=out,
+                               hint="choose a new folder")
+        if not resume:
+            raise InvalidInput("holds this run already", field="output", value=out,
+                               hint="pass {resume} to continue it, or choose a new folder")
+    elif out.exists() and any(out.iterdir()):
+        raise InvalidInput("is not empty and holds no t2i evaluation", field="output", value=out)
+
+
+def _generate_missing(model, config: EvalConfig, prompts, loras, guidance: float, folder: Path) -> int:
+    """Make the images not yet in `folder` (image i uses seed + i, as `t2i generate --seed` does)."""
+    from t2i.formats.png import png_bytes
+    from t2i.sampling.config import GenerationConfig
+    from t2i.sampling.generate import generate_iter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    missing = [i for i in range(len(prompts)) if not (folder / f"{i:05d}.png").exists()]
+    runs, made = [], 0
+    for index in missing:  # contiguous runs keep one seed sequence per GenerationConfig
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    for run in runs:
+        generation = GenerationConfig(prompts=tuple(prompts[i] for i in run), seed=config.seed + run[0],
+                                      steps=config.steps, sampler=config.sampler, guidance_scale=guidance,
+                                      batch_size=config.batch_size, loras=loras)
+        for index, result in zip(run, generate_iter(model, generation, progress=False)):
+            data = png_bytes(result.image, result.settings)
+            atomic_write(folder / f"{index:05d}.png", lambda tmp: tmp.write_bytes(data))
+            made += 1
+    return made
+
+
+def _scores(config: EvalConfig, prompts, real_features, fake_features, fake_images) -> dict[str, Estimate]:
+    scores = {}
+    if "shapes-fid" in config.metrics:
+        scores["shapes_fid"] = bootstrap(frechet_distance, real_features, fake_features)
+    if "shapes-kid" in config.metrics:
+        scores["shapes_kid"] = bootstrap(lambda a, b: kernel_distance(a, b, subsets=10)[0], real_features,
+                                         fake_features, rounds=50)
+    if "shapes-pr" in config.metrics:
+        for name in ("precision", "recall", "density", "coverage"):
+            scores[name] = bootstrap(lambda a, b, name=name: manifold_metrics(a, b)[name], real_features,
+                                     fake_features, rounds=50, bounds=(0, np.inf if name == "density" else 1))
+    if "accuracy" in config.metrics and fake_images is not None:
+        scores.update(_accuracy(prompts, fake_images))
+    return scores
+
+
+def _accuracy(prompts, images) -> dict[str, Estimate]:
+    """Text-image agreement: the analyser's colour and shape against the words of each prompt."""
+    from t2i.shapes.analyser import analyse
+    from t2i.shapes.world import ALL_COLOURS, SHAPES
+
+    asked = [(next((w for w in p.split() if w in ALL_COLOURS), None), next((w for w in p.split() if w in SHAPES),
+                                                                             None)) for p in prompts]
+    seen = [analyse(image) for image in images]
+    colour = np.array([a[0] == s[0] for a, s in zip(asked, seen)], dtype=float)
+    shape = np.array([a[1] == s[1] for a, s in zip(asked, seen)], dtype=float)
+    return {"colour_accuracy": bootstrap(np.mean, colour, bounds=(0, 1)),
+            "shape_accuracy": bootstrap(np.mean, shape, bounds=(0, 1)),
+            "accuracy": bootstrap(np.mean, colour * shape, bounds=(0, 1))}
+
+
+def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print) -> dict:
+    """Run the evaluation into `out` (report.json, report.md, images/); returns the report."""
+    from t2i.models.config import ModelConfig
+    from t2i.models.loading import load_model
+    from t2i.shapes.features import extract, load_features
+
+    _check_folder(out, config, resume)
+    variants = _variants(config)
+    prompts, real, other_real = _held_out(config)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "settings.json", json.dumps(asdict(config), indent=2) + "\n")
+    model = load_model(ModelConfig(model=config.model))
+    network = load_features()
+    size = model.pipe.unet.config.sample_size * model.pipe.vae_scale_factor
+    real = [image.resize((size, size), Image.BICUBIC) for image in real]  # images are centre-cropped squares
+    real_features = extract(network, real)
+    floor = _scores(config, prompts, real_features, extract(network, [i.resize((size, size)) for i in other_real]),
+                    None)
+    results = {}
+    for name, loras in variants.items():
+        for guidance in config.guidance_scales:
+            folder = out / "images" / name / f"g{guidance:g}"
+            made = _generate_missing(model, config, prompts, loras, guidance, folder)
+            log(f"{name} @ guidance {guidance:g}: {made} image(s) made, {len(prompts) - made} kept from before")
+            images = [Image.open(folder / f"{i:05d}.png").convert("RGB") for i in range(len(prompts))]
+            scores = _scores(config, prompts, real_features, extract(network, images), images)
+            results.setdefault(name, {})[f"{guidance:g}"] = {k: v.as_dict() for k, v in scores.items()}
+    report = {"settings": asdict(config), "n": config.num_samples, "floor": {k: v.as_dict() for k, v in floor.items()},
+              "results": results, "prompts": prompts}
+    write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text(out / "report.md", _markdown(report))
+    return report
+
+
+def _markdown(report: dict) -> str:
+    floor = report["floor"]
+    metrics = list(next(iter(next(iter(report["results"].values())).values())))
+    show = lambda e: f"{e['value']:.4g} [{e['ci'][0]:.4g}, {e['ci'][1]:.4g}]"  # noqa: E731
+    lines = [f"# t2i evaluate: {report['settings']['model']} on {report['settings']['data']}", "",
+             f"N = {report['n']} held-out prompts, the same seeds for every row; [95% bootstrap interval].", "",
+             "| variant | guidance | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|",
+             "| floor: real vs other real | - | " + " | ".join(show(floor[m]) if m in floor else "-" for m in metrics)
+             + " |"]
+    for name, by_guidance in report["results"].items():
+        for guidance, scores in by_guidance.items():
+            lines.append(f"| {name} | {guidance} | " + " | ".join(show(scores[m]) for m in metrics) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,70 @@
+"""`t2i evaluate` in the shapes world: a report with N and intervals beside the real-vs-real floor,
+prompt agreement that sees wrong colours, resume without re-making images, and refusals."""
+
+import json
+import random
+
+import pytest
+
+from t2i.errors import InvalidInput
+from t2i.eval.run import EvalConfig, _accuracy, evaluate
+from t2i.shapes.world import ALL_COLOURS, COLOURS, make_image, random_shape
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+    from t2i.shapes.world import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("eval") / "shapes", 1400, seed=3)
+
+
+def test_prompt_agreement_sees_shuffled_colours():
+    rng = random.Random(0)
+    specs = [random_shape(rng) for _ in range(64)]
+    prompts = [f"a {s.colour} {s.shape}" for s in specs]
+    shuffle = dict(zip(COLOURS, list(COLOURS)[1:] + list(COLOURS)[:1]))
+    right = _accuracy(prompts, [make_image(s) for s in specs])
+    wrong = _accuracy(prompts, [make_image(s, rgb=ALL_COLOURS[shuffle[s.colour]]) for s in specs])
+    assert right["colour_accuracy"].value > 0.95 and wrong["colour_accuracy"].value < 0.1
+    assert wrong["shape_accuracy"].value > 0.9, "the shapes are still right"
+    assert wrong["accuracy"].high < right["accuracy"].low
+
+
+@pytest.mark.slow
+def test_a_report_with_intervals_and_resume_that_makes_only_what_is_missing(shapes_data, tmp_path):
+    config = EvalConfig(model="demo", data=str(shapes_data), num_samples=128, steps=6, guidance_scales=(7.5,))
+    out, lines = tmp_path / "report", []
+    report = evaluate(config, out, log=lines.append)
+    assert lines == ["base @ guidance 7.5: 128 image(s) made, 0 kept from before"]
+    scores, floor = report["results"]["base"]["7.5"], report["floor"]
+    for estimate in [*scores.values(), *floor.values()]:
+        assert estimate["ci"][0] <= estimate["value"] <= estimate["ci"][1] and estimate["n"] == 128
+    assert floor["shapes_fid"]["value"] < 5 and floor["precision"]["value"] > 0.9
+    assert scores["colour_accuracy"]["value"] > 0.9 and scores["shapes_fid"]["value"] < 10
+    assert "| floor: real vs other real |" in (out / "report.md").read_text()
+    assert len(list((out / "images" / "base" / "g7.5").glob("*.png"))) == 128
+
+    with pytest.raises(InvalidInput, match="holds this run already"):
+        evaluate(config, out)
+    with pytest.raises(InvalidInput, match=r"holds a run with other settings \(steps\)"):
+        evaluate(EvalConfig(**{**config.__dict__, "steps": 7}), out, resume=True)
+    for index in (3, 4, 90):  # as if killed before these were written
+        (out / "images" / "base" / "g7.5" / f"{index:05d}.png").unlink()
+    lines.clear()
+    again = evaluate(config, out, resume=True, log=lines.append)
+    assert lines == ["base @ guidance 7.5: 3 image(s) made, 125 kept from before"]
+    assert again["results"] == report["results"], "the re-made images are the same images"
+    assert json.loads((out / "report.json").read_text())["n"] == 128
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num-samples", "200"], "--num-samples 200: the held-out split of"),
+    (["--num-samples", "16"], "--num-samples 16: must be at least 128"),
+    (["--num-samples", "128", "--metric", "inception-fid"], "--metric inception-fid: unknown metric"),
+    (["--num-samples", "128", "--guidance-scale", "nan"], "--guidance-scale nan: must be a finite number"),
+    (["--num-samples", "128", "--lora", "/no/such.safetensors"], "--lora /no/such.safetensors: no such LoRA file"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(run_cli, shapes_data, tmp_path, args, message):
+    code, _, err = run_cli("evaluate", "--data", shapes_data, "--output", tmp_path / "out", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
