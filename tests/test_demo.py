@@ -96,3 +96,19 @@ def test_a_lora_teaches_the_demo_a_colour_word_it_never_saw(tmp_path, run_cli):
     assert before.accuracy <= 0.1, before
     assert after.accuracy >= 0.8, after.misses
     assert known.accuracy >= 0.85, known.misses
+
+    # the same proof through `t2i evaluate`: held-out prompts, intervals, base vs LoRA on the same seeds
+    from t2i.eval.run import EvalConfig, evaluate
+    from t2i.shapes.world import COLOURS, make_dataset
+
+    reports = {}
+    for name, colours in (("new", (NEW_COLOUR,)), ("known", tuple(COLOURS))):
+        held_out = make_dataset(tmp_path / f"eval-{name}", 1400, seed=11, colours=colours)
+        config = EvalConfig(model="demo", data=str(held_out), loras=(str(tmp_path / "lora"),), num_samples=128)
+        reports[name] = evaluate(config, tmp_path / f"report-{name}", log=lambda _: None)["results"]
+    base, taught = reports["new"]["base"]["7.5"], reports["new"]["lora-lora"]["7.5"]
+    assert taught["accuracy"]["ci"][0] > base["accuracy"]["ci"][1], (base["accuracy"], taught["accuracy"])
+    assert taught["shapes_fid"]["ci"][1] < base["shapes_fid"]["ci"][0], (base["shapes_fid"], taught["shapes_fid"])
+    base, taught = reports["known"]["base"]["7.5"], reports["known"]["lora-lora"]["7.5"]
+    assert base["accuracy"]["ci"][0] <= taught["accuracy"]["value"] <= base["accuracy"]["ci"][1], \
+        (base["accuracy"], taught["accuracy"])

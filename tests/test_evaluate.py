@@ -43,6 +43,7 @@ def test_a_report_with_intervals_and_resume_that_makes_only_what_is_missing(shap
     assert scores["colour_accuracy"]["value"] > 0.9 and scores["shapes_fid"]["value"] < 10
     assert "| floor: real vs other real |" in (out / "report.md").read_text()
     assert len(list((out / "images" / "base" / "g7.5").glob("*.png"))) == 128
+    assert report["pictures"] == ["grid.png"] and (out / "grid.png").is_file(), "a sweep plot needs 2+ scales"
 
     with pytest.raises(InvalidInput, match="holds this run already"):
         evaluate(config, out)
@@ -63,8 +64,10 @@ def test_a_report_with_intervals_and_resume_that_makes_only_what_is_missing(shap
     (["--num-samples", "128", "--metric", "inception-fid"], "--metric inception-fid: unknown metric"),
     (["--num-samples", "128", "--guidance-scale", "nan"], "--guidance-scale nan: must be a finite number"),
     (["--num-samples", "128", "--lora", "/no/such.safetensors"], "--lora /no/such.safetensors: no such LoRA file"),
+    (["--num-samples", "128", "--run", "DATA"], "has no loss.png"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(run_cli, shapes_data, tmp_path, args, message):
+    args = [shapes_data if arg == "DATA" else arg for arg in args]
     code, _, err = run_cli("evaluate", "--data", shapes_data, "--output", tmp_path / "out", *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()

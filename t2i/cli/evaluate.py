@@ -32,6 +32,7 @@ def evaluate(
     seed: int = typer.Option(_default("seed"), help="Image i uses seed+i, for every model and guidance."),
     batch_size: int = typer.Option(_default("batch_size")),
     metric: Optional[List[str]] = typer.Option(None, help=f"Repeatable: {', '.join(METRICS)}. Default: all."),
+    run: Optional[Path] = typer.Option(None, help="The LoRA's training folder: its loss curve joins the report."),
     resume: bool = typer.Option(False, help="Continue a run in OUTPUT with the same settings."),
     offline: bool = typer.Option(False, help="Never touch the network."),
 ):
@@ -39,10 +40,10 @@ def evaluate(
     prepare_environment(offline)
     options = {("loras" if k == "lora" else "guidance_scales" if k == "guidance_scale" else
                 "metrics" if k == "metric" else k): v for k, v in given(ctx).items()
-               if k not in ("output", "resume", "offline")}
+               if k not in ("output", "resume", "offline", "run")}
     config = EvalConfig(**options)
-    from t2i.eval.run import evaluate as run
+    from t2i.eval.run import evaluate as run_evaluation
 
-    report = run(config, output, resume=resume, log=lambda line: log.info("%s", line))
+    report = run_evaluation(config, output, resume=resume, log=lambda line: log.info("%s", line), run=run)
     log.info("wrote %s (N = %d)", output / "report.md", report["n"])
     print((output / "report.md").read_text(encoding="utf-8"), end="")

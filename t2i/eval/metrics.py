@@ -9,6 +9,7 @@ balls with k = 5, as those papers recommend.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,7 +24,12 @@ NEIGHBOURS = 5
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     mu_r, mu_f = real.mean(0), fake.mean(0)
     cov_r, cov_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
-    root = linalg.sqrtm(cov_r @ cov_f)
+    with warnings.catch_warnings():  # singular products are usual (one colour, few images): handled below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(cov_r @ cov_f)
+        if not np.isfinite(root).all():  # a tiny ridge, as the reference FID code does
+            ridge = np.eye(len(cov_r)) * 1e-6
+            root = linalg.sqrtm((cov_r + ridge) @ (cov_f + ridge))
     return float(((mu_r - mu_f) ** 2).sum() + np.trace(cov_r + cov_f - 2 * root.real))
 
 

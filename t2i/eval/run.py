@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from t2i.errors import InvalidInput, check
+from t2i.errors import InvalidInput, check, require_extra
 from t2i.eval.metrics import Estimate, bootstrap, frechet_distance, kernel_distance, manifold_metrics
 from t2i.files import atomic_write, write_text
 
@@ -168,13 +169,39 @@ def _accuracy(prompts, images) -> dict[str, Estimate]:
             "accuracy": bootstrap(np.mean, colour * shape, bounds=(0, 1))}
 
 
-def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print) -> dict:
-    """Run the evaluation into `out` (report.json, report.md, images/); returns the report."""
+GRID_PROMPTS = 8  # columns of the side-by-side grid
+
+
+def _pictures(report: dict, out: Path, config: EvalConfig, run: Path | None) -> list[str]:
+    """sweep.png, grid.png and (with the LoRA's training folder) its loss curve; their names."""
+    from t2i.eval.plots import comparison_grid, sweep_plot
+
+    made = []
+    if len(config.guidance_scales) > 1 and sweep_plot(report, out / "sweep.png"):
+        made.append("sweep.png")
+    guidance = f"{config.guidance_scales[-1]:g}"
+    rows = {name: [out / "images" / name / f"g{guidance}" / f"{i:05d}.png" for i in range(GRID_PROMPTS)]
+            for name in report["results"]}
+    comparison_grid(rows, report["prompts"][:GRID_PROMPTS], out / "grid.png")
+    made.append("grid.png")
+    if run is not None:
+        loss = run / "loss.png"
+        check(loss.is_file(), "run", run, "has no loss.png (is it a t2i finetune output folder?)")
+        data = loss.read_bytes()
+        atomic_write(out / "loss.png", lambda tmp: tmp.write_bytes(data))
+        made.append("loss.png")
+    return made
+
+
+def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run: Path | None = None) -> dict:
+    """Run the evaluation into `out` (report.json, report.md, images/, pictures); returns the report."""
     from t2i.models.config import ModelConfig
     from t2i.models.loading import load_model
     from t2i.shapes.features import extract, load_features
 
+    require_extra("eval", "matplotlib")
     _check_folder(out, config, resume)
+    check(run is None or (run / "loss.png").is_file(), "run", run, "has no loss.png (is it a t2i finetune output?)")
     variants = _variants(config)
     prompts, real, other_real = _held_out(config)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,17 +213,24 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print) -> 
     real_features = extract(network, real)
     floor = _scores(config, prompts, real_features, extract(network, [i.resize((size, size)) for i in other_real]),
                     None)
-    results = {}
+    results, timing = {}, {"generation_s": 0.0, "images_made": 0, "metrics_s": 0.0, "images_scored": 0}
     for name, loras in variants.items():
         for guidance in config.guidance_scales:
             folder = out / "images" / name / f"g{guidance:g}"
+            started = time.perf_counter()
             made = _generate_missing(model, config, prompts, loras, guidance, folder)
+            timing["generation_s"] += time.perf_counter() - started
+            timing["images_made"] += made
             log(f"{name} @ guidance {guidance:g}: {made} image(s) made, {len(prompts) - made} kept from before")
+            started = time.perf_counter()
             images = [Image.open(folder / f"{i:05d}.png").convert("RGB") for i in range(len(prompts))]
             scores = _scores(config, prompts, real_features, extract(network, images), images)
+            timing["metrics_s"] += time.perf_counter() - started
+            timing["images_scored"] += len(images)
             results.setdefault(name, {})[f"{guidance:g}"] = {k: v.as_dict() for k, v in scores.items()}
     report = {"settings": asdict(config), "n": config.num_samples, "floor": {k: v.as_dict() for k, v in floor.items()},
-              "results": results, "prompts": prompts}
+              "results": results, "prompts": prompts, "timing": timing}
+    report["pictures"] = _pictures(report, out, config, run)
     write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     write_text(out / "report.md", _markdown(report))
     return report
@@ -214,4 +248,5 @@ def _markdown(report: dict) -> str:
     for name, by_guidance in report["results"].items():
         for guidance, scores in by_guidance.items():
             lines.append(f"| {name} | {guidance} | " + " | ".join(show(scores[m]) for m in metrics) + " |")
+    lines += [""] + [f"![{name}]({name})" for name in report.get("pictures", [])]
     return "\n".join(lines) + "\n"

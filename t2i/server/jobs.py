@@ -86,23 +86,21 @@ class JobQueue:
         if self._turn.locked() and self.waiting >= self.max_queue:
             raise QueueFull(f"{self.waiting} requests are already waiting (the server's --max-queue)")
         watcher = asyncio.create_task(self._watch(job, is_disconnected)) if is_disconnected else None
-        self.waiting += 1
         try:
-            await self._turn.acquire()
-        except BaseException:
-            if watcher is not None:
-                watcher.cancel()
-            raise
+            self.waiting += 1
+            try:
+                await self._turn.acquire()
+            finally:
+                self.waiting -= 1
+            try:
+                if job.abandoned:  # its client left while it waited
+                    raise Stopped(job.name)
+                job.started, self.current = time.monotonic(), job
+                return await asyncio.get_running_loop().run_in_executor(self._worker, work, job)
+            finally:
+                self.current = None
+                self._turn.release()
         finally:
-            self.waiting -= 1
-        try:
-            if job.abandoned:
-                raise Stopped(job.name)
-            job.started, self.current = time.monotonic(), job
-            return await asyncio.get_running_loop().run_in_executor(self._worker, work, job)
-        finally:
-            self.current = None
-            self._turn.release()
             if watcher is not None:
                 watcher.cancel()
 
