@@ -81,6 +81,24 @@ class Estimate:
         return f"{self.value:.4g} [{self.low:.4g}, {self.high:.4g}]"
 
 
+def bootstrap_many(statistics: Callable[..., dict[str, float]], *samples: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS,
+                   seed: int = 0, bounds: dict[str, tuple[float, float]] | None = None) -> dict[str, Estimate]:
+    """`bootstrap` for a function that computes several statistics at once: one evaluation a
+    resample serves them all (precision, recall, density and coverage share their distances)."""
+    rng = np.random.default_rng(seed)
+    values = statistics(*samples)
+    draws = [statistics(*(s[rng.integers(0, len(s), len(s))] for s in samples)) for _ in range(rounds)]
+    return {name: _estimate(value, np.array([d[name] for d in draws]), len(samples[-1]),
+                            (bounds or {}).get(name, (-np.inf, np.inf))) for name, value in values.items()}
+
+
+def _estimate(value: float, draws: np.ndarray, n: int, bounds: tuple[float, float]) -> Estimate:
+    tail = (1 - CONFIDENCE) / 2 * 100
+    lower, upper = np.percentile(draws - draws.mean(), [tail, 100 - tail])
+    low, high = np.clip([value + lower, value + upper], *bounds)
+    return Estimate(float(value), float(low), float(high), n)
+
+
 def bootstrap(statistic: Callable[..., float], *samples: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS,
               seed: int = 0, bounds: tuple[float, float] = (-np.inf, np.inf)) -> Estimate:
     """`statistic(*samples)` with a bootstrap interval: the spread of the statistic over resamples
@@ -91,10 +109,5 @@ def bootstrap(statistic: Callable[..., float], *samples: np.ndarray, rounds: int
     they are meant to bracket (seen here: FID 131, draws 177-580). `bounds` clips the interval to
     the statistic's range (0..1 for a proportion).
     """
-    rng = np.random.default_rng(seed)
-    value = statistic(*samples)
-    draws = np.array([statistic(*(s[rng.integers(0, len(s), len(s))] for s in samples)) for _ in range(rounds)])
-    tail = (1 - CONFIDENCE) / 2 * 100
-    lower, upper = np.percentile(draws - draws.mean(), [tail, 100 - tail])
-    low, high = np.clip([value + lower, value + upper], *bounds)
-    return Estimate(float(value), float(low), float(high), len(samples[-1]))
+    return bootstrap_many(lambda *s: {"value": statistic(*s)}, *samples, rounds=rounds, seed=seed,
+                          bounds={"value": bounds})["value"]

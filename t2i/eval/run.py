@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from t2i.errors import InvalidInput, check, require_extra
-from t2i.eval.metrics import Estimate, bootstrap, frechet_distance, kernel_distance, manifold_metrics
+from t2i.eval.metrics import Estimate, bootstrap, bootstrap_many, frechet_distance, kernel_distance, manifold_metrics
 from t2i.files import atomic_write, write_text
 
 METRICS = ("shapes-fid", "shapes-kid", "shapes-pr", "accuracy")
@@ -72,6 +72,7 @@ def _variants(config: EvalConfig) -> dict[str, tuple[str, ...]]:
 def _held_out(config: EvalConfig):
     """(prompts, held-out real images, other real images): N of each, drawn with a fixed seed."""
     from t2i.data.sources import read_collection, select_split
+    from t2i.data.training_set import read_rgb
 
     _, samples = read_collection(config.data)
     held = select_split(samples, config.split, config.val_fraction, config.data_seed)
@@ -86,13 +87,7 @@ def _held_out(config: EvalConfig):
     rng = random.Random(config.data_seed)
     chosen, floor = rng.sample(held, config.num_samples), rng.sample(others, config.num_samples)
     prompts = [rng.choice(sample.captions) for sample in chosen]
-    return prompts, [_rgb(s) for s in chosen], [_rgb(s) for s in floor]
-
-
-def _rgb(sample) -> Image.Image:
-    from t2i.data.training_set import read_rgb
-
-    return read_rgb(sample)
+    return prompts, [read_rgb(s) for s in chosen], [read_rgb(s) for s in floor]
 
 
 def _check_folder(out: Path, config: EvalConfig, resume: bool) -> None:
@@ -146,9 +141,10 @@ def _scores(config: EvalConfig, prompts, real_features, fake_features, fake_imag
         scores["shapes_kid"] = bootstrap(lambda a, b: kernel_distance(a, b, subsets=10)[0], real_features,
                                          fake_features, rounds=50)
     if "shapes-pr" in config.metrics:
-        for name in ("precision", "recall", "density", "coverage"):
-            scores[name] = bootstrap(lambda a, b, name=name: manifold_metrics(a, b)[name], real_features,
-                                     fake_features, rounds=50, bounds=(0, np.inf if name == "density" else 1))
+        unit = (0, 1)
+        scores.update(bootstrap_many(manifold_metrics, real_features, fake_features, rounds=50,
+                                     bounds={"precision": unit, "recall": unit, "density": (0, np.inf),
+                                             "coverage": unit}))
     if "accuracy" in config.metrics and fake_images is not None:
         scores.update(_accuracy(prompts, fake_images))
     return scores
@@ -209,10 +205,11 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
     model = load_model(ModelConfig(model=config.model))
     network = load_features()
     size = model.pipe.unet.config.sample_size * model.pipe.vae_scale_factor
-    real = [image.resize((size, size), Image.BICUBIC) for image in real]  # images are centre-cropped squares
-    real_features = extract(network, real)
-    floor = _scores(config, prompts, real_features, extract(network, [i.resize((size, size)) for i in other_real]),
-                    None)
+    def features(images):  # real images at the generated size, as both sets are compared with generated ones
+        return extract(network, [image.resize((size, size), Image.BICUBIC) for image in images])
+
+    real_features = features(real)
+    floor = _scores(config, prompts, real_features, features(other_real), None)
     results, timing = {}, {"generation_s": 0.0, "images_made": 0, "metrics_s": 0.0, "images_scored": 0}
     for name, loras in variants.items():
         for guidance in config.guidance_scales:

@@ -6,6 +6,7 @@ Each answer has A1111's shape (field names and types its clients read). Generati
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -39,7 +40,9 @@ class Service:
     # ---- generation ------------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest, kind: str, is_disconnected=None) -> dict[str, Any]:
-        work = plan(request, self.options, self.catalog, self.settings)  # every check, before queueing
+        # every check before queueing; off the event loop, which keeps answering progress meanwhile
+        # (decoding and preparing large init images and masks takes a while)
+        work = await asyncio.to_thread(plan, request, self.options, self.catalog, self.settings)
         config = work.config
         job = Job(kind, images=config.num_images, batch_size=config.batch_size)
         results, interrupted = await self.queue.run(job, lambda job: self._run(work, job), is_disconnected)
@@ -149,14 +152,11 @@ class Service:
 
 
 def _lora_metadata(path: Path) -> dict[str, str]:
-    """A LoRA file's safetensors header metadata (kohya's ss_* keys), as A1111 lists it."""
-    from safetensors import safe_open
+    """The safetensors header metadata (kohya's ss_* keys) of the file A1111 users have under this name."""
+    from t2i.formats.hashes import safetensors_metadata
+    from t2i.formats.lora import LoraRef
 
-    file = path if path.is_file() else next(iter(sorted(path.glob("*.safetensors"))), None)
-    if file is None:
-        return {}
     try:
-        with safe_open(str(file), framework="pt") as handle:
-            return dict(handle.metadata() or {})
+        return safetensors_metadata(LoraRef(str(path)).hash_file)
     except Exception:  # a damaged file is listed; loading it gives the real error
         return {}
