@@ -35,7 +35,7 @@ def test_generate_writes_named_pngs_with_a1111_infotext_and_prints_their_paths(r
     assert text == ("a red bicycle, leaning: on a wall\nNegative prompt: blurry\n"
                     "Steps: 4, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6, Seed: 6, Size: 32x32, "
                     "Model: tiny, Clip skip: 2, Version: t2i 0.1.0")
-    assert settings["sampler"] == "dpmpp-2m-karras" and settings["clip_skip"] == 2
+    assert (settings["sampler"], settings["schedule"], settings["clip_skip"]) == ("dpmpp-2m", "karras", 2)
 
 
 def test_prompt_names_never_become_paths_and_files_are_never_overwritten(run_cli, tmp_path):

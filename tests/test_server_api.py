@@ -97,7 +97,9 @@ def test_listings(api):
     assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC", "LMS", "Heun"} <= set(names)
     assert len(names) == len(set(names))
     assert next(s for s in samplers if s["name"] == "DPM++ 2M")["options"] == {"scheduler": "karras"}
-    assert api.util_get_scheduler_names() == ["automatic", "karras", "normal"]
+    assert next(s for s in samplers if s["name"] == "DPM++ 3M SDE")["options"] == {"scheduler": "exponential"}
+    assert api.util_get_scheduler_names() == sorted(["automatic", "normal", "karras", "exponential", "beta",
+                                                     "sgm_uniform", "simple", "align_your_steps"])
     assert api.util_get_model_names() == ["demo", "tiny-sd"]
     assert [(lora["name"], lora["path"].endswith("cross.safetensors")) for lora in api.get_loras()] == [("cross", True)]
     assert api.get_scripts() == {"txt2img": [], "img2img": []}

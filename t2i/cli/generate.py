@@ -61,6 +61,8 @@ def build_configs(options: dict) -> tuple[ModelConfig, GenerationConfig]:
         typed["prompts"] = _read_prompts(typed.get("prompts"), typed.get("prompts_file"))
     if "loras" in typed:
         typed["loras"] = tuple(typed["loras"] or ())
+    if "sampler" in typed and "schedule" not in typed:  # a new sampler brings its own schedule (or Normal)
+        generation.pop("schedule", None)
     model.update({k: v for k, v in typed.items() if k in MODEL_FIELDS})
     generation.update({k: v for k, v in typed.items() if k in GENERATION_FIELDS})
     generation.setdefault("prompts", ())
@@ -77,7 +79,8 @@ def generate(
                               "'demo' (shapes, offline) or 'tiny' (noise, for tests)."),
     vae: Optional[str] = typer.Option(None, help="Use this VAE (folder or .safetensors) instead of the model's."),
     sampler: str = typer.Option(_default("sampler"), help="See `t2i samplers`; A1111/ComfyUI names work."),
-    schedule: Optional[str] = typer.Option(None, help=f"ComfyUI-style schedule: {', '.join(SCHEDULES)}."),
+    schedule: Optional[str] = typer.Option(None, help="A1111's Schedule type / ComfyUI's scheduler: automatic, "
+                                           f"{', '.join(SCHEDULES)} (see `t2i samplers`)."),
     steps: int = typer.Option(_default("steps")),
     guidance_scale: float = typer.Option(_default("guidance_scale"), help="Classifier-free guidance (CFG) scale."),
     seed: Optional[int] = typer.Option(None, help="Image i of the run uses seed+i. Default: random."),
@@ -120,16 +123,22 @@ def generate(
 
 @app.command()
 def samplers():
-    """List the samplers with their A1111 and ComfyUI names (* not in A1111)."""
-    rows = [("name", "A1111", "ComfyUI", "summary")]
-    for name, spec in SAMPLERS.items():
-        a1111 = spec.a1111 + (" Karras" if spec.schedule == "Karras" else "") + ("" if spec.in_a1111 else " *")
-        comfy = (spec.comfy or "-") + (" + karras" if spec.schedule == "Karras" and spec.comfy else "")
-        rows.append((name, a1111, comfy, spec.summary))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    """List the samplers with their A1111 and ComfyUI names (* not in A1111), then the schedules."""
+    def table(rows):
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+
+    table([("sampler", "A1111", "ComfyUI", "automatic", "summary")] + [
+        (name, spec.a1111 + ("" if spec.in_a1111 else " *"), spec.comfy or "-", spec.automatic, spec.summary)
+        for name, spec in SAMPLERS.items()])
     print("* A1111 has no such sampler and reads this label as DPM++ 2M; t2i --from-image re-makes it exactly")
+    print()
+    table([("schedule", "A1111", "ComfyUI", "samplers", "summary")] + [
+        (name, spec.a1111, spec.comfy or "-",
+         str(sum(name in s.schedules for s in SAMPLERS.values())) + f"/{len(SAMPLERS)}", spec.summary)
+        for name, spec in SCHEDULES.items()])
+    print("--schedule automatic picks A1111's default for the sampler; names like 'DPM++ 2M Karras' still work")
 
 
 @app.command()

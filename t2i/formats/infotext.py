@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from t2i.sampling.samplers import SAMPLERS
+from t2i.sampling.samplers import SAMPLERS, SCHEDULES, resolve_sampler
 
 
 def _quote(value: Any) -> str:
@@ -22,11 +22,12 @@ def _number(value: float) -> str:
 
 def infotext(settings: dict[str, Any]) -> str:
     """The A1111 `parameters` text for one image's settings (t2i.formats.settings)."""
-    spec = SAMPLERS[settings["sampler"]]
+    sampler, schedule = resolve_sampler(settings["sampler"], settings.get("schedule"))
     prompt = settings["prompt"] + "".join(
         f" <lora:{lora['name']}:{_number(lora['scale'])}>" for lora in settings["loras"])
     fields = {
-        "Steps": settings["steps"], "Sampler": spec.a1111, "Schedule type": spec.schedule,
+        "Steps": settings["steps"], "Sampler": SAMPLERS[sampler].a1111,
+        "Schedule type": SCHEDULES[schedule].a1111,
         "CFG scale": _number(settings["guidance_scale"]), "Seed": settings["seed"],
         "Size": f"{settings['width']}x{settings['height']}", "Model hash": settings["model_hash"],
         "Model": settings["model_name"], "VAE": settings["vae"] and Path(settings["vae"]).name,

@@ -29,7 +29,7 @@ def image_record(model, config, prompt: str, seed: int, width: int, height: int,
     return {
         "version": __version__, "mode": config.mode, "prompt": prompt, "negative_prompt": config.negative_prompt,
         "steps": config.steps, "guidance_scale": config.guidance_scale, "seed": seed, "width": width,
-        "height": height, "sampler": config.sampler, "clip_skip": config.clip_skip,
+        "height": height, "sampler": config.sampler, "schedule": config.schedule, "clip_skip": config.clip_skip,
         "strength": config.effective_strength if config.mode != "txt2img" else None,
         "init_image": source(config.init_image), "mask": source(config.mask), "loras": loras,
         "emphasis": config.emphasis,
@@ -58,6 +58,9 @@ def fields_from_record(record: dict[str, Any], origin: str) -> tuple[dict, dict]
     generation["loras"] = tuple(f"{lora['path']}:{lora['scale']}" for lora in record["loras"])
     if record["mode"] != "txt2img":
         generation["strength"] = record["strength"]
+    # written since schedules are picked apart from samplers; older records join them ("dpmpp-2m-karras")
+    if isinstance(record.get("schedule"), str):
+        generation["schedule"] = record["schedule"]
     if "emphasis" in record:  # written since t2i parses A1111 prompt syntax; older images used none
         generation["emphasis"] = record["emphasis"]
     else:

@@ -29,8 +29,8 @@ class GenerationConfig:
     batch_size: int = 1
     width: int | None = None  # None: the model's native size (or the init image's)
     height: int | None = None
-    sampler: str = "dpmpp-2m-karras"  # t2i, A1111 or ComfyUI name; stored resolved to the t2i name
-    schedule: str | None = None  # "karras" or "normal", as in ComfyUI's scheduler field
+    sampler: str = "dpmpp-2m-karras"  # t2i, A1111 or ComfyUI name (a joined "DPM++ 2M Karras" names the schedule too)
+    schedule: str | None = None  # A1111's Schedule type or ComfyUI's scheduler; None: the joined one, else normal
     loras: tuple[LoraRef, ...] = ()
     clip_skip: int | None = None  # A1111 convention: 1 = last layer, 2 = penultimate
     init_image: Any = None  # a path or a PIL image: img2img, or inpainting with `mask`
@@ -69,8 +69,9 @@ class GenerationConfig:
         for prompt in self.prompts:  # weights, tags and BREAKs are checked before any work
             parse_prompt(split_lora_tags(prompt)[0], self.emphasis)
         parse_prompt(self.negative_prompt, self.emphasis, "negative_prompt")
-        object.__setattr__(self, "sampler", resolve_sampler(self.sampler, self.schedule))
-        object.__setattr__(self, "schedule", None)
+        sampler, schedule = resolve_sampler(self.sampler, self.schedule)  # stored as t2i names
+        object.__setattr__(self, "sampler", sampler)
+        object.__setattr__(self, "schedule", schedule)
         object.__setattr__(self, "loras", tuple(LoraRef.parse(r) if isinstance(r, str) else r for r in self.loras))
 
     @property

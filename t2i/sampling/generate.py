@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import secrets
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -24,10 +25,14 @@ from t2i.formats.settings import image_record
 from t2i.models.loading import LoadedModel
 from t2i.sampling.config import GenerationConfig
 from t2i.sampling.prompts import split_lora_tags
+from t2i.sampling.samplers import SAMPLERS, schedule_arguments
 from t2i.sampling.text import context_length, text_inputs
 from t2i.sampling.view import call_view
 
 log = logging.getLogger("t2i")
+# torchsde compares diffusers' float32 sigmas with its float64 interval ends and warns when one
+# rounds past the end by 1e-7; the query is clamped and the noise is right (parity-tested)
+warnings.filterwarnings("ignore", message=r"Should have tb<=t1", category=UserWarning)
 
 #: called after each denoising step with (step, steps) of the current batch; it may raise
 #: `SkipBatch` to drop that batch, or any other exception to stop the whole run
@@ -53,10 +58,10 @@ def _output_size(model: LoadedModel, config: GenerationConfig, init) -> tuple[in
     return config.width or native[0], config.height or native[1]
 
 
-def _check_steps(scheduler, config: GenerationConfig) -> None:
+def _check_steps(scheduler, schedule_args: dict, config: GenerationConfig) -> None:
     """SD's 'leading' spacing with steps_offset 1 puts DDPM's 1000th step at t=1000, one past the
     schedule: diffusers then fails mid-run with an IndexError. Say so before any work."""
-    scheduler.set_timesteps(config.steps)
+    scheduler.set_timesteps(**schedule_args)
     last = int(scheduler.timesteps.max())
     limit = scheduler.config.num_train_timesteps
     check(last < limit, "steps", config.steps,
@@ -125,10 +130,12 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
 
     def view(loras):
         if loras not in views:
-            views[loras] = call_view(model, config.mode, config.sampler, loras, progress)
+            views[loras] = call_view(model, config.mode, config.sampler, config.schedule, loras, progress)
         return views[loras]
 
-    _check_steps(view(config.loras)[0].scheduler, config)
+    scheduler = view(config.loras)[0].scheduler
+    schedule_args = schedule_arguments(scheduler, config.schedule, config.steps)
+    _check_steps(scheduler, schedule_args, config)
     prompts = (p for p in config.prompts for _ in range(config.num_images))
     jobs = [(*tagged[prompt], seed + i) for i, prompt in enumerate(prompts)]  # (text, LoRAs, seed)
     batches = _batches(jobs, config, model.pipe.tokenizer)
@@ -146,9 +153,11 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         pipe, loras = view(batch[0][1])
         pipe.set_progress_bar_config(leave=False, disable=not progress, desc=f"batch {number}/{len(batches)}")
         generators = [torch.Generator("cpu").manual_seed(s) for _, _, s in batch]
+        if SAMPLERS[config.sampler].brownian:  # one Brownian tree an image: each re-makes alone
+            pipe.scheduler.noise_sampler_seed = [s for _, _, s in batch]
         text = text_inputs(pipe, [p for p, _, _ in batch], config.negative_prompt, config.clip_skip, config.emphasis)
         try:
-            latents = pipe(**text, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
+            latents = pipe(**text, **schedule_args, guidance_scale=config.guidance_scale,
                            generator=generators, output_type="latent", **mode_args).images
         except SkipBatch:
             continue

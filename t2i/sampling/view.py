@@ -33,13 +33,14 @@ def shared_weights_copy(module):
     return copy.deepcopy(module, memo)
 
 
-def call_view(model, mode: str, sampler: str, loras: tuple[LoraRef, ...] = (), progress: bool = True):
+def call_view(model, mode: str, sampler: str, schedule: str, loras: tuple[LoraRef, ...] = (),
+              progress: bool = True):
     """(pipeline for `mode` over `model`'s weights, the LoRAs applied as the metadata records them)."""
     components = dict(model.pipe.components)
     if loras:
         components["unet"] = shared_weights_copy(components["unet"])
         components["text_encoder"] = shared_weights_copy(components["text_encoder"])
-    components["scheduler"] = build_scheduler(sampler, model.scheduler_config)
+    components["scheduler"] = build_scheduler(sampler, schedule, model.scheduler_config)
     pipe = PIPELINES[mode](**components, requires_safety_checker=False)
     pipe.set_progress_bar_config(leave=False, disable=not progress)
     return pipe, apply_loras(pipe, loras)

@@ -17,7 +17,7 @@ from t2i import __version__
 from t2i.errors import InvalidInput
 from t2i.formats.infotext import infotext, parse_infotext
 from t2i.formats.png import JSON_CHUNK, png_bytes, save_png
-from t2i.sampling.samplers import AUTOMATIC_KARRAS, SAMPLERS
+from t2i.sampling.samplers import SAMPLERS, SCHEDULES
 from t2i.server import img2img
 from t2i.server.catalog import Catalog
 from t2i.server.jobs import Job, JobQueue, Stopped
@@ -90,8 +90,8 @@ class Service:
             "seed": seeds[0] if seeds else request.seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": seeds,
             "subseed_strength": 0, "width": first.get("width", request.width), "height": first.get("height",
                                                                                                    request.height),
-            "sampler_name": spec.a1111, "scheduler": spec.schedule, "cfg_scale": config.guidance_scale,
-            "steps": config.steps, "batch_size": config.batch_size, "restore_faces": False,
+            "sampler_name": spec.a1111, "scheduler": SCHEDULES[config.schedule].a1111,
+            "cfg_scale": config.guidance_scale, "steps": config.steps, "batch_size": config.batch_size, "restore_faces": False,
             "face_restoration_model": None, "sd_model_name": first.get("model_name", work.checkpoint.model_name),
             "sd_model_hash": first.get("model_hash"), "sd_vae_name": Path(work.vae).name if work.vae else None,
             "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
@@ -127,13 +127,15 @@ class Service:
     def samplers(self) -> list[dict[str, Any]]:
         """One entry a sampler (schedules are listed apart, as A1111 1.9+ does)."""
         return [{"name": spec.a1111, "aliases": sorted({name, spec.comfy or name}),
-                 "options": {"scheduler": "karras"} if name in AUTOMATIC_KARRAS else {}}
-                for name, spec in SAMPLERS.items() if spec.schedule == "Normal"]
+                 "options": {"scheduler": SCHEDULES[spec.automatic].comfy} if spec.automatic != "normal" else {}}
+                for name, spec in SAMPLERS.items()]
 
     @staticmethod
     def schedulers() -> list[dict[str, Any]]:
+        # A1111's scheduler names are ComfyUI's (sgm_uniform, align_your_steps); t2i reads either
         return [{"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
-                for name, label in (("automatic", "Automatic"), ("normal", "Normal"), ("karras", "Karras"))]
+                for name, label in (("automatic", "Automatic"), *((spec.comfy or name.replace("-", "_"), spec.a1111)
+                                                                   for name, spec in SCHEDULES.items()))]
 
     def sd_vaes(self) -> list[dict[str, str]]:
         return [{"model_name": name, "filename": str(path)} for name, path in self.catalog.vaes().items()]
