@@ -115,6 +115,13 @@ def server_files(tmp_path_factory):
     make_lora(root / "loras" / "cross", 1, ["attn2.to_k", "attn2.to_v"], unet=demo_unet)
     (root / "loras" / "cross" / "pytorch_lora_weights.safetensors").rename(root / "loras" / "cross.safetensors")
     (root / "loras" / "cross").rmdir()
+    (root / "embeddings").mkdir()
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.randn(2, 64, generator=torch.Generator().manual_seed(0))},
+              root / "embeddings" / "shapestyle.safetensors")
+    torch.save({"string_to_param": {"*": torch.zeros(1, 64)}}, root / "embeddings" / "pickled.pt")
     return root
 
 
@@ -124,6 +131,6 @@ def demo_server(server_files):
     from serving import start_server
 
     server = start_server(server_files, "--model", "demo", "--models-dir", "models", "--lora-dir", "loras",
-                          "--output-dir", "outputs", "--max-queue", "4")
+                          "--embeddings-dir", "embeddings", "--output-dir", "outputs", "--max-queue", "4")
     yield server
     server.stop()

@@ -105,6 +105,9 @@ def test_listings(api):
     assert api.get_scripts() == {"txt2img": [], "img2img": []}
     assert api.get_upscalers()[0]["name"] == "None" and api.get_latent_upscale_modes() == []
     assert api.get_sd_vae() == []
+    embeddings = api.get_embeddings()
+    assert embeddings["loaded"]["shapestyle"]["vectors"] == 2 and embeddings["loaded"]["shapestyle"]["shape"] == 64
+    assert list(embeddings["skipped"]) == ["pickled"]  # a pickle is never opened by the server without opt-in
     assert api.refresh_checkpoints() is None
 
 
@@ -121,6 +124,13 @@ def test_switching_the_model_through_options(api):
     result = api.txt2img(prompt="x", seed=1, steps=2, override_settings={"sd_model_checkpoint": "tiny-sd"}, **SMALL)
     assert "Model: tiny-sd" in result.info["infotexts"][0]
     assert api.get_options()["sd_model_checkpoint"] == "demo"
+
+
+def test_embeddings_in_the_embeddings_folder_are_used_and_recorded(api):
+    styled = api.txt2img(prompt="a red circle, shapestyle", seed=4, steps=4, sampler_name="DDIM", **SMALL)
+    plain = api.txt2img(prompt="a red circle, ", seed=4, steps=4, sampler_name="DDIM", **SMALL)
+    assert "TI hashes: \"shapestyle: " in styled.info["infotexts"][0] and "TI hashes" not in plain.info["infotexts"][0]
+    assert not np.array_equal(pixels(styled.image), pixels(plain.image))
 
 
 def test_lora_tags_resolve_in_the_lora_folder(api, server_files):

@@ -90,6 +90,8 @@ def generate(
     height: Optional[int] = typer.Option(None, help="Multiple of 8. Default: the model's native size."),
     lora: Optional[List[str]] = typer.Option(None, help="PATH[:SCALE] of a LoRA file or training folder; repeatable."),
     lora_dir: str = typer.Option(_default("lora_dir"), help="Where <lora:NAME:WEIGHT> tags in prompts find NAME."),
+    embeddings_dir: Optional[str] = typer.Option(None, help="Textual-inversion embeddings (A1111's embeddings/ "
+                                                 "folder): a file's name in a prompt inserts its vectors."),
     clip_skip: Optional[int] = typer.Option(None, help="A1111 convention: 2 = penultimate CLIP layer."),
     emphasis: str = typer.Option(_default("emphasis"), help="(word:1.3) weights, as A1111: original, no-norm, or "
                                  "none (brackets are text)."),
@@ -101,7 +103,8 @@ def generate(
     dtype: str = typer.Option(_default("dtype", ModelConfig), help=f"{', '.join(DTYPE_NAMES)}; auto = fp16 on CUDA."),
     device: str = typer.Option(_default("device", ModelConfig), help=", ".join(DEVICES)),
     offline: bool = typer.Option(False, help="Never touch the network (same as HF_HUB_OFFLINE=1)."),
-    allow_pickle: bool = typer.Option(False, help="Allow pickled .ckpt/.bin/.pt checkpoints (they can run code)."),
+    allow_pickle: bool = typer.Option(False, help="Allow pickled .ckpt/.bin/.pt checkpoints and embeddings "
+                                      "(they can run code)."),
 ):
     """Generate images: txt2img, img2img (--init-image) or inpainting (--init-image --mask)."""
     prepare_environment(offline)

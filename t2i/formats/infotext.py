@@ -34,6 +34,7 @@ def infotext(settings: dict[str, Any]) -> str:
         "Denoising strength": settings["strength"] and _number(settings["strength"]),
         "Clip skip": settings["clip_skip"] if (settings["clip_skip"] or 1) > 1 else None,
         "Lora hashes": ", ".join(f"{lora['name']}: {lora['hash']}" for lora in settings["loras"]) or None,
+        "TI hashes": ", ".join(f"{e['name']}: {e['hash']}" for e in settings.get("embeddings", ())) or None,
         # A1111 writes it only when it is not its default, Original
         "Emphasis": {"no-norm": "No norm", "none": "None"}.get(settings.get("emphasis", "original")),
         "Version": f"t2i {settings['version']}",

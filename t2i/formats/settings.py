@@ -21,7 +21,8 @@ _GENERATION_KEYS = {"prompt": (str,), "negative_prompt": (str,), "steps": (int,)
 _MODEL_KEYS = {"model": (str,), "vae": (str, type(None)), "dtype": (str,), "device": (str,)}
 
 
-def image_record(model, config, prompt: str, seed: int, width: int, height: int, loras: list[dict]) -> dict:
+def image_record(model, config, prompt: str, seed: int, width: int, height: int, loras: list[dict],
+                 embeddings: list = ()) -> dict:
     """Every resolved setting of one image: enough to re-make it exactly."""
     def source(value):
         return value if isinstance(value, (str, type(None))) else None  # an image given in memory has no path
@@ -32,7 +33,8 @@ def image_record(model, config, prompt: str, seed: int, width: int, height: int,
         "height": height, "sampler": config.sampler, "schedule": config.schedule, "clip_skip": config.clip_skip,
         "strength": config.effective_strength if config.mode != "txt2img" else None,
         "init_image": source(config.init_image), "mask": source(config.mask), "loras": loras,
-        "emphasis": config.emphasis,
+        "emphasis": config.emphasis, "embeddings_dir": config.embeddings_dir,
+        "embeddings": [{"name": e.name, "path": str(e.path), "hash": e.hash} for e in embeddings],
         "model": model.config.model, "model_name": model.name, "model_hash": model.hash, "vae": model.config.vae,
         "dtype": model.dtype_name, "device": model.pipe.device.type,
     }
@@ -61,6 +63,8 @@ def fields_from_record(record: dict[str, Any], origin: str) -> tuple[dict, dict]
     # written since schedules are picked apart from samplers; older records join them ("dpmpp-2m-karras")
     if isinstance(record.get("schedule"), str):
         generation["schedule"] = record["schedule"]
+    if isinstance(record.get("embeddings_dir"), str):
+        generation["embeddings_dir"] = record["embeddings_dir"]
     if "emphasis" in record:  # written since t2i parses A1111 prompt syntax; older images used none
         generation["emphasis"] = record["emphasis"]
     else:

@@ -6,6 +6,7 @@ No torch import here, so a front end can check a request before paying for the h
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ class GenerationConfig:
     strength: float | None = None  # None: 0.75 for img2img, 1.0 for inpainting
     emphasis: str = "original"  # A1111's emphasis mode: original, no-norm, or none (brackets are text)
     lora_dir: str = "loras"  # where a prompt's <lora:NAME:WEIGHT> tags look for NAME
+    embeddings_dir: str | None = None  # textual-inversion embeddings: a file's name in a prompt inserts its vectors
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -65,6 +67,8 @@ class GenerationConfig:
               self.strength, "must be in (0, 1]")
         check(self.strength is None or self.steps * self.strength >= 1, "strength", self.strength,
               f"with {{steps}} {self.steps} leaves no denoising step", hint="raise either")
+        check(self.embeddings_dir is None or Path(self.embeddings_dir).expanduser().is_dir(), "embeddings_dir",
+              self.embeddings_dir, "is not a folder", hint="give the folder holding your .safetensors embeddings")
         check(self.emphasis in EMPHASIS, "emphasis", self.emphasis, "unknown emphasis mode", choices=EMPHASIS)
         for prompt in self.prompts:  # weights, tags and BREAKs are checked before any work
             parse_prompt(split_lora_tags(prompt)[0], self.emphasis)

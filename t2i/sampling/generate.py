@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from t2i.errors import check
+from t2i.formats.embeddings import EmbeddingLibrary
 from t2i.formats.images import describe, load_image, load_mask
 from t2i.formats.lora import LoraRef
 from t2i.formats.settings import image_record
@@ -26,7 +27,7 @@ from t2i.models.loading import LoadedModel
 from t2i.sampling.config import GenerationConfig
 from t2i.sampling.prompts import split_lora_tags
 from t2i.sampling.samplers import SAMPLERS, schedule_arguments
-from t2i.sampling.text import context_length, text_inputs
+from t2i.sampling.text import context_length, embeddings_used, text_inputs
 from t2i.sampling.view import call_view
 
 log = logging.getLogger("t2i")
@@ -75,10 +76,11 @@ def _lora_tags(prompt: str, config: GenerationConfig) -> tuple[str, tuple[LoraRe
     return text, config.loras + tuple(LoraRef.from_tag(name, scale, config.lora_dir) for name, scale in tags)
 
 
-def _batches(jobs: list, config: GenerationConfig, tokenizer) -> list[list]:
+def _batches(jobs: list, config: GenerationConfig, tokenizer, embeddings) -> list[list]:
     """Jobs in batches of up to batch_size. A batch shares one LoRA set and one context length
     (padding one prompt's context to another's would change its image: each must re-make alone)."""
-    lengths = {text: context_length(tokenizer, text, config.negative_prompt, config.emphasis) for text, _, _ in jobs}
+    lengths = {text: context_length(tokenizer, text, config.negative_prompt, config.emphasis, embeddings)
+               for text, _, _ in jobs}
     batches: list[list] = []
     for job in jobs:
         last = batches[-1] if batches else None
@@ -126,6 +128,13 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
           f"must be at most {timesteps}: this model's noise schedule has {timesteps} timesteps")
     seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
     tagged = {prompt: _lora_tags(prompt, config) for prompt in config.prompts}  # files resolved before work
+    tokenizer = model.pipe.tokenizer
+    embeddings = None
+    if config.embeddings_dir is not None:  # every embedding the prompts name is read and checked now
+        embeddings = EmbeddingLibrary(config.embeddings_dir, tokenizer, model.pipe.text_encoder.config.hidden_size,
+                                      model.config.allow_pickle)
+        embeddings_used(tokenizer, [text for text, _ in tagged.values()] + [config.negative_prompt],
+                        config.emphasis, embeddings)
     views = {}  # LoRA set -> (pipeline, LoRAs as recorded): prompts with other tags get their own view
 
     def view(loras):
@@ -138,7 +147,7 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     _check_steps(scheduler, schedule_args, config)
     prompts = (p for p in config.prompts for _ in range(config.num_images))
     jobs = [(*tagged[prompt], seed + i) for i, prompt in enumerate(prompts)]  # (text, LoRAs, seed)
-    batches = _batches(jobs, config, model.pipe.tokenizer)
+    batches = _batches(jobs, config, tokenizer, embeddings)
     mode_args = {"txt2img": {"width": width, "height": height},
                  "img2img": {"image": init, "strength": config.effective_strength},
                  "inpaint": {"image": init, "mask_image": mask, "strength": config.effective_strength,
@@ -155,7 +164,8 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         generators = [torch.Generator("cpu").manual_seed(s) for _, _, s in batch]
         if SAMPLERS[config.sampler].brownian:  # one Brownian tree an image: each re-makes alone
             pipe.scheduler.noise_sampler_seed = [s for _, _, s in batch]
-        text = text_inputs(pipe, [p for p, _, _ in batch], config.negative_prompt, config.clip_skip, config.emphasis)
+        text = text_inputs(pipe, [p for p, _, _ in batch], config.negative_prompt, config.clip_skip, config.emphasis,
+                           embeddings)
         try:
             latents = pipe(**text, **schedule_args, guidance_scale=config.guidance_scale,
                            generator=generators, output_type="latent", **mode_args).images
@@ -164,7 +174,8 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         with torch.no_grad():
             images = decode(pipe, latents, generators)
         for (prompt, _, image_seed), image in zip(batch, images):
-            yield GeneratedImage(image, image_record(model, config, prompt, image_seed, width, height, loras))
+            used = embeddings_used(tokenizer, [prompt, config.negative_prompt], config.emphasis, embeddings)
+            yield GeneratedImage(image, image_record(model, config, prompt, image_seed, width, height, loras, used))
 
 
 def generate(model: LoadedModel, config: GenerationConfig, on_step: StepCallback | None = None,

@@ -10,6 +10,7 @@ A plain prompt (no weights, one chunk) goes through the pipeline's own text path
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,58 +27,110 @@ MAX_CHUNKS = 20  # 1,500 tokens: far past any useful prompt, and a bound on the 
 class Chunk:
     ids: tuple[int, ...]  # 77 token ids: start, 75 tokens or padding, end
     weights: tuple[float, ...]  # one per id; 1 for the start, end and padding
+    vectors: tuple[tuple[int, torch.Tensor], ...] = ()  # (position, embedding vector) replacing that token's
 
 
-def chunk_prompt(tokenizer, segments: list[Segment]) -> list[Chunk]:
+def _scan(ids: list[int], embeddings):
+    """(token id, the embedding whose name starts there or None), skipping the rest of each name."""
+    index = 0
+    while index < len(ids):
+        found = embeddings.match(ids, index) if embeddings is not None else None
+        taken, embedding = found or (1, None)
+        yield ids[index], embedding
+        index += taken
+
+
+def _tokens(tokenizer, segment: Segment, embeddings) -> list:
+    """A segment's tokens as (id, weight, vector or None) items; an embedding's name becomes a list of
+    items, one per vector (placeholder id: the name's first token, whose embedding the vector replaces)."""
+    ids = tokenizer(segment.text, add_special_tokens=False, verbose=False).input_ids
+    weight = segment.weight
+    return [(token, weight, None) if embedding is None else [(token, weight, vector) for vector in embedding.vectors]
+            for token, embedding in _scan(ids, embeddings)]
+
+
+def chunk_prompt(tokenizer, segments: list[Segment], embeddings=None) -> list[Chunk]:
     """The 77-token chunks of a parsed prompt; an empty prompt is one chunk of padding."""
     start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
     comma = tokenizer.get_vocab().get(",</w>")
     chunks: list[Chunk] = []
-    ids: list[int] = []
-    weights: list[float] = []
+    items: list[tuple] = []  # (id, weight, embedding vector or None)
     last_comma = -1
 
     def close() -> None:
-        nonlocal ids, weights, last_comma
-        pad = CHUNK - len(ids)
-        chunks.append(Chunk((start, *ids, *[end] * pad, end), (1.0, *weights, *[1.0] * pad, 1.0)))
-        ids, weights, last_comma = [], [], -1
+        nonlocal items, last_comma
+        pad = CHUNK - len(items)
+        chunks.append(Chunk((start, *(i[0] for i in items), *[end] * pad, end),
+                            (1.0, *(i[1] for i in items), *[1.0] * pad, 1.0),
+                            tuple((1 + n, i[2]) for n, i in enumerate(items) if i[2] is not None)))
+        items, last_comma = [], -1
+
+    def make_room(needed: int) -> None:
+        nonlocal items
+        if len(items) == CHUNK and last_comma >= 0 and CHUNK - last_comma <= COMMA_BACKTRACK:
+            keep = last_comma + 1  # the comma stays; the words after it open the next chunk
+            moved = items[keep:]
+            items = items[:keep]
+            close()
+            items = moved
+        if len(items) + needed > CHUNK:  # full, or an embedding does not fit: it opens the next chunk whole
+            close()
 
     for segment in segments:
         if segment.is_break:
             close()
             continue
-        for token in tokenizer(segment.text, add_special_tokens=False, verbose=False).input_ids:
-            if len(ids) == CHUNK:
-                if last_comma >= 0 and CHUNK - last_comma <= COMMA_BACKTRACK:
-                    keep = last_comma + 1  # the comma stays; the words after it open the next chunk
-                    moved = ids[keep:], weights[keep:]
-                    ids, weights = ids[:keep], weights[:keep]
-                    close()
-                    ids, weights = list(moved[0]), list(moved[1])
-                else:
-                    close()
-            if token == comma:
-                last_comma = len(ids)
-            ids.append(token)
-            weights.append(segment.weight)
-    if ids or not chunks:
+        for token in _tokens(tokenizer, segment, embeddings):
+            group = token if isinstance(token, list) else [token]
+            make_room(len(group))
+            if group[0][0] == comma and group[0][2] is None:
+                last_comma = len(items)
+            items.extend(group)
+    if items or not chunks:
         close()
     return chunks
 
 
-def prompt_chunks(tokenizer, prompt: str, emphasis: str, field: str = "prompts") -> list[Chunk]:
-    chunks = chunk_prompt(tokenizer, parse_prompt(prompt, emphasis, field))
+def prompt_chunks(tokenizer, prompt: str, emphasis: str, field: str = "prompts", embeddings=None) -> list[Chunk]:
+    chunks = chunk_prompt(tokenizer, parse_prompt(prompt, emphasis, field), embeddings)
     if len(chunks) > MAX_CHUNKS:
         raise InvalidInput(f"is {len(chunks)} chunks of {CHUNK} tokens; t2i reads at most {MAX_CHUNKS} "
                            f"({MAX_CHUNKS * CHUNK} tokens)", field=field, value=prompt[:40] + "...")
     return chunks
 
 
-def needs_chunks(tokenizer, prompt: str, emphasis: str) -> bool:
-    """Whether a prompt needs t2i's own encoding (weights, BREAK, or longer than one chunk)."""
+def needs_chunks(tokenizer, prompt: str, emphasis: str, embeddings=None) -> bool:
+    """Whether a prompt needs t2i's own encoding (weights, BREAK, embeddings, or longer than one chunk)."""
     segments = parse_prompt(prompt, emphasis)
-    return not is_plain(segments) or len(chunk_prompt(tokenizer, segments)) > 1
+    if not is_plain(segments):
+        return True
+    chunks = chunk_prompt(tokenizer, segments, embeddings)
+    return len(chunks) > 1 or bool(chunks[0].vectors)
+
+
+@contextmanager
+def _embedding_vectors(text_encoder, vectors: tuple[tuple[int, torch.Tensor], ...]):
+    """For one encoder call, the token embeddings at the given positions replaced by embedding vectors.
+
+    CLIPTextModel takes no input embeddings, so a forward hook on its token-embedding layer swaps
+    the rows in its output; it is removed before the call returns, and the weights never change.
+    Generation runs one encode at a time per model (the server runs all model work on one thread).
+    """
+    if not vectors:
+        yield
+        return
+
+    def replace(_module, _inputs, output):
+        output = output.clone()
+        for position, vector in vectors:
+            output[:, position] = vector.to(output.device, output.dtype)
+        return output
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()
@@ -89,11 +142,12 @@ def encode_chunks(text_encoder, chunks: list[Chunk], clip_skip: int | None, emph
     encoded = []
     for chunk in chunks + [empty] * (pad_to - len(chunks)):
         ids = torch.tensor([chunk.ids], device=device)
-        if clip_skip is None or clip_skip == 1:
-            z = text_encoder(ids)[0]
-        else:  # A1111's clip skip: an earlier layer, through the final layer norm
-            hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
-            z = getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
+        with _embedding_vectors(text_encoder, chunk.vectors):
+            if clip_skip is None or clip_skip == 1:
+                z = text_encoder(ids)[0]
+            else:  # A1111's clip skip: an earlier layer, through the final layer norm
+                hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+                z = getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
         weights = torch.tensor(chunk.weights, device=device, dtype=z.dtype)[None, :, None]
         if any(w != 1 for w in chunk.weights) and emphasis != "none":
             mean = z.mean()
@@ -106,15 +160,17 @@ def encode_chunks(text_encoder, chunks: list[Chunk], clip_skip: int | None, emph
     return torch.cat(encoded, dim=1)
 
 
-def text_inputs(pipe, prompts: list[str], negative: str, clip_skip: int | None, emphasis: str = "original") -> dict:
+def text_inputs(pipe, prompts: list[str], negative: str, clip_skip: int | None, emphasis: str = "original",
+                embeddings=None) -> dict:
     """The pipeline's text arguments for one batch: plain prompts when the pipeline's own text path
     gives the same context (exact parity with diffusers), else embeddings built here."""
     tokenizer = pipe.tokenizer
-    plain = clip_skip in (None, 1) and not any(needs_chunks(tokenizer, p, emphasis) for p in [*prompts, negative])
+    plain = clip_skip in (None, 1) and not any(needs_chunks(tokenizer, p, emphasis, embeddings)
+                                               for p in [*prompts, negative])
     if plain:
         return {"prompt": prompts, "negative_prompt": [negative] * len(prompts) if negative else None}
-    positive = [prompt_chunks(tokenizer, p, emphasis) for p in prompts]
-    negative_chunks = prompt_chunks(tokenizer, negative, emphasis, "negative_prompt")
+    positive = [prompt_chunks(tokenizer, p, emphasis, embeddings=embeddings) for p in prompts]
+    negative_chunks = prompt_chunks(tokenizer, negative, emphasis, "negative_prompt", embeddings)
     length = max(len(c) for c in [*positive, negative_chunks])  # one batch: one context length
     encoder = pipe.text_encoder
     return {"prompt_embeds": torch.cat([encode_chunks(encoder, c, clip_skip, emphasis, length) for c in positive]),
@@ -122,7 +178,17 @@ def text_inputs(pipe, prompts: list[str], negative: str, clip_skip: int | None, 
                                                     length).repeat(len(prompts), 1, 1)}
 
 
-def context_length(tokenizer, prompt: str, negative: str, emphasis: str) -> int:
+def context_length(tokenizer, prompt: str, negative: str, emphasis: str, embeddings=None) -> int:
     """How many chunks a prompt's context has beside its negative prompt (batches keep it equal)."""
-    return max(len(prompt_chunks(tokenizer, prompt, emphasis)),
-               len(prompt_chunks(tokenizer, negative, emphasis, "negative_prompt")))
+    return max(len(prompt_chunks(tokenizer, prompt, emphasis, embeddings=embeddings)),
+               len(prompt_chunks(tokenizer, negative, emphasis, "negative_prompt", embeddings)))
+
+
+def embeddings_used(tokenizer, texts: list[str], emphasis: str, embeddings) -> list:
+    """The embeddings these texts name, each once, in order of first use (the infotext's `TI hashes`)."""
+    used = {}
+    for text in texts if embeddings is not None else ():
+        for segment in parse_prompt(text, emphasis):
+            ids = tokenizer(segment.text, add_special_tokens=False, verbose=False).input_ids
+            used.update({e.name: e for _, e in _scan(ids, embeddings) if e is not None and e.name not in used})
+    return list(used.values())

@@ -168,7 +168,7 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
                 "upscalers": lambda: [{"name": "None", "model_name": None, "model_path": None, "model_url": None,
                                        "scale": 4}],
                 "latent-upscale-modes": lambda: [], "scripts": lambda: {"txt2img": [], "img2img": []},
-                "embeddings": lambda: {"loaded": {}, "skipped": {}}, "prompt-styles": lambda: [],
+                "embeddings": service.embeddings, "prompt-styles": lambda: [],
                 "face-restorers": lambda: [], "hypernetworks": lambda: []}
     for path, answer in listings.items():
         app.add_api_route(f"{api}/{path}", _listing(answer), methods=["GET"], name=path)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t2i.errors import NotFound
+from t2i.formats.embeddings import available_embeddings
 from t2i.formats.lora import available_loras
 from t2i.models.config import PRESETS
 from t2i.server.settings import ServerSettings
@@ -83,6 +84,9 @@ class Catalog:
 
     def loras(self) -> dict[str, Path]:
         return available_loras(self.settings.lora_dir)
+
+    def embeddings(self) -> dict[str, Path]:
+        return available_embeddings(self.settings.embeddings_dir) if self.settings.embeddings_dir else {}
 
     def load(self, checkpoint: Checkpoint, vae: str | None):
         """The loaded model for (checkpoint, VAE), loading it if needed; the last few stay loaded."""

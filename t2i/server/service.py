@@ -15,6 +15,7 @@ from typing import Any
 
 from t2i import __version__
 from t2i.errors import InvalidInput
+from t2i.formats.embeddings import embedding_shape
 from t2i.formats.infotext import infotext, parse_infotext
 from t2i.formats.png import JSON_CHUNK, png_bytes, save_png
 from t2i.sampling.samplers import SAMPLERS, SCHEDULES
@@ -140,6 +141,16 @@ class Service:
 
     def sd_vaes(self) -> list[dict[str, str]]:
         return [{"model_name": name, "filename": str(path)} for name, path in self.catalog.vaes().items()]
+
+    def embeddings(self) -> dict[str, Any]:
+        """A1111's shape: what can be used, with its vector count and width; what cannot, apart."""
+        loaded, skipped = {}, {}
+        for name, path in self.catalog.embeddings().items():
+            shape = embedding_shape(path)
+            entry = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                     "shape": shape and shape[1], "vectors": shape and shape[0]}
+            (loaded if shape else skipped)[name] = entry  # pickles and unreadable files are skipped
+        return {"loaded": loaded, "skipped": skipped}
 
     def loras(self) -> list[dict[str, Any]]:
         return [{"name": name, "alias": name, "path": str(path), "metadata": _lora_metadata(path)}

@@ -13,6 +13,7 @@ class ServerSettings:
     model: str = DEFAULT_MODEL  # what is loaded at start (any --model t2i generate takes)
     models_dir: str | None = None  # more checkpoints: *.safetensors files and diffusers folders; VAEs in VAE/
     lora_dir: str = "loras"  # what <lora:NAME:W> tags and GET loras see
+    embeddings_dir: str | None = None  # textual-inversion embeddings prompts may name (GET embeddings lists them)
     output_dir: str = "outputs"  # where save_images=true writes (NNNNN-SEED.png, as t2i generate)
     host: str = "127.0.0.1"
     port: int = 7860

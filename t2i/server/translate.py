@@ -23,7 +23,8 @@ from t2i.server.settings import ServerSettings
 # GenerationConfig field -> the request field that sets it, for error messages
 API_FIELDS = {"prompts": "prompt", "guidance_scale": "cfg_scale", "num_images": "n_iter", "sampler": "sampler_name",
               "schedule": "scheduler", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
-              "init_image": "init_images", "strength": "denoising_strength", "lora_dir": "the server's --lora-dir"}
+              "init_image": "init_images", "strength": "denoising_strength", "lora_dir": "the server's --lora-dir",
+              "embeddings_dir": "the server's --embeddings-dir"}
 # option -> the type its value must have; POST options and override_settings take these
 OPTIONS = {"sd_model_checkpoint": str, "sd_vae": str, "CLIP_stop_at_last_layers": int}
 
@@ -97,7 +98,8 @@ def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: 
                   guidance_scale=request.cfg_scale, seed=None if request.seed == -1 else request.seed,
                   num_images=images, batch_size=request.batch_size, width=request.width, height=request.height,
                   sampler=request.sampler_name or request.sampler_index, schedule=request.scheduler,
-                  clip_skip=None if clip_skip == 1 else clip_skip, lora_dir=settings.lora_dir)
+                  clip_skip=None if clip_skip == 1 else clip_skip, lora_dir=settings.lora_dir,
+                  embeddings_dir=settings.embeddings_dir)
     finish = _identity  # txt2img's denoising_strength belongs to hires fix, refused above when enabled
     if isinstance(request, Img2ImgRequest):
         fields, finish = _img2img_fields(request, fields)
