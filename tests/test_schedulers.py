@@ -61,6 +61,7 @@ def test_registry_has_every_sampler_and_schedule_users_expect():
     ("DPM++ SDE", "Automatic", ("dpmpp-sde", "karras")),
     ("DPM++ 2M SDE", "Automatic", ("dpmpp-2m-sde", "exponential")),
     ("DPM++ 3M SDE", "Automatic", ("dpmpp-3m-sde", "exponential")),
+    ("DPM++ 2M SDE Karras", "Automatic", ("dpmpp-2m-sde", "karras")),  # the joined name wins over Automatic
     ("Euler a", "Automatic", ("euler-a", "normal")),
     ("Euler", "Automatic", ("euler", "normal")),
     ("lcm", None, ("lcm", "normal")),

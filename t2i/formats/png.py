@@ -38,11 +38,11 @@ def png_bytes(image: Image.Image, settings: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def _names(out_dir: Path, seed: int):
-    """`NNNNN-SEED.png` from one past the highest number in the folder upwards."""
+def _names(out_dir: Path, tag: int | str):
+    """`NNNNN-TAG.png` (TAG: the seed, or `grid`) from one past the highest number in the folder upwards."""
     index = max((int(m.group(1)) for name in os.listdir(out_dir) if (m := OUTPUT_NAME.match(name))), default=0) + 1
     while True:
-        yield f"{index:05d}-{seed}.png"
+        yield f"{index:05d}-{tag}.png"
         index += 1
 
 
@@ -51,6 +51,16 @@ def save_png(image: Image.Image, settings: dict[str, Any], out_dir: Path) -> Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     data = png_bytes(image, settings)
     return write_new(out_dir, _names(out_dir, settings["seed"]), lambda tmp: tmp.write_bytes(data))
+
+
+def save_grid_png(image: Image.Image, text: str, out_dir: Path) -> Path:
+    """Write an X/Y/Z grid as `NNNNN-grid.png`, carrying `text` (its first cell's infotext, as A1111 does)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return write_new(out_dir, _names(out_dir, "grid"), lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def read_png_text(path: str | Path) -> tuple[str | None, dict[str, Any] | None]:

@@ -186,14 +186,14 @@ def resolve_sampler(name: str, schedule: str | None = None) -> tuple[str, str]:
                        hint="A1111 and ComfyUI names work too; pick the schedule with {schedule}")
     sampler = samplers[key]
     spec = SAMPLERS[sampler]
+    joined = schedules[joined] if joined else None
     asked = normalize(schedule) if schedule else None
-    if asked in ("automatic", "default"):
-        asked = spec.automatic
+    if asked in ("automatic", "default"):  # a joined name ("DPM++ 2M SDE Karras") says what it wants
+        asked = joined or spec.automatic
     if asked is not None and asked not in schedules:
         raise InvalidInput("unknown schedule", field="schedule", value=schedule,
                            choices=("automatic", *SCHEDULES))
     asked = schedules[asked] if asked else None
-    joined = schedules[joined] if joined else None
     if asked and joined and asked != joined:
         raise InvalidInput(f"names the {SCHEDULES[joined].a1111} schedule, and {{schedule}} asks for "
                            f"{SCHEDULES[asked].a1111}", field="sampler", value=name,
