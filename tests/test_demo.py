@@ -1,6 +1,7 @@
 """The shipped `demo` model: a fresh install generates meaningful images offline, and how well
 they follow the prompt is measured, not assumed."""
 
+import csv
 import json
 import socket
 
@@ -85,8 +86,14 @@ def test_a_lora_teaches_the_demo_a_colour_word_it_never_saw(tmp_path, run_cli):
     assert code == 0, stderr
     code, _, stderr = run_cli("finetune", "--lora", "--model", "demo", "--data", data, "--output", tmp_path / "lora",
                               "--resolution", "32", "--lora-targets", "cross", "--rank", "8", "--batch-size", "32",
-                              "--max-steps", "300", "--learning-rate", "2e-3", "--cache-dir", tmp_path / "cache")
+                              "--max-steps", "300", "--learning-rate", "2e-3", "--cache-dir", tmp_path / "cache",
+                              "--val-fraction", "0.05", "--validation-loss-every", "100", "--validation-images", "48")
     assert code == 0, stderr
+    with open(tmp_path / "lora" / "loss.csv", newline="") as f:
+        held_out = {int(r["step"]): float(r["val_loss"]) for r in csv.DictReader(f) if r["val_loss"]}
+    assert sorted(held_out) == [0, 100, 200, 300]
+    # the held-out images (half brown) are better predicted; measured 0.0589 -> 0.0532 (-9.5%)
+    assert held_out[300] < held_out[0] * 0.97, held_out
 
     model = load_model(ModelConfig(model="demo", device="cpu"))
     lora = (LoraRef(str(tmp_path / "lora")),)

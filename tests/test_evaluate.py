@@ -2,12 +2,15 @@
 prompt agreement that sees wrong colours, resume without re-making images, and refusals."""
 
 import json
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 
 from t2i.errors import InvalidInput
-from t2i.eval.run import EvalConfig, _accuracy, evaluate
+from t2i.eval.run import EvalConfig, _accuracy, _my_runs, evaluate
 from t2i.shapes.world import ALL_COLOURS, COLOURS, make_image, random_shape
 
 
@@ -71,3 +74,41 @@ def test_bad_input_is_one_line_and_writes_nothing(run_cli, shapes_data, tmp_path
     code, _, err = run_cli("evaluate", "--data", shapes_data, "--output", tmp_path / "out", *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_processes_share_the_missing_images_in_single_process_batches(world):
+    missing = [i for i in range(23) if i not in (5, 6, 14)]
+    single = [run[i:i + 4] for run in _my_runs(missing, 4, 0, 1) for i in range(0, len(run), 4)]
+    shares = [_my_runs(missing, 4, rank, world) for rank in range(world)]
+    made = [i for share in shares for run in share for i in run]
+    assert sorted(made) == missing and len(made) == len(set(made)), "every image made once"
+    batches = [run[i:i + 4] for share in shares for run in share for i in range(0, len(run), 4)]
+    assert batches == single, "each image in the batch a single process puts it in"
+
+
+@pytest.mark.slow
+def test_two_processes_give_a_single_process_report_and_make_every_image_once(shapes_data, tmp_path):
+    args = ["evaluate", "--model", "demo", "--data", str(shapes_data), "--num-samples", "128", "--steps", "6",
+            "--batch-size", "16"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "t2i", *args, "--output", str(tmp_path / "one")], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", "t2i", *args, "--output", str(tmp_path / "two")], env=env, capture_output=True,
+                              text=True, timeout=600)
+    assert launched.returncode == 0, launched.stderr
+    one, two = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "two"))
+    assert two["timing"]["processes"] == 2 and one["timing"]["images_made"] == two["timing"]["images_made"] == 128
+    assert launched.stdout.count("| base | 7.5 |") == 1, "one report, printed once"
+    for ours, theirs in ((one["floor"], two["floor"]), (one["results"]["base"]["7.5"], two["results"]["base"]["7.5"])):
+        assert set(ours) == set(theirs) and len(ours) >= 6
+        for metric, estimate in ours.items():
+            assert estimate["value"] == pytest.approx(theirs[metric]["value"], abs=1e-6), metric
+            assert estimate["ci"] == pytest.approx(theirs[metric]["ci"], abs=1e-6), metric
+    folder = ("images", "base", "g7.5")
+    for index in range(128):
+        name = f"{index:05d}.png"
+        assert (tmp_path / "one").joinpath(*folder, name).read_bytes() == (tmp_path / "two").joinpath(
+            *folder, name).read_bytes()

@@ -149,6 +149,45 @@ def test_outputs_logs_and_config_are_written(shapes, tmp_path):
     assert list((out / "t2i-finetune").rglob("events.out.tfevents*")), "TensorBoard events"
 
 
+def test_the_validation_loss_is_held_out_fixed_and_logged(shapes, tmp_path):
+    from t2i.models.config import ModelConfig
+    from t2i.models.loading import load_model
+    from t2i.train.validation import held_out_set, validation_loss
+
+    settings = config(shapes, tmp_path, val_fraction=0.25, validation_loss_every=2, max_steps=5)
+    out = finetune(settings, progress=False)
+    rows = read_csv(out / "loss.csv")
+    held_out = {int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]}
+    assert sorted(held_out) == [0, 2, 4, 5], "before training, every 2 steps, and at the end"
+    assert rows[0]["loss"] == "" and all(np.isfinite(list(held_out.values())))
+    assert len({round(v, 9) for v in held_out.values()}) == 4, "the weights changed, so the loss did"
+    # the logged number is the held-out MSE of the saved LoRA on the fixed noise: recomputed, it is the same
+    model = load_model(ModelConfig(model="tiny", device="cpu"))
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(model.scheduler_config)
+    held = held_out_set(settings, model.pipe, scheduler, "cpu")
+    assert len(held) == 3 and held.timesteps.tolist() == [166, 500, 833]  # 3 of 12 held out, t spread evenly
+    from contextlib import nullcontext
+
+    assert validation_loss(model.pipe.unet, held, scheduler, nullcontext) == pytest.approx(held_out[0], rel=1e-5)
+    model.pipe.load_lora_weights(str(out))
+    assert validation_loss(model.pipe.unet, held, scheduler, nullcontext) == pytest.approx(held_out[5], rel=1e-4)
+    # another run, other learning rate, same data and split: the same starting point, then its own curve
+    other = finetune(config(shapes, tmp_path / "b", val_fraction=0.25, validation_loss_every=2, max_steps=2,
+                            learning_rate=1e-2), progress=False)
+    other_rows = {int(r["step"]): r["val_loss"] for r in read_csv(other / "loss.csv") if r["val_loss"]}
+    assert float(other_rows[0]) == held_out[0] and float(other_rows[2]) != held_out[2]
+    assert (out / "loss.png").stat().st_size > 1000
+
+
+def test_a_validation_loss_needs_held_out_images(shapes, tmp_path):
+    with pytest.raises(InvalidInput, match="no readable 'val' images for the validation loss.*val_fraction"):
+        finetune(config(shapes, tmp_path, validation_loss_every=2), progress=False)
+    with pytest.raises(InvalidInput, match="must be a held-out split"):
+        config(shapes, tmp_path, validation_split="train")
+
+
 def test_gradient_clipping_really_clips(shapes, tmp_path):
     out = finetune(config(shapes, tmp_path, max_grad_norm=1e-4), progress=False)
     for row in read_csv(out / "loss.csv"):

@@ -45,5 +45,7 @@ def evaluate(
     from t2i.eval.run import evaluate as run_evaluation
 
     report = run_evaluation(config, output, resume=resume, log=lambda line: log.info("%s", line), run=run)
+    if report is None:  # another process of a launch: the main one writes and prints the report
+        return
     log.info("wrote %s (N = %d)", output / "report.md", report["n"])
     print((output / "report.md").read_text(encoding="utf-8"), end="")

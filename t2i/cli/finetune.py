@@ -66,6 +66,10 @@ def finetune(
     resume: Optional[str] = typer.Option(None, help="'latest' or a checkpoint folder."),
     validate_every: int = typer.Option(_tuning("validate_every")),
     validation_prompt: Optional[List[str]] = typer.Option(None, help="Sampled into validation/ grids; repeatable."),
+    validation_loss_every: int = typer.Option(_tuning("validation_loss_every"), help="Held-out loss on fixed noise "
+                                              "every N steps (loss.csv, TensorBoard, loss.png); 0: off."),
+    validation_split: str = typer.Option(_tuning("validation_split"), help="Its held-out split: val or test."),
+    validation_images: int = typer.Option(_tuning("validation_images"), help="Held-out images it uses, at most."),
     export: Optional[List[str]] = typer.Option(None, help="'kohya': also write an A1111/ComfyUI LoRA file."),
     offline: bool = typer.Option(False, help="Never touch the network."),
     allow_pickle: bool = typer.Option(False, help="Allow a pickled base checkpoint (it can run code)."),

@@ -108,21 +108,43 @@ def _check_folder(out: Path, config: EvalConfig, resume: bool) -> None:
         raise InvalidInput("is not empty and holds no t2i evaluation", field="output", value=out)
 
 
-def _generate_missing(model, config: EvalConfig, prompts, loras, guidance: float, folder: Path) -> int:
-    """Make the images not yet in `folder` (image i uses seed + i, as `t2i generate --seed` does)."""
+def _my_runs(missing: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """This process's share of the missing images, as runs of consecutive indices.
+
+    The missing indices are cut into batches exactly as one process would batch them (consecutive
+    runs, batch_size at a time), and each process takes a contiguous block of those batches: every
+    image is made once, in the same batch as a single-process run makes it, so with the same
+    seeds it has the same pixels.
+    """
+    runs: list[list[int]] = []
+    for index in missing:  # contiguous runs keep one seed sequence per GenerationConfig
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    batches = [run[i:i + batch_size] for run in runs for i in range(0, len(run), batch_size)]
+    mine = batches[len(batches) * rank // world:len(batches) * (rank + 1) // world]
+    merged: list[list[int]] = []
+    for batch in mine:
+        if merged and merged[-1][-1] == batch[0] - 1:
+            merged[-1].extend(batch)
+        else:
+            merged.append(list(batch))
+    return merged
+
+
+def _generate_missing(model, config: EvalConfig, prompts, loras, guidance: float, folder: Path,
+                      rank: int = 0, world: int = 1) -> int:
+    """Make this process's share of the images not yet in `folder` (image i uses seed + i, as
+    `t2i generate --seed` does); returns how many it made."""
     from t2i.formats.png import png_bytes
     from t2i.sampling.config import GenerationConfig
     from t2i.sampling.generate import generate_iter
 
     folder.mkdir(parents=True, exist_ok=True)
     missing = [i for i in range(len(prompts)) if not (folder / f"{i:05d}.png").exists()]
-    runs, made = [], 0
-    for index in missing:  # contiguous runs keep one seed sequence per GenerationConfig
-        if runs and runs[-1][-1] == index - 1:
-            runs[-1].append(index)
-        else:
-            runs.append([index])
-    for run in runs:
+    made = 0
+    for run in _my_runs(missing, config.batch_size, rank, world):
         generation = GenerationConfig(prompts=tuple(prompts[i] for i in run), seed=config.seed + run[0],
                                       steps=config.steps, sampler=config.sampler, guidance_scale=guidance,
                                       batch_size=config.batch_size, loras=loras)
@@ -189,20 +211,53 @@ def _pictures(report: dict, out: Path, config: EvalConfig, run: Path | None) -> 
     return made
 
 
-def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run: Path | None = None) -> dict:
-    """Run the evaluation into `out` (report.json, report.md, images/, pictures); returns the report."""
+def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run: Path | None = None) -> dict | None:
+    """Run the evaluation into `out` (report.json, report.md, images/, pictures); returns the report.
+
+    Under `accelerate launch` or `torchrun`, every process makes its share of the images and the
+    main one scores them all and writes the report (the others return None): the numbers equal a
+    single-process run's, since every image is the same. The processes must share `out`.
+    """
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather_object, parse_flag_from_env
+
     from t2i.models.config import ModelConfig
     from t2i.models.loading import load_model
     from t2i.shapes.features import extract, load_features
 
     require_extra("eval", "matplotlib")
-    _check_folder(out, config, resume)
+    # without cpu=True, CPU processes started by a launcher would each run alone (accelerate only
+    # forms a CPU group when asked to); with a GPU, accelerate picks the backend itself
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    rank, world, main = state.process_index, state.num_processes, state.is_main_process
+    if main:  # the others would find the settings the main process has just written
+        _check_folder(out, config, resume)
     check(run is None or (run / "loss.png").is_file(), "run", run, "has no loss.png (is it a t2i finetune output?)")
     variants = _variants(config)
     prompts, real, other_real = _held_out(config)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "settings.json", json.dumps(asdict(config), indent=2) + "\n")
-    model = load_model(ModelConfig(model=config.model))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "settings.json", json.dumps(asdict(config), indent=2) + "\n")
+    state.wait_for_everyone()
+    # under a launcher each process has its own device (accelerate makes it the current one)
+    model = load_model(ModelConfig(model=config.model, device=state.device.type if world > 1 else "auto"))
+    timing = {"generation_s": 0.0, "images_made": 0, "metrics_s": 0.0, "images_scored": 0, "processes": world}
+    started = time.perf_counter()
+    for name, loras in variants.items():
+        for guidance in config.guidance_scales:
+            made = _generate_missing(model, config, prompts, loras, guidance, out / "images" / name / f"g{guidance:g}",
+                                     rank, world)
+            made_everywhere = sum(gather_object([made]))
+            timing["images_made"] += made_everywhere
+            if main:
+                log(f"{name} @ guidance {guidance:g}: {made_everywhere} image(s) made, "
+                    f"{len(prompts) - made_everywhere} kept from before")
+    state.wait_for_everyone()
+    timing["generation_s"] = time.perf_counter() - started
+    if not main:
+        return None
+
     network = load_features()
     size = model.pipe.unet.config.sample_size * model.pipe.vae_scale_factor
     def features(images):  # real images at the generated size, as both sets are compared with generated ones
@@ -210,15 +265,10 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
 
     real_features = features(real)
     floor = _scores(config, prompts, real_features, features(other_real), None)
-    results, timing = {}, {"generation_s": 0.0, "images_made": 0, "metrics_s": 0.0, "images_scored": 0}
-    for name, loras in variants.items():
+    results = {}
+    for name in variants:
         for guidance in config.guidance_scales:
             folder = out / "images" / name / f"g{guidance:g}"
-            started = time.perf_counter()
-            made = _generate_missing(model, config, prompts, loras, guidance, folder)
-            timing["generation_s"] += time.perf_counter() - started
-            timing["images_made"] += made
-            log(f"{name} @ guidance {guidance:g}: {made} image(s) made, {len(prompts) - made} kept from before")
             started = time.perf_counter()
             images = [Image.open(folder / f"{i:05d}.png").convert("RGB") for i in range(len(prompts))]
             scores = _scores(config, prompts, real_features, extract(network, images), images)

@@ -130,8 +130,9 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "dpmpp-sde": SamplerSpec("DPMSolverSDEScheduler", "DPM-Solver++ SDE (stochastic, 2 UNet calls a step): "
                              "Brownian-tree noise seeded per image (torchsde)", "DPM++ SDE", "dpmpp_sde",
                              automatic="karras", brownian=True),
+    # lower_order_final: what diffusers switches to anyway at the first set_timesteps, with a warning
     "dpmpp-2s": SamplerSpec("DPMSolverSinglestepScheduler", "DPM-Solver++ 2S singlestep, deterministic "
-                            "(no noise: not A1111's DPM++ 2S a)", "DPM++ 2S"),
+                            "(no noise: not A1111's DPM++ 2S a)", "DPM++ 2S", None, {"lower_order_final": True}),
     "unipc": SamplerSpec("UniPCMultistepScheduler", "UniPC predictor-corrector (Zhao et al. 2023)",
                          "UniPC", "uni_pc"),
     "deis": SamplerSpec("DEISMultistepScheduler", "DEIS exponential integrator (Zhang & Chen 2022)", "DEIS", "deis"),

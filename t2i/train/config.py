@@ -59,6 +59,9 @@ class FinetuneConfig:
     validate_every: int = 0  # optimizer steps; 0: only at the end (when prompts are given)
     validation_prompts: tuple[str, ...] = ()
     validation_steps: int = 20
+    validation_loss_every: int = 0  # optimizer steps; 0: off. A held-out loss on fixed noise (t2i.train.validation)
+    validation_split: str = "val"  # the held-out split it reads: the layout's own, or the seeded --val-fraction share
+    validation_images: int = 64  # at most this many held-out images (the first by name)
     export_kohya: bool = False
 
     def __post_init__(self):
@@ -73,7 +76,7 @@ class FinetuneConfig:
               "unknown precision", choices=MIXED_PRECISION)
         check(self.resolution >= 8 and self.resolution % 8 == 0, "resolution", self.resolution,
               "must be a positive multiple of 8 (512 for SD 1.x)")
-        for name in ("rank", "batch_size", "epochs", "gradient_accumulation", "validation_steps"):
+        for name in ("rank", "batch_size", "epochs", "gradient_accumulation", "validation_steps", "validation_images"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1")
         check(self.max_steps is None or self.max_steps >= 1, "max_steps", self.max_steps, "must be at least 1")
         check(self.alpha is None or self.alpha > 0, "alpha", self.alpha, "must be positive")
@@ -83,8 +86,10 @@ class FinetuneConfig:
         check(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "must be in [0, 1)")
         check(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "must be positive")
         check(self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma", self.snr_gamma, "must be positive")
-        for name in ("checkpoint_every", "validate_every", "lr_warmup_steps", "num_workers"):
+        for name in ("checkpoint_every", "validate_every", "lr_warmup_steps", "num_workers", "validation_loss_every"):
             check(getattr(self, name) >= 0, name, getattr(self, name), "must be 0 or more")
+        check(self.validation_split in ("val", "test"), "validation_split", self.validation_split,
+              "must be a held-out split", choices=("val", "test"))
         check(self.checkpoints_keep >= 1, "checkpoints_keep", self.checkpoints_keep, "must be at least 1")
         check(not (self.cache and self.random_crop), "random_crop", None,
               "gives a new crop every epoch, so its latents cannot be cached", hint="turn {cache} off")

@@ -13,7 +13,7 @@ from PIL import Image
 from t2i.files import atomic_write, write_text
 from t2i.formats.lora import save_diffusers_lora, save_kohya_lora
 
-COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "clipped_grad_norm", "seconds")
+COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "clipped_grad_norm", "seconds", "val_loss")
 
 
 class LossLog:
@@ -41,13 +41,15 @@ class LossLog:
 
 
 def plot_loss(log: LossLog, png: Path) -> None:
-    """Loss per step and its moving average."""
+    """Loss per step, its moving average, and the held-out loss where it was computed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = log.rows()
+    every = log.rows()
+    rows = [r for r in every if r["loss"]]  # step 0 holds only the validation loss before training
+    held_out = [(int(r["step"]), float(r["val_loss"])) for r in every if r.get("val_loss")]
     steps = [int(r["step"]) for r in rows]
     losses = [float(r["loss"]) for r in rows]
     window = max(1, len(losses) // 20)
@@ -56,6 +58,8 @@ def plot_loss(log: LossLog, png: Path) -> None:
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
     axes.plot(steps, losses, alpha=0.35, label="loss")
     axes.plot(steps, smooth, label=f"mean of {window}")
+    if held_out:
+        axes.plot(*zip(*held_out), marker="o", label="held-out loss (fixed noise)")
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("MSE loss")
     axes.legend()

@@ -30,6 +30,7 @@ from t2i.train.components import WEIGHT_DTYPES, Components, TrainData, batches, 
 from t2i.train.config import FinetuneConfig
 from t2i.train.outputs import LossLog, load_weights, plot_loss, save_final, save_weights, validation_grid
 from t2i.train.step import training_loss
+from t2i.train.validation import held_out_set, validation_loss
 
 log = logging.getLogger("t2i")
 # settings a checkpoint must share with the run that resumes it: what the batches are drawn from,
@@ -86,6 +87,10 @@ class Trainer:
         self.lr_scheduler = get_scheduler(config.lr_scheduler, self.optimizer, num_warmup_steps=config.lr_warmup_steps,
                                           num_training_steps=self.total_steps)
         self.unet, self.optimizer = self.accelerator.prepare(self.parts.model.pipe.unet, self.optimizer)
+        self.held_out = None
+        if config.validation_loss_every and self.main:  # encoded once; other ranks never wait on it
+            self.held_out = held_out_set(config, self.parts.model.pipe, self.parts.noise_scheduler,
+                                         self.accelerator.device)
         parts = self.parts
         install_weight_hooks(self.accelerator,
                              lambda folder: save_weights(folder, self.trained_unet, parts.lora_config, parts.ema),
@@ -162,6 +167,15 @@ class Trainer:
             self.parts.ema.step(self.parts.params)
         return sum(losses) / len(losses), float(norm), clipped
 
+    def _validation_loss(self, step: int) -> float | str:
+        """The held-out loss at this step, when one is due ("" otherwise, an empty loss.csv cell)."""
+        every = self.config.validation_loss_every
+        if self.held_out is None or not (step % every == 0 or step == self.total_steps):
+            return ""
+        value = validation_loss(self.trained_unet, self.held_out, self.parts.noise_scheduler, self.accelerator.autocast)
+        self.accelerator.log({"val_loss": value}, step=step)
+        return value
+
     # ---- finishing ------------------------------------------------------------------------
     def _validate(self, step: int) -> None:
         if not self.config.validation_prompts or not self.main:
@@ -208,6 +222,8 @@ class Trainer:
         stream = batches(self.data, config, self.rank, self.world, step * config.gradient_accumulation)
         bar = tqdm(total=self.total_steps, initial=step, desc="fine-tuning", disable=not self.progress or not self.main)
         started = time.perf_counter()
+        if step == 0 and self.held_out is not None:  # where training starts from, for comparison
+            loss_log.add(step=0, val_loss=self._validation_loss(0))
         while step < self.total_steps:
             loss, norm, clipped = self._step(step, stream)
             step += 1
@@ -215,7 +231,7 @@ class Trainer:
                 lr = self.lr_scheduler.get_last_lr()[0]
                 epoch = (step * config.gradient_accumulation - 1) // self.data.batches_per_epoch
                 loss_log.add(step=step, epoch=epoch, loss=loss, lr=lr, grad_norm=norm, clipped_grad_norm=clipped,
-                             seconds=round(time.perf_counter() - started, 3))
+                             seconds=round(time.perf_counter() - started, 3), val_loss=self._validation_loss(step))
                 self.accelerator.log({"loss": loss, "lr": lr, "grad_norm": norm}, step=step)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 bar.update(1)
