@@ -6,8 +6,8 @@ No torch import here, so a front end can check a request before paying for the h
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from t2i.errors import check
