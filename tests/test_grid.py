@@ -27,6 +27,7 @@ BASE = GenerationConfig(prompts=("a red circle",), negative_prompt="a blue squar
     ('prompt-sr=red,"green, bright"', "prompt-sr", ("red", "green, bright")),
     ("seed=1,2", "seed", (1, 2)),
     ("scheduler=karras,Align Your Steps", "schedule", ("karras", "Align Your Steps")),
+    ("Prompt S/R=red,blue", "prompt-sr", ("red", "blue")),
     ("clip_skip=1,2", "clip-skip", (1, 2)),
     ("denoising=0.3,0.6", "strength", (0.3, 0.6)),
     ("lora-weight=0,0.5,1", "lora-weight", (0.0, 0.5, 1.0)),

@@ -60,7 +60,7 @@ AXES: dict[str, Axis] = {
     "strength": Axis("Denoising", _number(float), lambda c, v, _: replace(c, strength=v)),
 }
 ALIASES = {"cfg-scale": "cfg", "guidance-scale": "cfg", "sampler-name": "sampler", "scheduler": "schedule",
-           "schedule-type": "schedule", "prompt-s-r": "prompt-sr", "sr": "prompt-sr", "denoising": "strength",
+           "schedule-type": "schedule", "prompt-s/r": "prompt-sr", "sr": "prompt-sr", "denoising": "strength",
            "denoising-strength": "strength", "clip-stop-at-last-layers": "clip-skip"}
 
 
