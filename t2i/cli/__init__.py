@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import fields
 
 import typer
 
@@ -29,6 +30,11 @@ USAGE_ERRORS = (InvalidInput, NotFound)  # exit 2, as click does for bad argumen
 
 def flag(field: str) -> str:
     return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def default_of(config_class, name: str):
+    """A config dataclass's default for a field: the CLI never restates a default."""
+    return next(f.default for f in fields(config_class) if f.name == name)
 
 
 def prepare_environment(offline: bool) -> None:

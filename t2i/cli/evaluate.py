@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from t2i.cli import app, given, log, prepare_environment
+from t2i.cli import app, default_of, given, log, prepare_environment
 from t2i.eval.run import METRICS, EvalConfig
 
-
-def _default(name: str):
-    return next(f.default for f in fields(EvalConfig) if f.name == name)
+_default = partial(default_of, EvalConfig)
 
 
 @app.command()

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from functools import partial
 from typing import List, Optional
 
 import typer
 
-from t2i.cli import app, given, log, prepare_environment
+from t2i.cli import app, default_of, given, log, prepare_environment
 from t2i.errors import InvalidInput
 from t2i.models.config import DEFAULT_MODEL
 from t2i.train.config import LORA_TARGETS, LR_SCHEDULERS, MIXED_PRECISION, FinetuneConfig
 
-
-def _tuning(name: str):
-    """FinetuneConfig's default for a field: the CLI never restates a default."""
-    return next(f.default for f in fields(FinetuneConfig) if f.name == name)
+_tuning = partial(default_of, FinetuneConfig)
 
 
 def build_config(options: dict) -> FinetuneConfig:

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from t2i.cli import app, given, log, prepare_environment
+from t2i.cli import app, default_of, given, log, prepare_environment
 from t2i.errors import InvalidInput, T2IError
 from t2i.models.config import DEFAULT_MODEL, DEVICES, DTYPE_NAMES, ModelConfig
 from t2i.sampling.config import GenerationConfig
@@ -20,8 +20,7 @@ GENERATION_FIELDS = {f.name for f in fields(GenerationConfig)}
 
 
 def _default(name: str, config_class=GenerationConfig):
-    """A config dataclass's default for a field: the CLI never restates a default."""
-    return next(f.default for f in fields(config_class) if f.name == name)
+    return default_of(config_class, name)
 
 
 def _read_prompts(prompts: list[str] | None, prompts_file: Path | None) -> tuple[str, ...]:

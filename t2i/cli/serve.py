@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from functools import partial
 from typing import Optional
 
 import typer
 
-from t2i.cli import app, given, log, prepare_environment
+from t2i.cli import app, default_of, given, log, prepare_environment
 from t2i.errors import require_extra
 from t2i.models.config import DEFAULT_MODEL
 from t2i.server.settings import ServerSettings
@@ -15,8 +15,7 @@ from t2i.server.settings import ServerSettings
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def _default(name: str):
-    return next(f.default for f in fields(ServerSettings) if f.name == name)
+_default = partial(default_of, ServerSettings)
 
 
 @app.command()

@@ -70,9 +70,8 @@ def _variants(config: EvalConfig) -> dict[str, tuple[str, ...]]:
 
 
 def _held_out(config: EvalConfig):
-    """(prompts, held-out real images, other real images): N of each, drawn with a fixed seed."""
+    """(prompts, held-out real samples, other real samples): N of each, drawn with a fixed seed."""
     from t2i.data.sources import read_collection, select_split
-    from t2i.data.training_set import read_rgb
 
     _, samples = read_collection(config.data)
     held = select_split(samples, config.split, config.val_fraction, config.data_seed)
@@ -87,7 +86,7 @@ def _held_out(config: EvalConfig):
     rng = random.Random(config.data_seed)
     chosen, floor = rng.sample(held, config.num_samples), rng.sample(others, config.num_samples)
     prompts = [rng.choice(sample.captions) for sample in chosen]
-    return prompts, [read_rgb(s) for s in chosen], [read_rgb(s) for s in floor]
+    return prompts, chosen, floor
 
 
 def _check_folder(out: Path, config: EvalConfig, resume: bool) -> None:
@@ -222,6 +221,7 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
     from accelerate import PartialState
     from accelerate.utils import gather_object, parse_flag_from_env
 
+    from t2i.data.training_set import read_rgb
     from t2i.models.config import ModelConfig
     from t2i.models.loading import load_model
     from t2i.shapes.features import extract, load_features
@@ -235,7 +235,7 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
         _check_folder(out, config, resume)
     check(run is None or (run / "loss.png").is_file(), "run", run, "has no loss.png (is it a t2i finetune output?)")
     variants = _variants(config)
-    prompts, real, other_real = _held_out(config)
+    prompts, real, other_real = _held_out(config)  # samples: only the main process reads their images
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "settings.json", json.dumps(asdict(config), indent=2) + "\n")
@@ -260,8 +260,8 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
 
     network = load_features()
     size = model.pipe.unet.config.sample_size * model.pipe.vae_scale_factor
-    def features(images):  # real images at the generated size, as both sets are compared with generated ones
-        return extract(network, [image.resize((size, size), Image.BICUBIC) for image in images])
+    def features(samples):  # real images at the generated size, as both sets are compared with generated ones
+        return extract(network, [read_rgb(s).resize((size, size), Image.BICUBIC) for s in samples])
 
     real_features = features(real)
     floor = _scores(config, prompts, real_features, features(other_real), None)

@@ -158,6 +158,7 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
             return tensors
 
         mode_args["callback_on_step_end"] = step_end
+    used = {}  # prompt text -> the embeddings its images record
     for number, batch in enumerate(batches, 1):
         pipe, loras = view(batch[0][1])
         pipe.set_progress_bar_config(leave=False, disable=not progress, desc=f"batch {number}/{len(batches)}")
@@ -174,8 +175,11 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         with torch.no_grad():
             images = decode(pipe, latents, generators)
         for (prompt, _, image_seed), image in zip(batch, images):
-            used = embeddings_used(tokenizer, [prompt, config.negative_prompt], config.emphasis, embeddings)
-            yield GeneratedImage(image, image_record(model, config, prompt, image_seed, width, height, loras, used))
+            if prompt not in used:  # the prompt's own embeddings and the negative prompt's, scanned once a prompt
+                used[prompt] = embeddings_used(tokenizer, [prompt, config.negative_prompt], config.emphasis,
+                                               embeddings)
+            record = image_record(model, config, prompt, image_seed, width, height, loras, used[prompt])
+            yield GeneratedImage(image, record)
 
 
 def generate(model: LoadedModel, config: GenerationConfig, on_step: StepCallback | None = None,
