@@ -1,6 +1,7 @@
 """`t2i finetune --lora` against the per-step work of the diffusers LoRA example, same model and data.
 
     python benchmarks/bench_finetune.py [--steps 30] [--batch-size 4] [--size sd-shaped|tiny|full]
+        [--variants default channels-last compile]
 
 --size full builds SD 1.5's exact architecture with random weights (no download) at 512 px: a GPU
 run. The default, sd-shaped, is SD 1.5 with every width divided by 8 at 256 px: the same blocks in
@@ -11,14 +12,18 @@ The reference loop does what diffusers' train_text_to_image_lora.py does every s
 transform the images, run the VAE encoder and the text encoder, then the UNet forward/backward.
 t2i encodes each image and caption once into its cache and trains from it. Each side runs in its
 own process (peak memory is per process); the table shows steps/s, peak memory and their ratios.
-t2i's one-time caching pass is timed apart.
+t2i's one-time costs (the caching pass, compilation) are timed apart. Each --variants row is t2i
+with that training option. MFU: the UNet's forward and backward FLOPs per step (PyTorch's
+FlopCounterMode) over the GPU's bf16 dense peak, or on CPU over a measured large fp32 matmul.
+The diffusers example itself needs torchvision and datasets; where they cannot be installed (no
+torchvision wheel for this torch here), the reference is its per-step work written out.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,10 +33,9 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from common import SIZES, make_model, peak_flops, peak_memory_mb, unet_flops
+
 from t2i.train.config import FinetuneConfig
-
-SIZES = {"tiny": (None, 64), "sd-shaped": (8, 256), "full": (1, 512)}  # width divisor, resolution
-
 
 def make_data(folder: Path, count: int, size: int) -> None:
     colours = ["red", "blue", "green", "yellow", "purple", "orange"]
@@ -42,44 +46,22 @@ def make_data(folder: Path, count: int, size: int) -> None:
         (folder / f"{i:04d}.txt").write_text(f"a {colours[i % 6]} circle\na round {colours[i % 6]} shape")
 
 
-def make_model(folder: Path, width_divisor: int) -> None:
-    """SD 1.5's architecture from t2i's shipped configs, widths divided, random weights."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from t2i.models import SD1_CONFIG_DIR
-
-    d = width_divisor
-    unet = dict(UNet2DConditionModel.load_config(SD1_CONFIG_DIR, subfolder="unet"))
-    vae = dict(AutoencoderKL.load_config(SD1_CONFIG_DIR, subfolder="vae"))
-    text = CLIPTextConfig.from_pretrained(SD1_CONFIG_DIR, subfolder="text_encoder")
-    if d > 1:
-        unet.update(block_out_channels=[c // d for c in unet["block_out_channels"]], norm_num_groups=8,
-                    cross_attention_dim=768 // d)
-        vae.update(block_out_channels=[c // d for c in vae["block_out_channels"]], norm_num_groups=8)
-        text.hidden_size, text.intermediate_size, text.projection_dim = 768 // d, 3072 // d, 768 // d
-    torch.manual_seed(0)
-    pipe = StableDiffusionPipeline(
-        unet=UNet2DConditionModel.from_config(unet), vae=AutoencoderKL.from_config(vae), text_encoder=CLIPTextModel(text),
-        tokenizer=CLIPTokenizer.from_pretrained(SD1_CONFIG_DIR, subfolder="tokenizer"),
-        scheduler=PNDMScheduler.from_pretrained(SD1_CONFIG_DIR, subfolder="scheduler"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder)
-
-
 def run_t2i(args) -> dict:
     from t2i.train.trainer import Trainer
 
+    options = {"default": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True}}[args.variant]
     config = FinetuneConfig(data=args.data, output=args.output, model=args.model, resolution=args.resolution,
                             batch_size=args.batch_size, max_steps=args.steps, checkpoint_every=0,
-                            cache_dir=args.cache_dir, mixed_precision=args.mixed_precision, caption_dropout=0.1)
+                            cache_dir=args.cache_dir, mixed_precision=args.mixed_precision, caption_dropout=0.1,
+                            **options)
     trainer = Trainer(config, progress=False)
     started = time.perf_counter()
     trainer.run()
     total = time.perf_counter() - started
-    rows = (Path(args.output) / "loss.csv").read_text().splitlines()[1:]
-    loop_seconds = float(rows[-1].split(",")[-1]) - float(rows[0].split(",")[-1])  # steps 2..N: no warm-up
-    return {"steps_per_s": (len(rows) - 1) / loop_seconds, "setup_s": total - loop_seconds}
+    with open(Path(args.output) / "loss.csv", newline="") as f:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
+    loop_seconds = seconds[-1] - seconds[1]  # steps 3..N: the first two (compilation, warm-up) are one-time costs
+    return {"steps_per_s": (len(seconds) - 2) / loop_seconds, "setup_s": total - loop_seconds}
 
 
 def run_reference(args) -> dict:
@@ -138,13 +120,7 @@ def run_reference(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
-    return {"steps_per_s": (len(times) - 1) / sum(times[1:]), "setup_s": 0.0}
-
-
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+    return {"steps_per_s": (len(times) - 2) / sum(times[2:]), "setup_s": sum(times[:2])}
 
 
 def child(args) -> None:
@@ -160,7 +136,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--mixed-precision", default="no")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating")
+    parser.add_argument("--variants", nargs="+", default=["default", "channels-last", "compile"],
+                        choices=("default", "channels-last", "compile"), help="t2i rows")
     parser.add_argument("--child", choices=("t2i", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="tiny", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -177,25 +157,51 @@ def main() -> None:
             make_model(scratch / "model", SIZES[args.size][0])
             args.model = str(scratch / "model")
         make_data(scratch / "data", args.images, args.resolution)
-        results = {}
-        for side in ("reference", "t2i"):
-            command = [sys.executable, __file__, "--child", side, "--data", str(scratch / "data"), "--model",
-                       args.model, "--output", str(scratch / f"out-{side}"), "--cache-dir", str(scratch / "cache"),
-                       "--steps", str(args.steps), "--resolution", str(args.resolution), "--batch-size",
-                       str(args.batch_size), "--mixed-precision", args.mixed_precision]
-            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            results[side] = json.loads(output.split("RESULT ", 1)[1])
-    ref, ours = results["reference"], results["t2i"]
+        sides = [("reference", "default"), *(("t2i", variant) for variant in args.variants)]
+        runs = {side: [] for side in sides}
+        for repeat in range(args.repeats):  # the sides alternate, in a rotated order each repeat
+            for side, variant in sides[repeat % len(sides):] + sides[:repeat % len(sides)]:
+                out = scratch / f"out-{side}-{variant}-{repeat}"
+                command = [sys.executable, __file__, "--child", side, "--variant", variant, "--data",
+                           str(scratch / "data"), "--model", args.model, "--output", str(out), "--cache-dir",
+                           str(scratch / "cache"), "--steps", str(args.steps), "--resolution", str(args.resolution),
+                           "--batch-size", str(args.batch_size), "--mixed-precision", args.mixed_precision]
+                output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+                runs[(side, variant)].append(json.loads(output.split("RESULT ", 1)[1]))
+        results = {side: _median_run(found) for side, found in runs.items()}
+        step_flops, ceiling, ceiling_source = training_flops(args)
+    ref = results[("reference", "default")]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"model {args.size}, {args.resolution} px, "
-          f"batch {args.batch_size}, {args.steps} steps, {args.mixed_precision} precision, {device}")
-    print(f"{'':<34}{'steps/s':>10}{'img/s':>10}{'peak MB':>10}{'setup s':>10}")
-    for name, r in (("diffusers-example loop (no cache)", ref), ("t2i finetune --lora (cached)", ours)):
-        print(f"{name:<34}{r['steps_per_s']:>10.2f}{r['steps_per_s'] * args.batch_size:>10.2f}"
-              f"{r['peak_mb']:>10.0f}{r['setup_s']:>10.1f}")
-    print(f"{'t2i / reference':<34}{ours['steps_per_s'] / ref['steps_per_s']:>10.2f}{'':>10}"
-          f"{ours['peak_mb'] / ref['peak_mb']:>10.2f}")
+    print(f"model {args.size}, {args.resolution} px, batch {args.batch_size}, {args.steps} steps, "
+          f"{args.mixed_precision} precision, {device}; MFU against {ceiling_source} ({ceiling / 1e12:.2f} TFLOP/s)")
+    print(f"{'':<34}{'steps/s':>9}{'img/s':>8}{'ratio':>7}{'peak MB':>9}{'mem ratio':>10}{'once s':>8}{'MFU':>7}")
+    for (side, variant), r in results.items():
+        name = "diffusers-example loop (no cache)" if side == "reference" else f"t2i finetune --lora {variant}"
+        print(f"{name:<34}{r['steps_per_s']:>9.2f}{r['steps_per_s'] * args.batch_size:>8.2f}"
+              f"{r['steps_per_s'] / ref['steps_per_s']:>7.2f}{r['peak_mb']:>9.0f}{r['peak_mb'] / ref['peak_mb']:>10.2f}"
+              f"{r['setup_s']:>8.1f}{step_flops * r['steps_per_s'] / ceiling:>7.1%}")
 
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median steps/s (the upper median of an even count)."""
+    return sorted(runs, key=lambda r: r["steps_per_s"])[len(runs) // 2]
+
+
+def training_flops(args) -> tuple[int, float, str]:
+    """(UNet forward+backward FLOPs of one step, the machine's FLOP/s ceiling, where that comes from)."""
+    from diffusers import UNet2DConditionModel
+
+    from t2i.models.presets import tiny_components
+
+    if args.size == "tiny":
+        unet = tiny_components()["unet"]
+    else:
+        unet = UNet2DConditionModel.from_pretrained(args.model, subfolder="unet")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32
+    vae_factor = 2 if args.size == "tiny" else 8
+    flops = unet_flops(unet.to(device), args.batch_size, args.resolution // vae_factor, backward=True)
+    return (flops, *peak_flops(device, dtype))
 
 if __name__ == "__main__":
     main()

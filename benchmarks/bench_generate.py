@@ -1,12 +1,20 @@
-"""t2i generate against plain diffusers, and the CLI's start-up time.
+"""t2i generate against plain diffusers, its speed and memory options, and the CLI's start-up time.
 
     python benchmarks/bench_generate.py [--images 8] [--steps 20] [--repeats 5]
+        [--size tiny|sd-shaped|full] [--batch-sizes 1 4] [--options default channels-last ...]
 
 (a) The same work both ways on the tiny model: one image, one seed, 20 DPM++ 2M Karras steps,
     saved as a PNG. t2i's extra work (sampler build, metadata, atomic write, NaN check) is what the
     ratio measures. The two alternate image by image (this CPU's speed drifts), and the median
     per-image time over images x repeats is reported.
 (b) Wall time of `t2i --help` and `t2i samplers` in fresh processes, against `import diffusers`.
+(c) The speed and memory options at --size (full: SD 1.5's architecture with random weights, 512 px;
+    sd-shaped: every width / 8 at 256 px, for a CPU), each a t2i model of its own beside plain
+    diffusers' default pipeline in the same dtype (bf16 or fp16 on a GPU as t2i's auto picks, fp32
+    on CPU). The rows alternate image by image, in a rotated order each repeat. Reported: seconds
+    per image, UNet steps/s (it/s, each a CFG pair), the ratio to plain diffusers, peak GPU memory,
+    one-time cost (compilation) and MFU: the UNet's FLOPs (PyTorch's FlopCounterMode) over the
+    GPU's bf16 dense peak, or on CPU over a measured large matmul.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from pathlib import Path
 
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+from common import SIZES, make_model, peak_flops, unet_flops
 
 from t2i.formats.png import save_png
 from t2i.models.config import ModelConfig
@@ -58,12 +68,87 @@ def wall(command: list[str], repeats: int) -> float:
     return statistics.median(times)
 
 
+# option -> (ModelConfig fields, GenerationConfig fields)
+OPTIONS = {"default": ({}, {}), "channels-last": ({"channels_last": True}, {}), "fuse-qkv": ({"fuse_qkv": True}, {}),
+           "attention-slicing": ({"attention_slicing": True}, {}), "vae-slicing": ({}, {"vae_slicing": True}),
+           "vae-tiling": ({}, {"vae_tiling": True, "vae_tile_size": 256}), "compile": ({"compile": True}, {}),
+           "cache-3": ({}, {"cache_interval": 3}), "offload-model": ({"offload": "model"}, {})}
+
+
+def options_table(args) -> None:
+    from t2i.models.loading import resolve_device, resolve_dtype
+
+    device = resolve_device("auto")
+    dtype = resolve_dtype("auto", device)
+    with tempfile.TemporaryDirectory() as scratch:
+        divisor, side = SIZES[args.size]
+        if args.size == "tiny":
+            source, plain = "tiny", StableDiffusionPipeline(**tiny_components(), safety_checker=None,
+                                                             feature_extractor=None, requires_safety_checker=False)
+        else:
+            source = str(Path(scratch) / "model")
+            make_model(Path(source), divisor)
+            plain = StableDiffusionPipeline.from_pretrained(source, torch_dtype=dtype, safety_checker=None)
+        plain = plain.to(device) if plain.unet.dtype == dtype else plain.to(device, dtype)
+        plain.set_progress_bar_config(disable=True)
+        plain.scheduler = DPMSolverMultistepScheduler.from_config(plain.scheduler.config, use_karras_sigmas=True)
+        models = {name: load_model(ModelConfig(model=source, device=device.type, **OPTIONS[name][0]))
+                  for name in args.options}
+        latent = side // plain.vae_scale_factor
+        ceiling, ceiling_source = peak_flops(device, dtype)
+
+        def run(name: str, batch: int, seed: int) -> None:
+            prompt = f"a photo of object {seed}"
+            if name == "plain diffusers":
+                generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
+                plain([prompt] * batch, num_inference_steps=args.steps, generator=generators, height=side,
+                      width=side)
+            else:
+                config = GenerationConfig(prompts=(prompt,), seed=seed, steps=args.steps, num_images=batch,
+                                          batch_size=batch, width=side, height=side, **OPTIONS[name][1])
+                generate(models[name], config, progress=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        rows = ["plain diffusers", *args.options]
+        print(f"(c) options, {args.size} ({side} px), {args.steps} steps, CFG, {device.type} {dtype}, "
+              f"{torch.get_num_threads()} threads, median of {args.repeats} repeats; MFU against {ceiling_source} "
+              f"({ceiling / 1e12:.2f} TFLOP/s)")
+        print(f"{'row':<20}{'batch':>6}{'s/image':>10}{'it/s':>8}{'ratio':>8}{'peak MB':>9}{'once s':>8}{'MFU':>7}")
+        for batch in args.batch_sizes:
+            step_flops = unet_flops(plain.unet, 2 * batch, latent)
+            once = {name: timed(run, name, batch, 0) for name in rows}  # warm-up: compilation, first allocations
+            times = {name: [] for name in rows}
+            peaks = dict.fromkeys(rows, 0.0)
+            for repeat in range(args.repeats):
+                for name in rows[repeat % len(rows):] + rows[:repeat % len(rows)]:
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats()
+                    times[name].append(timed(run, name, batch, 100 + repeat))
+                    if device.type == "cuda":
+                        peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() / 2**20)
+            base = statistics.median(times["plain diffusers"])
+            for name in rows:
+                seconds = statistics.median(times[name])
+                mfu = step_flops * args.steps / seconds / ceiling
+                peak = f"{peaks[name]:>9.0f}" if device.type == "cuda" else f"{'-':>9}"
+                print(f"{name:<20}{batch:>6}{seconds / batch:>10.3f}{args.steps / seconds:>8.2f}"
+                      f"{seconds / base:>8.2f}{peak}{max(0.0, once[name] - seconds):>8.1f}{mfu:>7.1%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", choices=SIZES, default="sd-shaped", help="the model of table (c)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--options", nargs="+", choices=OPTIONS, default=list(OPTIONS)[:8],
+                        help="rows of table (c); offload-model needs a GPU")
+    parser.add_argument("--only-options", action="store_true", help="table (c) alone")
     args = parser.parse_args()
+    if args.only_options:
+        return options_table(args)
 
     plain = StableDiffusionPipeline(**tiny_components(), safety_checker=None, feature_extractor=None,
                                     requires_safety_checker=False)
@@ -94,6 +179,7 @@ def main() -> None:
     print(f"{'python -c import diffusers':<34}{diffusers_s:>10.3f}{1:>10.3f}")
     print(f"{'t2i --help':<34}{help_s:>10.3f}{help_s / diffusers_s:>10.3f}")
     print(f"{'t2i samplers':<34}{samplers_s:>10.3f}{samplers_s / diffusers_s:>10.3f}")
+    options_table(args)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 
     python benchmarks/bench_samplers.py [--images 2] [--steps 5 10 20 50] [--samplers dpmpp-2m euler:karras ...]
 
-Rows are SAMPLER[:SCHEDULE]; by default every sampler on its A1111 Automatic schedule, then Euler and
-DPM++ 2M on every schedule they run. For each row and step count: the share of 'a <colour> <shape>' images (all 8 colours x 4
-shapes x images per prompt, seeds 0, 1, ... as `t2i generate --seed 0` gives them) whose colour
-and shape the analyser reads back, and seconds per image. DDPM also
-runs at 999 steps, its native count less the one SD's schedule offset leaves no room for.
+Rows are SAMPLER[:SCHEDULE]; by default every sampler on its A1111 Automatic schedule, then Euler
+and DPM++ 2M on every schedule they run. For each row and step count: the share of 'a <colour>
+<shape>' images (all 8 colours x 4 shapes x images per prompt, seeds 0, 1, ... as `t2i generate
+--seed 0` gives them) whose colour and shape the analyser reads back, and seconds per image. DDPM
+also runs at 999 steps, its native count less the one SD's schedule offset leaves no room for.
 A second table compares guidance scales (dpmpp-2m, 20 steps).
 """
 

@@ -289,3 +289,32 @@ def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "t2i", "samplers"], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert result.returncode == 0 and "euler-a" in result.stdout
+
+
+@pytest.mark.slow
+def test_generate_under_a_launcher_makes_every_image_once_with_single_process_pixels(tmp_path):
+    (tmp_path / "prompts.txt").write_text("a red circle\na blue square\na (green:1.2) star, " + "detail, " * 40)
+    args = ["-m", "t2i", "generate", "--prompts-file", str(tmp_path / "prompts.txt"), "--model", "demo",
+            "--seed", "7", "--num-images", "2", "--batch-size", "2", "--steps", "4"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert single.returncode == 0, single.stderr
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                              timeout=600)
+    assert launched.returncode == 0, launched.stderr
+
+    def by_seed(folder):
+        found = {}
+        for path in sorted(folder.glob("*.png")):
+            settings = read_metadata(path)[1]
+            assert settings["seed"] not in found, "every image made once"
+            found[settings["seed"]] = (settings["prompt"], pixels(path))
+        return found
+
+    one, two = by_seed(tmp_path / "one"), by_seed(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(7, 13))
+    for seed in one:
+        assert one[seed][0] == two[seed][0] and np.array_equal(one[seed][1], two[seed][1]), seed
+    assert len(launched.stdout.split()) == 6  # each process printed the paths it wrote

@@ -352,6 +352,7 @@ def v_prediction_model(tmp_path, tiny_folder):
 
 @pytest.mark.parametrize("option, same_as_baseline", [
     ({"gradient_checkpointing": True}, True),  # recomputes activations: same numbers
+    ({"channels_last": True}, True),  # another memory layout: the same sums, to rounding
     ({"lr_scheduler": "cosine", "lr_warmup_steps": 2}, False),
     ({"snr_gamma": 0.5}, False),  # below most timesteps' SNR, so nearly every sample is re-weighted
     ({"noise_offset": 0.1}, False),
@@ -364,6 +365,22 @@ def test_training_options_take_effect(shapes, tmp_path, option, same_as_baseline
     assert np.allclose(_losses(varied), baseline, rtol=1e-5) == same_as_baseline
     if "lr_scheduler" in option:
         assert [float(r["lr"]) for r in read_csv(varied / "loss.csv")][:2] == [5e-4, 1e-3]  # linear warm-up
+
+
+def test_a_compiled_unet_trains_the_same_curve_and_compiles_once(shapes, tmp_path, monkeypatch):
+    graphs = []
+
+    def counting_backend(graph, example_inputs):  # runs each captured graph as it is; autograd runs through it
+        graphs.append(graph)
+        return graph.forward
+
+    monkeypatch.setattr("t2i.train.components.COMPILE_BACKEND", counting_backend)
+    baseline = _losses(finetune(config(shapes, tmp_path / "base", max_steps=4), progress=False))
+    compiled = finetune(config(shapes, tmp_path / "compiled", max_steps=4, compile=True), progress=False)
+    assert np.allclose(_losses(compiled), baseline, rtol=1e-5)
+    assert 1 <= len(graphs) <= 2  # one UNet graph for all 4 steps (two if dynamo splits it at a peft call)
+    weights = load_file(compiled / "pytorch_lora_weights.safetensors")
+    assert weights and all("_orig_mod" not in key for key in weights)  # compiled in place: the usual keys
 
 
 def test_only_the_newest_checkpoints_are_kept(shapes, tmp_path):

@@ -37,6 +37,20 @@ def default_of(config_class, name: str):
     return next(f.default for f in fields(config_class) if f.name == name)
 
 
+class RuntimeOptions:
+    """How the loaded model runs (ModelConfig's runtime fields): one definition for every command
+    that loads a model, so their flags and help cannot drift apart."""
+
+    compile = typer.Option(False, "--compile", help="torch.compile the UNet and VAE decoder: the first image of a "
+                           "size compiles (minutes), later ones run faster.")
+    channels_last = typer.Option(False, "--channels-last", help="NHWC memory layout for the convolutions.")
+    fuse_qkv = typer.Option(False, "--fuse-qkv", help="One matmul for attention's q, k, v projections.")
+    attention_slicing = typer.Option(False, "--attention-slicing", help="Attention in slices: less memory, "
+                                     "usually slower than the default (PyTorch SDPA).")
+    offload = typer.Option(None, help="model or sequential: keep weights in CPU memory, moved to the GPU when "
+                           "they run (small GPUs; sequential is the slowest and smallest).")
+
+
 def prepare_environment(offline: bool) -> None:
     # read once when huggingface_hub is imported, so it must be set before the first heavy import
     if offline:

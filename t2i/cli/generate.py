@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from t2i.cli import app, default_of, given, log, prepare_environment
+from t2i.cli import RuntimeOptions, app, default_of, given, log, prepare_environment
 from t2i.errors import InvalidInput, T2IError
 from t2i.models.config import DEFAULT_MODEL, DEVICES, DTYPE_NAMES, ModelConfig
 from t2i.sampling.config import GenerationConfig
@@ -99,8 +100,21 @@ def generate(
     mask: Optional[str] = typer.Option(None, help="Inpainting mask for --init-image: white is repainted."),
     out: str = typer.Option("outputs", help="Output folder; existing files are never overwritten."),
     from_image: Optional[str] = typer.Option(None, help="Re-make a t2i PNG from its settings; flags given override."),
-    dtype: str = typer.Option(_default("dtype", ModelConfig), help=f"{', '.join(DTYPE_NAMES)}; auto = fp16 on CUDA."),
+    cache_interval: int = typer.Option(_default("cache_interval"), help="DeepCache-style reuse: the whole UNet "
+                                       "every N steps, its outer level alone between (faster, a little off; 1: off)."),
+    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in overlapping tiles: large images in "
+                                    "little GPU memory."),
+    vae_tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (multiple of 8). Default: the "
+                                                "VAE's own (512 for SD 1.x)."),
+    vae_slicing: bool = typer.Option(False, "--vae-slicing", help="Decode a batch an image at a time."),
+    dtype: str = typer.Option(_default("dtype", ModelConfig), help=f"{', '.join(DTYPE_NAMES)}; auto = bf16 on "
+                              "GPUs that have it, else fp16 on CUDA, fp32 elsewhere."),
     device: str = typer.Option(_default("device", ModelConfig), help=", ".join(DEVICES)),
+    compile: bool = RuntimeOptions.compile,
+    channels_last: bool = RuntimeOptions.channels_last,
+    fuse_qkv: bool = RuntimeOptions.fuse_qkv,
+    attention_slicing: bool = RuntimeOptions.attention_slicing,
+    offload: Optional[str] = RuntimeOptions.offload,
     offline: bool = typer.Option(False, help="Never touch the network (same as HF_HUB_OFFLINE=1)."),
     allow_pickle: bool = typer.Option(False, help="Allow pickled .ckpt/.bin/.pt checkpoints and embeddings "
                                       "(they can run code)."),
@@ -113,11 +127,18 @@ def generate(
 
     from t2i.formats.png import save_png
     from t2i.models.loading import load_model
+    from t2i.processes import launched, process_state
     from t2i.sampling.generate import generate_iter
 
+    rank, world = 0, 1
+    if launched():  # accelerate launch / torchrun: each process makes its share, on its own device
+        state = process_state()
+        rank, world = state.process_index, state.num_processes
+        if model_config.device == "auto":
+            model_config = dataclasses.replace(model_config, device=state.device.type)
     loaded = load_model(model_config)
     written = 0
-    for result in generate_iter(loaded, config):
+    for result in generate_iter(loaded, config, rank=rank, world=world):
         print(save_png(result.image, result.settings, out_dir), flush=True)
         written += 1
     log.info("wrote %d image(s) to %s", written, out_dir)

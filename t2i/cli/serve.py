@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from t2i.cli import app, default_of, given, log, prepare_environment
+from t2i.cli import RuntimeOptions, app, default_of, given, log, prepare_environment
 from t2i.errors import require_extra
 from t2i.models.config import DEFAULT_MODEL
 from t2i.server.settings import ServerSettings
@@ -37,6 +37,11 @@ def serve(
     max_body_mb: float = typer.Option(_default("max_body_mb"), help="Largest request body."),
     dtype: str = typer.Option(_default("dtype")),
     device: str = typer.Option(_default("device")),
+    compile: bool = RuntimeOptions.compile,
+    channels_last: bool = RuntimeOptions.channels_last,
+    fuse_qkv: bool = RuntimeOptions.fuse_qkv,
+    attention_slicing: bool = RuntimeOptions.attention_slicing,
+    offload: Optional[str] = RuntimeOptions.offload,
     offline: bool = typer.Option(False, help="Never touch the network (same as HF_HUB_OFFLINE=1)."),
     allow_pickle: bool = typer.Option(False, help="Allow pickled checkpoints (they can run code)."),
 ):

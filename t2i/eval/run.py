@@ -21,6 +21,7 @@ from PIL import Image
 from t2i.errors import InvalidInput, check, require_extra
 from t2i.eval.metrics import Estimate, bootstrap, bootstrap_many, frechet_distance, kernel_distance, manifold_metrics
 from t2i.files import atomic_write, write_text
+from t2i.processes import process_state, share
 
 METRICS = ("shapes-fid", "shapes-kid", "shapes-pr", "accuracy")
 MIN_SAMPLES = 128  # twice the 64 feature dimensions: FID with fewer images is mostly its own bias
@@ -122,7 +123,7 @@ def _my_runs(missing: list[int], batch_size: int, rank: int, world: int) -> list
         else:
             runs.append([index])
     batches = [run[i:i + batch_size] for run in runs for i in range(0, len(run), batch_size)]
-    mine = batches[len(batches) * rank // world:len(batches) * (rank + 1) // world]
+    mine = batches[share(len(batches), rank, world)]
     merged: list[list[int]] = []
     for batch in mine:
         if merged and merged[-1][-1] == batch[0] - 1:
@@ -217,9 +218,7 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
     main one scores them all and writes the report (the others return None): the numbers equal a
     single-process run's, since every image is the same. The processes must share `out`.
     """
-    import torch
-    from accelerate import PartialState
-    from accelerate.utils import gather_object, parse_flag_from_env
+    from accelerate.utils import gather_object
 
     from t2i.data.training_set import read_rgb
     from t2i.models.config import ModelConfig
@@ -227,9 +226,7 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
     from t2i.shapes.features import extract, load_features
 
     require_extra("eval", "matplotlib")
-    # without cpu=True, CPU processes started by a launcher would each run alone (accelerate only
-    # forms a CPU group when asked to); with a GPU, accelerate picks the backend itself
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    state = process_state()
     rank, world, main = state.process_index, state.num_processes, state.is_main_process
     if main:  # the others would find the settings the main process has just written
         _check_folder(out, config, resume)

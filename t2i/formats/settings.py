@@ -22,8 +22,9 @@ _MODEL_KEYS = {"model": (str,), "vae": (str, type(None)), "dtype": (str,), "devi
 
 
 def image_record(model, config, prompt: str, seed: int, width: int, height: int, loras: list[dict],
-                 embeddings: list = ()) -> dict:
-    """Every resolved setting of one image: enough to re-make it exactly."""
+                 embeddings: list = (), vae_tile_size: int | None = None) -> dict:
+    """Every resolved setting of one image: enough to re-make it exactly (`vae_tile_size`: the
+    tiles it was decoded in, asked for or after running out of memory)."""
     def source(value):
         return value if isinstance(value, (str, type(None))) else None  # an image given in memory has no path
 
@@ -35,8 +36,9 @@ def image_record(model, config, prompt: str, seed: int, width: int, height: int,
         "init_image": source(config.init_image), "mask": source(config.mask), "loras": loras,
         "emphasis": config.emphasis, "embeddings_dir": config.embeddings_dir,
         "embeddings": [{"name": e.name, "path": str(e.path), "hash": e.hash} for e in embeddings],
+        "vae_tile_size": vae_tile_size, "cache_interval": config.cache_interval,
         "model": model.config.model, "model_name": model.name, "model_hash": model.hash, "vae": model.config.vae,
-        "dtype": model.dtype_name, "device": model.pipe.device.type,
+        "dtype": model.dtype_name, "device": model.device.type,
     }
 
 
@@ -65,6 +67,10 @@ def fields_from_record(record: dict[str, Any], origin: str) -> tuple[dict, dict]
         generation["schedule"] = record["schedule"]
     if isinstance(record.get("embeddings_dir"), str):
         generation["embeddings_dir"] = record["embeddings_dir"]
+    if isinstance(record.get("cache_interval"), int):  # written since t2i reuses UNet features
+        generation["cache_interval"] = record["cache_interval"]
+    if isinstance(record.get("vae_tile_size"), int):  # written since t2i decodes in tiles
+        generation.update(vae_tiling=True, vae_tile_size=record["vae_tile_size"])
     if "emphasis" in record:  # written since t2i parses A1111 prompt syntax; older images used none
         generation["emphasis"] = record["emphasis"]
     else:

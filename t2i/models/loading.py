@@ -28,6 +28,7 @@ from t2i.errors import InvalidInput, LoadError, NotFound, T2IError, first_line
 from t2i.formats.hashes import file_sha256
 from t2i.models import DEMO_MODEL_DIR, SD1_CONFIG_DIR
 from t2i.models.config import PRESETS, ModelConfig
+from t2i.models.speed import apply_runtime_options, check_runtime_options
 
 log = logging.getLogger("t2i")
 
@@ -59,6 +60,11 @@ class LoadedModel:
     def dtype_name(self) -> str:
         return next(name for name, dtype in DTYPES.items() if dtype == self.pipe.unet.dtype)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs: with offload, the weights rest in CPU memory but run on this device."""
+        return self.pipe._execution_device
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -74,8 +80,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on a GPU that runs it natively (as fast as fp16 there, and the SD VAE cannot
+    overflow in it), fp16 on older GPUs, fp32 elsewhere (CPUs without bf16 matmul units run it slower)."""
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return DTYPES[name]
 
 
@@ -223,6 +233,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
     """Load (or build) the components named by `config`, on its device and dtype."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    check_runtime_options(config, device)
     kind, path = _locate(config)
     model_hash = None
     try:
@@ -248,9 +259,11 @@ def load_model(config: ModelConfig) -> LoadedModel:
         raise
     except Exception as exc:  # corrupt or mismatched files surface as many library error types
         raise LoadError(f"could not load this model ({first_line(exc)})", field="model", value=config.model) from exc
+    resting = torch.device("cpu") if config.offload else device  # offload hooks move weights when they run
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):  # each, as saved weights may be fp16
         # dtype only where it changes: diffusers warns about fp32-kept modules whenever one is passed
-        module.to(device) if module.dtype == dtype else module.to(device, dtype)
+        module.to(resting) if module.dtype == dtype else module.to(resting, dtype)
+    apply_runtime_options(pipe, config, device)
     pipe.set_progress_bar_config(leave=False)
     return LoadedModel(pipe=pipe, scheduler_config=dict(pipe.scheduler.config), name=name, hash=model_hash,
                        config=config)

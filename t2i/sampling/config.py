@@ -40,6 +40,10 @@ class GenerationConfig:
     emphasis: str = "original"  # A1111's emphasis mode: original, no-norm, or none (brackets are text)
     lora_dir: str = "loras"  # where a prompt's <lora:NAME:WEIGHT> tags look for NAME
     embeddings_dir: str | None = None  # textual-inversion embeddings: a file's name in a prompt inserts its vectors
+    vae_tiling: bool = False  # decode in overlapping tiles: large images in little memory (seams are blended)
+    vae_tile_size: int | None = None  # pixels; None: the VAE's own training size (512 for SD 1.x)
+    vae_slicing: bool = False  # decode a batch an image at a time: the same pixels in less memory
+    cache_interval: int = 1  # DeepCache-style: the whole UNet every N calls, its outer level alone between
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -69,6 +73,12 @@ class GenerationConfig:
               f"with {{steps}} {self.steps} leaves no denoising step", hint="raise either")
         check(self.embeddings_dir is None or Path(self.embeddings_dir).expanduser().is_dir(), "embeddings_dir",
               self.embeddings_dir, "is not a folder", hint="give the folder holding your .safetensors embeddings")
+        check(self.cache_interval >= 1, "cache_interval", self.cache_interval, "must be at least 1 (1: off)")
+        check(self.vae_tile_size is None or self.vae_tiling, "vae_tile_size", self.vae_tile_size,
+              "needs {vae_tiling}")
+        check(self.vae_tile_size is None or (self.vae_tile_size >= 32 and self.vae_tile_size % 8 == 0),
+              "vae_tile_size", self.vae_tile_size,
+              f"must be a multiple of 8, at least 32 (e.g. {max(32, (self.vae_tile_size or 0) // 8 * 8)})")
         check(self.emphasis in EMPHASIS, "emphasis", self.emphasis, "unknown emphasis mode", choices=EMPHASIS)
         for prompt in self.prompts:  # weights, tags and BREAKs are checked before any work
             parse_prompt(split_lora_tags(prompt)[0], self.emphasis)

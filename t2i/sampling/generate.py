@@ -24,6 +24,7 @@ from t2i.formats.images import describe, load_image, load_mask
 from t2i.formats.lora import LoraRef
 from t2i.formats.settings import image_record
 from t2i.models.loading import LoadedModel
+from t2i.processes import share
 from t2i.sampling.config import GenerationConfig
 from t2i.sampling.prompts import split_lora_tags
 from t2i.sampling.samplers import SAMPLERS, schedule_arguments
@@ -91,25 +92,66 @@ def _batches(jobs: list, config: GenerationConfig, tokenizer, embeddings) -> lis
     return batches
 
 
-def decode(pipe, latents: torch.Tensor, generators) -> list[Image.Image]:
-    """Latents -> PIL images, as the pipelines decode them, retrying in fp32 if fp16 gave NaN.
+RETRY_TILE = 256  # pixels: the tile an out-of-memory decode is retried with (or the VAE's own, if smaller)
+
+
+def _call_vae(vae, tile_size: int | None, slicing: bool):
+    """A shallow copy of the shared VAE with this call's tiling and slicing: the flags are set on the
+    copy (its submodules are the shared ones), so no other generation sees them."""
+    view = copy.copy(vae)
+    view.use_slicing = slicing
+    view.use_tiling = tile_size is not None
+    if tile_size is not None:
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        view.tile_sample_min_size, view.tile_latent_min_size = tile_size, tile_size // scale
+    return view
+
+
+def _decode_once(vae, latents: torch.Tensor, generators) -> torch.Tensor:
+    """Latents -> images in [-1, 1], retrying in fp32 if fp16 gave NaN.
 
     The SD 1.x VAE overflows in fp16 on some latents and the pipelines never upcast it: the result
     is a black image. Detecting it costs one isfinite over the decoded batch. The retry decodes
     with an fp32 copy of the VAE, so the shared model is never changed, even for a moment.
     """
-    vae = pipe.vae
     images = vae.decode(latents / vae.config.scaling_factor, return_dict=False, generator=generators)[0]
     if not torch.isfinite(images).all() and vae.dtype != torch.float32:
         log.warning("the %s VAE decode gave NaN (a black image): decoding again in fp32", vae.dtype)
         vae = copy.deepcopy(vae).float()
         images = vae.decode(latents.float() / vae.config.scaling_factor, return_dict=False, generator=generators)[0]
-    return pipe.image_processor.postprocess(images, output_type="pil", do_denormalize=[True] * len(images))
+    return images
+
+
+def decode(pipe, latents: torch.Tensor, generators, tile_size: int | None = None,
+           slicing: bool = False) -> tuple[list[Image.Image], int | None]:
+    """(PIL images, the VAE tile size used or None), decoded as the pipelines decode them.
+
+    A decode that runs out of GPU memory is tried again in tiles, an image at a time (as ComfyUI
+    does), with a warning; the tile size used goes into each image's record so that it re-makes.
+    """
+    try:
+        images = _decode_once(_call_vae(pipe.vae, tile_size, slicing), latents, generators)
+    except torch.OutOfMemoryError:
+        if tile_size is not None and slicing:
+            raise
+        tile_size = tile_size or min(RETRY_TILE, pipe.vae.tile_sample_min_size)
+        log.warning("the VAE decode ran out of memory: decoding again in %d-pixel tiles, an image at a time",
+                    tile_size)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        images = _decode_once(_call_vae(pipe.vae, tile_size, True), latents, generators)
+    images = pipe.image_processor.postprocess(images, output_type="pil", do_denormalize=[True] * len(images))
+    return images, tile_size
 
 
 def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCallback | None = None,
-                  progress: bool = True) -> Iterator[GeneratedImage]:
-    """Yield every image `config` asks for, batch by batch, each with its settings."""
+                  progress: bool = True, rank: int = 0, world: int = 1) -> Iterator[GeneratedImage]:
+    """Yield every image `config` asks for, batch by batch, each with its settings.
+
+    With `world` > 1 (processes started by a launcher), only process `rank`'s contiguous block of
+    the batches: every image is made once, by one process, in the batch one process puts it in,
+    so it has the pixels a single-process run gives it.
+    """
     # read and check every input before any work, so a bad input fails before the first image
     init = load_image(config.init_image, "init_image") if config.init_image is not None else None
     if init is not None:
@@ -126,6 +168,9 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     timesteps = model.scheduler_config["num_train_timesteps"]
     check(config.steps <= timesteps, "steps", config.steps,
           f"must be at most {timesteps}: this model's noise schedule has {timesteps} timesteps")
+    for option in ("compile", "offload"):  # both wrap the shared UNet's forward, which feature reuse replaces
+        check(config.cache_interval == 1 or not getattr(model.config, option), "cache_interval",
+              config.cache_interval, f"does not combine with {{{option}}}", hint="leave one of them off")
     seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
     tagged = {prompt: _lora_tags(prompt, config) for prompt in config.prompts}  # files resolved before work
     tokenizer = model.pipe.tokenizer
@@ -139,7 +184,8 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
 
     def view(loras):
         if loras not in views:
-            views[loras] = call_view(model, config.mode, config.sampler, config.schedule, loras, progress)
+            views[loras] = call_view(model, config.mode, config.sampler, config.schedule, loras, progress,
+                                     config.cache_interval)
         return views[loras]
 
     scheduler = view(config.loras)[0].scheduler
@@ -148,6 +194,7 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     prompts = (p for p in config.prompts for _ in range(config.num_images))
     jobs = [(*tagged[prompt], seed + i) for i, prompt in enumerate(prompts)]  # (text, LoRAs, seed)
     batches = _batches(jobs, config, tokenizer, embeddings)
+    batches = batches[share(len(batches), rank, world)]
     mode_args = {"txt2img": {"width": width, "height": height},
                  "img2img": {"image": init, "strength": config.effective_strength},
                  "inpaint": {"image": init, "mask_image": mask, "strength": config.effective_strength,
@@ -159,10 +206,13 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
 
         mode_args["callback_on_step_end"] = step_end
     used = {}  # prompt text -> the embeddings its images record
+    requested_tile = (config.vae_tile_size or model.pipe.vae.tile_sample_min_size) if config.vae_tiling else None
     for number, batch in enumerate(batches, 1):
         pipe, loras = view(batch[0][1])
         pipe.set_progress_bar_config(leave=False, disable=not progress, desc=f"batch {number}/{len(batches)}")
         generators = [torch.Generator("cpu").manual_seed(s) for _, _, s in batch]
+        if config.cache_interval > 1:  # each batch denoises from its own noise: nothing kept carries over
+            pipe.unet.feature_cache.reset()
         if SAMPLERS[config.sampler].brownian:  # one Brownian tree an image: each re-makes alone
             pipe.scheduler.noise_sampler_seed = [s for _, _, s in batch]
         text = text_inputs(pipe, [p for p, _, _ in batch], config.negative_prompt, config.clip_skip, config.emphasis,
@@ -173,12 +223,12 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         except SkipBatch:
             continue
         with torch.no_grad():
-            images = decode(pipe, latents, generators)
+            images, tile_size = decode(pipe, latents, generators, requested_tile, config.vae_slicing)
         for (prompt, _, image_seed), image in zip(batch, images):
             if prompt not in used:  # the prompt's own embeddings and the negative prompt's, scanned once a prompt
                 used[prompt] = embeddings_used(tokenizer, [prompt, config.negative_prompt], config.emphasis,
                                                embeddings)
-            record = image_record(model, config, prompt, image_seed, width, height, loras, used[prompt])
+            record = image_record(model, config, prompt, image_seed, width, height, loras, used[prompt], tile_size)
             yield GeneratedImage(image, record)
 
 

@@ -14,7 +14,9 @@ import copy
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
+from t2i.errors import check
 from t2i.formats.lora import LoraRef, apply_loras
+from t2i.sampling.feature_cache import cached_unet
 from t2i.sampling.samplers import build_scheduler
 
 PIPELINES = {"txt2img": StableDiffusionPipeline, "img2img": StableDiffusionImg2ImgPipeline,
@@ -30,17 +32,58 @@ def shared_weights_copy(module):
     """
     memo = {id(p): torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in module.parameters()}
     memo.update({id(b): b.detach() for b in module.buffers()})
+    # accelerate's offload hooks point at the other models (to move them off the GPU): never copy those
+    memo.update({id(m._hf_hook): m._hf_hook for m in module.modules() if hasattr(m, "_hf_hook")})
     return copy.deepcopy(module, memo)
 
 
+def lora_copy(module):
+    """A shared-weights copy for peft to wrap, stripped of what LoRA layers cannot run under.
+
+    Fused q/k/v projections would bypass the adapters on to_q/to_k/to_v: the copy goes back to
+    separate ones (the fused weights stay the shared model's). The copy also runs uncompiled: a
+    compiled graph per LoRA set would mean compiling again for every request. And it carries no
+    offload hooks: diffusers' LoRA loader would otherwise strip and re-add the hooks of every
+    component in the pipeline, the shared VAE's included.
+    """
+    from accelerate.hooks import remove_hook_from_module
+
+    copied = shared_weights_copy(module)
+    if getattr(copied, "original_attn_processors", None) is not None:  # set by fuse_qkv_projections
+        copied.unfuse_qkv_projections()
+    remove_hook_from_module(copied, recurse=True)
+    return copied
+
+
+def _offload_copies(components: dict, device) -> None:
+    """Model offload for a LoRA view's own copies: the text encoder leaves the GPU when the UNet
+    starts, and the UNet copy when the view is dropped after its call."""
+    from accelerate import cpu_offload_with_hook
+
+    _, text_hook = cpu_offload_with_hook(components["text_encoder"], device)
+    cpu_offload_with_hook(components["unet"], device, prev_module_hook=text_hook)
+
+
 def call_view(model, mode: str, sampler: str, schedule: str, loras: tuple[LoraRef, ...] = (),
-              progress: bool = True):
-    """(pipeline for `mode` over `model`'s weights, the LoRAs applied as the metadata records them)."""
+              progress: bool = True, cache_interval: int = 1):
+    """(pipeline for `mode` over `model`'s weights, the LoRAs applied as the metadata records them;
+    with `cache_interval` > 1, a UNet that reuses its deep features: t2i.sampling.feature_cache)."""
     components = dict(model.pipe.components)
-    if loras:
-        components["unet"] = shared_weights_copy(components["unet"])
-        components["text_encoder"] = shared_weights_copy(components["text_encoder"])
     components["scheduler"] = build_scheduler(sampler, schedule, model.scheduler_config)
+    applied = []
+    if loras:
+        check(model.config.offload != "sequential", "loras", loras[0].path,
+              "does not combine with {offload} sequential (its per-layer hooks hold the weights)",
+              hint="use {offload} model")
+        components["unet"] = lora_copy(components["unet"])
+        components["text_encoder"] = lora_copy(components["text_encoder"])
+        # LoRAs are loaded into a pipeline of the copies alone, so that no shared module is touched
+        loading = PIPELINES["txt2img"](**{**components, "vae": None}, requires_safety_checker=False)
+        applied = apply_loras(loading, loras)
+        if model.config.offload:
+            _offload_copies(components, model.device)
+    if cache_interval > 1:
+        components["unet"] = cached_unet(components["unet"], cache_interval)
     pipe = PIPELINES[mode](**components, requires_safety_checker=False)
     pipe.set_progress_bar_config(leave=False, disable=not progress)
-    return pipe, apply_loras(pipe, loras)
+    return pipe, applied

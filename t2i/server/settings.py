@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from t2i.errors import check
-from t2i.models.config import DEFAULT_MODEL, ModelConfig
+from t2i.models.config import DEFAULT_MODEL, RUNTIME_FIELDS, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,11 @@ class ServerSettings:
     device: str = "auto"
     offline: bool = False
     allow_pickle: bool = False
+    compile: bool = False  # the runtime options of every model the server loads (ModelConfig's)
+    channels_last: bool = False
+    fuse_qkv: bool = False
+    attention_slicing: bool = False
+    offload: str | None = None
 
     def __post_init__(self):
         check(self.api_auth is None or (":" in self.api_auth and self.api_auth.index(":") > 0), "api_auth",
@@ -35,11 +40,12 @@ class ServerSettings:
         for name in ("max_queue", "max_pixels", "max_steps", "max_images"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1")
         check(self.max_body_mb > 0, "max_body_mb", self.max_body_mb, "must be more than 0")
-        ModelConfig(dtype=self.dtype, device=self.device)  # checks both now, not at the first request
+        self.model_config(DEFAULT_MODEL)  # checks the model settings now, not at the first request
 
     def model_config(self, model: str, vae: str | None = None) -> ModelConfig:
+        runtime = {name: getattr(self, name) for name in RUNTIME_FIELDS}
         return ModelConfig(model=model, vae=vae, dtype=self.dtype, device=self.device, offline=self.offline,
-                           allow_pickle=self.allow_pickle)
+                           allow_pickle=self.allow_pickle, **runtime)
 
     @property
     def max_body_bytes(self) -> int:

@@ -19,6 +19,7 @@ from t2i.data.training_set import Augment, EpochSampler, TrainingSet, check_imag
 from t2i.errors import InvalidInput
 from t2i.models.config import ModelConfig
 from t2i.models.loading import LoadedModel, load_model
+from t2i.models.speed import check_compile_backend
 from t2i.train.config import LORA_TARGETS, FinetuneConfig
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -31,6 +32,9 @@ class Components:
     lora_config: Any  # peft LoraConfig, or None for a whole-UNet fine-tune
     params: list[torch.nn.Parameter]  # what the optimizer trains
     ema: EMAModel | None
+
+
+COMPILE_BACKEND = "inductor"
 
 
 def load_components(config: FinetuneConfig, device: torch.device, weight_dtype: torch.dtype) -> Components:
@@ -57,6 +61,11 @@ def load_components(config: FinetuneConfig, device: torch.device, weight_dtype: 
     pipe.unet.train()
     if config.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
+    if config.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+    if config.compile:  # in place: the module keeps its type and state-dict keys, so saving and resuming are unchanged
+        check_compile_backend(device)
+        pipe.unet.compile(backend=COMPILE_BACKEND)  # inductor's default mode: autotuning would add minutes
     # a list, not a filter(): the optimizer would exhaust an iterator and clipping would see nothing
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     return Components(model, DDPMScheduler.from_config(model.scheduler_config), lora_config, params,
