@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -134,3 +135,27 @@ def demo_server(server_files):
                           "--embeddings-dir", "embeddings", "--output-dir", "outputs", "--max-queue", "4")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A CLIP model with random weights and SD's tokenizer, saved as a local folder (no download)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    from t2i.models import SD1_CONFIG_DIR
+
+    tokenizer = CLIPTokenizer.from_pretrained(SD1_CONFIG_DIR, subfolder="tokenizer")
+    config = CLIPConfig(
+        text_config={"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "intermediate_size": 37,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    CLIPModel(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder

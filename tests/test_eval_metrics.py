@@ -82,3 +82,39 @@ def test_bootstrap_intervals_hold_the_truth_about_95_percent_of_the_time():
     covered = np.mean([e.low < 0.7 < e.high for e in estimates])
     assert 0.88 <= covered <= 0.99, covered
     assert all(e.n == 200 and e.high - e.low < 0.16 for e in estimates)
+
+
+class _FeaturesAsTensors(torch.nn.Module):
+    """transformers 5 returns CLIP features as output objects; torchmetrics expects the tensors."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def get_image_features(self, *args, **kwargs):
+        return self.model.get_image_features(*args, **kwargs).pooler_output
+
+    def get_text_features(self, *args, **kwargs):
+        return self.model.get_text_features(*args, **kwargs).pooler_output
+
+    @property
+    def config(self):
+        return self.model.config
+
+
+def test_clip_score_equals_torchmetrics_on_identical_weights(tiny_clip):
+    from PIL import Image
+    from torchmetrics.functional.multimodal import clip_score
+
+    from t2i.eval.clip_score import clip_scores, load_clip
+
+    model, processor = load_clip(str(tiny_clip))
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(6)]
+    captions = ["a red circle", "a blue square on a wall", "x", "a green star", "two dogs", "a photo of a cat"]
+    ours = clip_scores(model, processor, images, captions, batch_size=4)
+    theirs = [float(clip_score(torch.from_numpy(np.asarray(image)).permute(2, 0, 1), caption,
+                               model_name_or_path=lambda: (_FeaturesAsTensors(model), processor)))
+              for image, caption in zip(images, captions)]
+    assert np.allclose(ours, theirs, atol=1e-4) and len(set(np.round(ours, 3))) == 6
+    assert (ours >= 0).all() and (ours <= 100).all()

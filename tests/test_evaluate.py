@@ -68,6 +68,11 @@ def test_a_report_with_intervals_and_resume_that_makes_only_what_is_missing(shap
     (["--num-samples", "128", "--guidance-scale", "nan"], "--guidance-scale nan: must be a finite number"),
     (["--num-samples", "128", "--lora", "/no/such.safetensors"], "--lora /no/such.safetensors: no such LoRA file"),
     (["--num-samples", "128", "--run", "DATA"], "has no loss.png"),
+    (["--num-samples", "128", "--metric", "clip-score"], "--metric clip-score: needs --clip-model"),
+    (["--num-samples", "128", "--metric", "clip-score", "--clip-model", "/no/clip"],
+     "--clip-model /no/clip: no such folder"),
+    (["--num-samples", "128", "--metric", "clip-score", "--clip-model", "nobody/no-clip", "--offline"],
+     "--clip-model nobody/no-clip: no CLIP weights (model.safetensors) in the Hugging Face cache"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(run_cli, shapes_data, tmp_path, args, message):
     args = [shapes_data if arg == "DATA" else arg for arg in args]
@@ -112,3 +117,13 @@ def test_two_processes_give_a_single_process_report_and_make_every_image_once(sh
         name = f"{index:05d}.png"
         assert (tmp_path / "one").joinpath(*folder, name).read_bytes() == (tmp_path / "two").joinpath(
             *folder, name).read_bytes()
+
+
+def test_clip_score_is_reported_with_its_interval(shapes_data, tmp_path, tiny_clip):
+    config = EvalConfig(model="demo", data=str(shapes_data), num_samples=128, steps=4, metrics=("clip-score",),
+                        clip_model=str(tiny_clip))
+    report = evaluate(config, tmp_path / "out", log=lambda line: None)
+    score = report["results"]["base"]["7.5"]["clip_score"]
+    low, high = score["ci"]
+    assert 0 < low < score["value"] < high < 100 and score["n"] == 128
+    assert "clip_score" in (tmp_path / "out" / "report.md").read_text()

@@ -29,7 +29,10 @@ def evaluate(
     steps: int = typer.Option(_default("steps")),
     seed: int = typer.Option(_default("seed"), help="Image i uses seed+i, for every model and guidance."),
     batch_size: int = typer.Option(_default("batch_size")),
-    metric: Optional[List[str]] = typer.Option(None, help=f"Repeatable: {', '.join(METRICS)}. Default: all."),
+    metric: Optional[List[str]] = typer.Option(None, help=f"Repeatable: {', '.join(METRICS)}. Default: the "
+                                               "shapes metrics."),
+    clip_model: Optional[str] = typer.Option(None, help="For clip-score: a local CLIP folder or a cached hub id "
+                                             "(e.g. openai/clip-vit-base-patch16); never downloaded."),
     run: Optional[Path] = typer.Option(None, help="The LoRA's training folder: its loss curve joins the report."),
     resume: bool = typer.Option(False, help="Continue a run in OUTPUT with the same settings."),
     offline: bool = typer.Option(False, help="Never touch the network."),

@@ -23,7 +23,8 @@ from t2i.eval.metrics import Estimate, bootstrap, bootstrap_many, frechet_distan
 from t2i.files import atomic_write, write_text
 from t2i.processes import process_state, share
 
-METRICS = ("shapes-fid", "shapes-kid", "shapes-pr", "accuracy")
+SHAPES_METRICS = ("shapes-fid", "shapes-kid", "shapes-pr", "accuracy")
+METRICS = (*SHAPES_METRICS, "clip-score")
 MIN_SAMPLES = 128  # twice the 64 feature dimensions: FID with fewer images is mostly its own bias
 
 
@@ -41,7 +42,8 @@ class EvalConfig:
     steps: int = 20
     seed: int = 0
     batch_size: int = 16
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] = SHAPES_METRICS
+    clip_model: str | None = None  # a local CLIP folder or a cached hub id, for clip-score
 
     def __post_init__(self):
         object.__setattr__(self, "loras", tuple(self.loras))
@@ -55,7 +57,9 @@ class EvalConfig:
             check(math.isfinite(scale) and scale >= 0, "guidance_scales", scale, "must be a finite number, 0 or more")
         for metric in self.metrics:
             check(metric in METRICS, "metrics", metric, "unknown metric", choices=METRICS,
-                  hint="Inception FID/KID, IS and CLIP score are not built yet")
+                  hint="Inception FID/KID and IS are not built yet")
+        check("clip-score" not in self.metrics or self.clip_model is not None, "metrics", "clip-score",
+              "needs {clip_model}: a local CLIP folder or a cached hub id (e.g. openai/clip-vit-base-patch16)")
 
 
 def _variants(config: EvalConfig) -> dict[str, tuple[str, ...]]:
@@ -155,7 +159,7 @@ def _generate_missing(model, config: EvalConfig, prompts, loras, guidance: float
     return made
 
 
-def _scores(config: EvalConfig, prompts, real_features, fake_features, fake_images) -> dict[str, Estimate]:
+def _scores(config: EvalConfig, prompts, real_features, fake_features, fake_images, clip=None) -> dict[str, Estimate]:
     scores = {}
     if "shapes-fid" in config.metrics:
         scores["shapes_fid"] = bootstrap(frechet_distance, real_features, fake_features)
@@ -169,6 +173,10 @@ def _scores(config: EvalConfig, prompts, real_features, fake_features, fake_imag
                                              "coverage": unit}))
     if "accuracy" in config.metrics and fake_images is not None:
         scores.update(_accuracy(prompts, fake_images))
+    if "clip-score" in config.metrics and fake_images is not None:
+        from t2i.eval.clip_score import clip_scores
+
+        scores["clip_score"] = bootstrap(np.mean, clip_scores(*clip, fake_images, prompts))
     return scores
 
 
@@ -230,6 +238,11 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
     rank, world, main = state.process_index, state.num_processes, state.is_main_process
     if main:  # the others would find the settings the main process has just written
         _check_folder(out, config, resume)
+    clip = None
+    if main and "clip-score" in config.metrics:  # a missing CLIP model fails before any image is made
+        from t2i.eval.clip_score import load_clip
+
+        clip = load_clip(config.clip_model)
     check(run is None or (run / "loss.png").is_file(), "run", run, "has no loss.png (is it a t2i finetune output?)")
     variants = _variants(config)
     prompts, real, other_real = _held_out(config)  # samples: only the main process reads their images
@@ -268,7 +281,7 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
             folder = out / "images" / name / f"g{guidance:g}"
             started = time.perf_counter()
             images = [Image.open(folder / f"{i:05d}.png").convert("RGB") for i in range(len(prompts))]
-            scores = _scores(config, prompts, real_features, extract(network, images), images)
+            scores = _scores(config, prompts, real_features, extract(network, images), images, clip)
             timing["metrics_s"] += time.perf_counter() - started
             timing["images_scored"] += len(images)
             results.setdefault(name, {})[f"{guidance:g}"] = {k: v.as_dict() for k, v in scores.items()}
