@@ -159,3 +159,15 @@ def tiny_clip(tmp_path_factory):
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+class CountingBackend:
+    """A torch.compile backend that runs each captured graph as it is (autograd runs through it) and
+    counts the graphs: how tests see what was compiled, and when again."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, graph, example_inputs):
+        self.graphs += 1
+        return graph.forward

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import pixels, plain_pipeline
+from conftest import CountingBackend, pixels, plain_pipeline
 from PIL import Image, ImageDraw
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -368,17 +368,12 @@ def test_training_options_take_effect(shapes, tmp_path, option, same_as_baseline
 
 
 def test_a_compiled_unet_trains_the_same_curve_and_compiles_once(shapes, tmp_path, monkeypatch):
-    graphs = []
-
-    def counting_backend(graph, example_inputs):  # runs each captured graph as it is; autograd runs through it
-        graphs.append(graph)
-        return graph.forward
-
-    monkeypatch.setattr("t2i.train.components.COMPILE_BACKEND", counting_backend)
+    backend = CountingBackend()
+    monkeypatch.setattr("t2i.train.components.COMPILE_BACKEND", backend)
     baseline = _losses(finetune(config(shapes, tmp_path / "base", max_steps=4), progress=False))
     compiled = finetune(config(shapes, tmp_path / "compiled", max_steps=4, compile=True), progress=False)
     assert np.allclose(_losses(compiled), baseline, rtol=1e-5)
-    assert 1 <= len(graphs) <= 2  # one UNet graph for all 4 steps (two if dynamo splits it at a peft call)
+    assert 1 <= backend.graphs <= 2  # one UNet graph for all 4 steps (two if dynamo splits it at a peft call)
     weights = load_file(compiled / "pytorch_lora_weights.safetensors")
     assert weights and all("_orig_mod" not in key for key in weights)  # compiled in place: the usual keys
 

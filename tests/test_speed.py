@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import make_lora
+from conftest import CountingBackend, make_lora
 
 from t2i.errors import InvalidInput
 from t2i.formats.settings import configs_from_png
@@ -58,17 +58,6 @@ def test_fused_projections_are_undone_for_a_lora_so_its_adapters_act(lora):
     assert np.abs(with_lora - pixels(fused)).mean() > 5  # the LoRA changed the image
     processors = {type(p).__name__ for p in fused.pipe.unet.attn_processors.values()}
     assert processors == {"FusedAttnProcessor2_0"}  # the shared model stays fused
-
-
-class CountingBackend:
-    """A torch.compile backend that runs each graph as captured and counts how many were made."""
-
-    def __init__(self):
-        self.graphs = 0
-
-    def __call__(self, graph, example_inputs):
-        self.graphs += 1
-        return graph.forward
 
 
 def test_compiled_model_compiles_once_per_shape_and_loras_run_uncompiled(default_pixels, lora):

@@ -14,7 +14,7 @@ import shutil
 
 import torch
 
-from t2i.errors import InvalidInput, MissingExtra
+from t2i.errors import InvalidInput
 from t2i.models.config import ModelConfig
 
 log = logging.getLogger("t2i")
@@ -54,12 +54,8 @@ def check_compile_backend(device: torch.device) -> None:
 
 
 def _offload(pipe, mode: str, device: torch.device) -> None:
-    """diffusers' CPU offload: accelerate hooks move each model (or each layer) to `device` when it runs."""
-    try:
-        import accelerate  # noqa: F401
-    except ImportError as exc:
-        raise MissingExtra("offload needs accelerate's hooks, and accelerate is not installed", field="offload",
-                           value=mode, hint="pip install accelerate") from exc
+    """diffusers' CPU offload: accelerate hooks (a core dependency) move each model (or each layer) to
+    `device` when it runs."""
     if mode == "model":
         pipe.enable_model_cpu_offload(device=device)
     else:

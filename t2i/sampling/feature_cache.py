@@ -59,7 +59,7 @@ def _forward(view, cache: FeatureCache, sample, timestep, encoder_hidden_states,
     hidden = view.conv_in(sample)
     first, last = view.down_blocks[0], view.up_blocks[-1]
     _, skips = first(hidden_states=hidden, **_block_kwargs(first, emb, encoder_hidden_states, cross))
-    skips = ((hidden, *skips))[:len(last.resnets)]  # what the whole UNet hands its last up block
+    skips = (hidden, *skips)[:len(last.resnets)]  # what the whole UNet hands its last up block
     out = last(hidden_states=cache.deep, res_hidden_states_tuple=skips,
                **_block_kwargs(last, emb, encoder_hidden_states, cross))
     if view.conv_norm_out is not None:
