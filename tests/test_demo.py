@@ -8,7 +8,6 @@ import socket
 import pytest
 from PIL import Image
 
-from t2i.formats.lora import LoraRef
 from t2i.models import DEMO_MODEL_DIR, SD1_CONFIG_DIR
 from t2i.models.config import ModelConfig
 from t2i.models.loading import load_model
@@ -76,37 +75,28 @@ def test_classifier_free_guidance_helps(demo, default_guidance_score):
 
 @pytest.mark.slow
 def test_a_lora_teaches_the_demo_a_colour_word_it_never_saw(tmp_path, run_cli):
-    """`t2i finetune --lora` from the shipped demo on half new-colour, half known-colour shapes.
+    """`t2i finetune --lora` from the shipped demo on half new-colour, half known-colour shapes, judged by
+    `t2i evaluate` on held-out prompts, base vs LoRA on the same seeds (128 images each).
 
-    Measured: the new colour 0% -> 100% (16 images); the known ones 90.6% with the LoRA, 96.9% without (64
-    images, seeds 0-63); 109 s of training."""
+    Measured: the new colour 0% -> 98.4% right (Shapes-FID 25.6 -> 2.0); the known ones 93.8% without the
+    LoRA, 91.4% with it (inside the base's interval, 89.8-96.9%); 46 s of training, 200 steps."""
+    from t2i.eval.run import EvalConfig, evaluate
+    from t2i.shapes.world import make_dataset
+
     data = tmp_path / "data"
     code, _, stderr = run_cli("shapes", "make-dataset", data, "--count", "1024", "--seed", "7", "--colour",
                               f"{NEW_COLOUR}:8", "--colour", "known")
     assert code == 0, stderr
     code, _, stderr = run_cli("finetune", "--lora", "--model", "demo", "--data", data, "--output", tmp_path / "lora",
                               "--resolution", "32", "--lora-targets", "cross", "--rank", "8", "--batch-size", "32",
-                              "--max-steps", "300", "--learning-rate", "2e-3", "--cache-dir", tmp_path / "cache",
+                              "--max-steps", "200", "--learning-rate", "2e-3", "--cache-dir", tmp_path / "cache",
                               "--val-fraction", "0.05", "--validation-loss-every", "100", "--validation-images", "48")
     assert code == 0, stderr
     with open(tmp_path / "lora" / "loss.csv", newline="") as f:
         held_out = {int(r["step"]): float(r["val_loss"]) for r in csv.DictReader(f) if r["val_loss"]}
-    assert sorted(held_out) == [0, 100, 200, 300]
-    # the held-out images (half brown) are better predicted; measured 0.0589 -> 0.0532 (-9.5%)
-    assert held_out[300] < held_out[0] * 0.97, held_out
-
-    model = load_model(ModelConfig(model="demo", device="cpu"))
-    lora = (LoraRef(str(tmp_path / "lora")),)
-    before = grid_accuracy(model, colours=(NEW_COLOUR,), images_per_prompt=4, sampler="dpmpp-2m", steps=20)
-    after = grid_accuracy(model, colours=(NEW_COLOUR,), images_per_prompt=4, sampler="dpmpp-2m", steps=20, loras=lora)
-    known = grid_accuracy(model, images_per_prompt=2, sampler="dpmpp-2m", steps=20, loras=lora)
-    assert before.accuracy <= 0.1, before
-    assert after.accuracy >= 0.8, after.misses
-    assert known.accuracy >= 0.85, known.misses
-
-    # the same proof through `t2i evaluate`: held-out prompts, intervals, base vs LoRA on the same seeds
-    from t2i.eval.run import EvalConfig, evaluate
-    from t2i.shapes.world import COLOURS, make_dataset
+    assert sorted(held_out) == [0, 100, 200]
+    # the held-out images (half brown) are better predicted; measured 0.0589 -> 0.0533 (-9.5%)
+    assert held_out[200] < held_out[0] * 0.97, held_out
 
     reports = {}
     for name, colours in (("new", (NEW_COLOUR,)), ("known", tuple(COLOURS))):
@@ -114,8 +104,10 @@ def test_a_lora_teaches_the_demo_a_colour_word_it_never_saw(tmp_path, run_cli):
         config = EvalConfig(model="demo", data=str(held_out), loras=(str(tmp_path / "lora"),), num_samples=128)
         reports[name] = evaluate(config, tmp_path / f"report-{name}", log=lambda _: None)["results"]
     base, taught = reports["new"]["base"]["7.5"], reports["new"]["lora-lora"]["7.5"]
+    assert base["accuracy"]["value"] <= 0.1 and taught["accuracy"]["value"] >= 0.8, (base, taught)
     assert taught["accuracy"]["ci"][0] > base["accuracy"]["ci"][1], (base["accuracy"], taught["accuracy"])
     assert taught["shapes_fid"]["ci"][1] < base["shapes_fid"]["ci"][0], (base["shapes_fid"], taught["shapes_fid"])
     base, taught = reports["known"]["base"]["7.5"], reports["known"]["lora-lora"]["7.5"]
+    assert taught["accuracy"]["value"] >= 0.85, taught["accuracy"]
     assert base["accuracy"]["ci"][0] <= taught["accuracy"]["value"] <= base["accuracy"]["ci"][1], \
         (base["accuracy"], taught["accuracy"])
