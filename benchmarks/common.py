@@ -40,21 +40,48 @@ def make_model(folder: Path, width_divisor: int) -> None:
     pipe.save_pretrained(folder)
 
 
-def unet_flops(unet, batch: int, latent_side: int, backward: bool = False) -> int:
-    """FLOPs of one UNet call (forward, or forward and backward) on `batch` latents, as PyTorch counts them."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+def _unet_call(unet, batch: int, latent_side: int, backward: bool) -> None:
+    """One UNet call on random latents and text, and when asked its backward into whatever of the UNet
+    requires grad (a LoRA's weights only, in LoRA training), as a training step runs it."""
     sample = torch.randn(batch, unet.config.in_channels, latent_side, latent_side, device=unet.device,
                          dtype=unet.dtype)
     context = torch.randn(batch, 77, unet.config.cross_attention_dim, device=unet.device, dtype=unet.dtype)
     timestep = torch.full((batch,), 500, device=unet.device)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.set_grad_enabled(backward):
-        output = unet(sample.requires_grad_(backward), timestep, context).sample
+    with torch.set_grad_enabled(backward):
+        output = unet(sample, timestep, context).sample
         if backward:
             output.float().pow(2).mean().backward()
     unet.zero_grad(set_to_none=True)
+
+
+def unet_flops(unet, batch: int, latent_side: int, backward: bool = False) -> int:
+    """FLOPs of one UNet call (forward, or forward and backward) on `batch` latents, as PyTorch counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _unet_call(unet, batch, latent_side, backward)
     return counter.get_total_flops()
+
+
+def attention_share(unet, batch: int, latent_side: int, steps: int = 3) -> float:
+    """The share of a UNet forward and backward's kernel time spent in its attention kernels, by
+    torch.profiler over a few calls after a warm-up one. A share, not seconds: it holds on a machine
+    whose speed drifts between runs. Every training loop runs these kernels alike (inductor keeps
+    SDPA as an external kernel), so they bound how short any loop's step can get."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _unet_call(unet, batch, latent_side, backward=True)  # warm-up: first-call allocations and dispatch
+    cuda = unet.device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as profiler:
+        for _ in range(steps):
+            _unet_call(unet, batch, latent_side, backward=True)
+        if cuda:
+            torch.cuda.synchronize()
+    events = profiler.key_averages()
+    own = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    markers = ("scaled_dot_product", "flash", "fmha", "attention")  # CPU op names; CUDA kernel names
+    return sum(own(e) for e in events if any(m in e.key for m in markers)) / sum(own(e) for e in events)
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
