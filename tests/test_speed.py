@@ -190,6 +190,23 @@ def test_compile_without_a_compiler_is_refused_before_loading(run_cli, tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+def test_finetune_compile_without_a_compiler_is_refused_before_reading_weights(run_cli, tmp_path, monkeypatch):
+    code, _, err = run_cli("shapes", "make-dataset", tmp_path / "data", "--count", "8")
+    assert code == 0, err
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were read before the compiler check")
+
+    monkeypatch.setattr("t2i.train.components.load_model", no_loading)
+    code, out, err = run_cli("finetune", "--lora", "--model", "tiny", "--data", tmp_path / "data", "--output",
+                             tmp_path / "run", "--max-steps", "1", "--compile")
+    assert code == 2 and "--compile True: torch.compile on CPU needs a C++ compiler" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "train_config.json").exists()
+
+
 def test_server_settings_check_the_runtime_options():
     from t2i.server.settings import ServerSettings
 

@@ -39,6 +39,8 @@ COMPILE_BACKEND = "inductor"
 
 def load_components(config: FinetuneConfig, device: torch.device, weight_dtype: torch.dtype) -> Components:
     """Frozen parts in the compute dtype; trainable weights stay fp32 whichever way precision was set."""
+    if config.compile:  # a missing compiler is known before any weight is read
+        check_compile_backend(device)
     model = load_model(ModelConfig(model=config.model, device="cpu", dtype="fp32", offline=config.offline,
                                    allow_pickle=config.allow_pickle))
     pipe = model.pipe
@@ -64,7 +66,6 @@ def load_components(config: FinetuneConfig, device: torch.device, weight_dtype: 
     if config.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
     if config.compile:  # in place: the module keeps its type and state-dict keys, so saving and resuming are unchanged
-        check_compile_backend(device)
         pipe.unet.compile(backend=COMPILE_BACKEND)  # inductor's default mode: autotuning would add minutes
     # a list, not a filter(): the optimizer would exhaust an iterator and clipping would see nothing
     params = [p for p in pipe.unet.parameters() if p.requires_grad]

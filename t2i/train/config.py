@@ -47,7 +47,7 @@ class FinetuneConfig:
     mixed_precision: str | None = None  # None: what `accelerate launch --mixed_precision` said, else "no"
     gradient_checkpointing: bool = False
     channels_last: bool = False  # NHWC convolutions (measured in benchmarks/bench_finetune.py)
-    compile: bool = False  # torch.compile the UNet: minutes once, then 1.23x a LoRA step on a 2-core CPU
+    compile: bool = False  # torch.compile the UNet: minutes once, faster steps after (bench_finetune.py)
     snr_gamma: float | None = None  # Min-SNR weighting (Hang et al. 2023); 5.0 is the paper's value
     noise_offset: float = 0.0
     ema: bool = False  # whole-UNet fine-tune only
