@@ -14,7 +14,7 @@ _API = {
     "ModelConfig": "t2i.models.config", "load_model": "t2i.models.loading",
     "GenerationConfig": "t2i.sampling.config", "generate": "t2i.sampling.generate",
     "generate_iter": "t2i.sampling.generate", "GeneratedImage": "t2i.sampling.generate",
-    "save_png": "t2i.formats.png", "configs_from_png": "t2i.formats.settings",
+    "save_png": "t2i.formats.png", "configs_from_png": "t2i.sampling.settings", "ImageSettings": "t2i.sampling.settings",
     "FinetuneConfig": "t2i.train.config", "finetune": "t2i.train.trainer",
     "T2IError": "t2i.errors", "InvalidInput": "t2i.errors", "NotFound": "t2i.errors", "LoadError": "t2i.errors",
     "TrainingError": "t2i.errors",

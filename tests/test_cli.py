@@ -214,7 +214,7 @@ BAD_INPUTS = [  # (arguments, exit code, what the message must say)
     (["cat " * 10_000], 2, "t2i reads at most 20 (1500 tokens)"),
     (["--emphasis", "strong"], 2, "--emphasis strong: unknown emphasis mode; choose one of original, no-norm, none"),
     (["--prompts-file", "{f}/lora-tag.txt", "--lora-dir", "{f}"], 2, "PROMPTS <lora:nowhere>: no LoRA named"),
-    (["--from-image", "{f}/lacks-keys.png"], 2, "--from-image {f}/lacks-keys.png: its t2i settings lack 'negative_prompt'"),
+    (["--from-image", "{f}/lacks-keys.png"], 2, "--from-image {f}/lacks-keys.png: its t2i settings lack 'seed'"),
     (["--from-image", "{f}/string-steps.png"], 2, "its t2i setting 'steps' holds '9', not a int"),
     (["--from-image", "{f}/bad-json.png"], 2, "--from-image {f}/bad-json.png: its 't2i' settings chunk is not valid JSON"),
 ]

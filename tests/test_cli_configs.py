@@ -11,6 +11,7 @@ from t2i.formats.lora import LoraRef
 from t2i.formats.png import save_png
 from t2i.models.config import ModelConfig
 from t2i.sampling.config import GenerationConfig
+from t2i.sampling.settings import ImageSettings
 from t2i.train.config import FinetuneConfig
 
 
@@ -40,7 +41,7 @@ def test_generate_builds_the_configs_from_its_flags(run_cli, captured, tmp_path)
                                             allow_pickle=True)
     assert captured["generation"] == GenerationConfig(
         prompts=("a cat", "a dog"), negative_prompt="blur", steps=12, guidance_scale=4.5, seed=9, num_images=3,
-        batch_size=2, width=64, height=48, sampler="euler-a", loras=(LoraRef("a.safetensors", 0.5), LoraRef("b")),
+        batch_size=2, width=64, height=48, sampler="Euler a", loras=(LoraRef("a.safetensors", 0.5), LoraRef("b")),
         clip_skip=2)
 
 
@@ -64,12 +65,12 @@ def test_from_image_takes_the_recorded_settings_and_typed_flags_override(run_cli
               "strength": 0.5, "init_image": "in.png", "mask": None, "loras": [{"path": "l.safetensors", "scale": 0.7,
                                                                                "name": "l", "hash": "0"}],
               "model": "demo", "model_name": "demo", "model_hash": None, "vae": None, "dtype": "fp32", "device": "cpu"}
-    png = save_png(Image.new("RGB", (8, 8)), record, tmp_path)
+    png = save_png(Image.new("RGB", (8, 8)), ImageSettings.from_record(record, "test"), tmp_path)
     assert run_cli("generate", "--from-image", png, "--steps", "9", "--out", tmp_path / "o")[0] == 0
     assert captured["model"] == ModelConfig(model="demo", dtype="fp32", device="cpu")
     assert captured["generation"] == GenerationConfig(
         prompts=("a fox",), steps=9, guidance_scale=3.0, seed=41, width=32, height=32, sampler="ddim",
-        init_image="in.png", strength=0.5, loras=(LoraRef("l.safetensors", 0.7),),
+        schedule="normal", init_image="in.png", strength=0.5, loras=(LoraRef("l.safetensors", 0.7),),
         emphasis="none")  # a record from before emphasis was parsed: its brackets were text
 
 

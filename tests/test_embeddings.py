@@ -1,6 +1,7 @@
 """Textual-inversion embeddings: A1111's and diffusers' files, matched by name in prompts, never split
 across chunks, encoded as diffusers' own textual-inversion loader encodes them, recorded in `TI hashes`."""
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -104,7 +105,7 @@ def test_images_with_an_embedding_equal_diffusers_own_textual_inversion_loader(t
     config = GenerationConfig(prompts=("a shapestyle circle",), negative_prompt="blurry", steps=5, seed=8,
                               sampler="ddim", embeddings_dir=str(folder))
     ours, = generate(tiny, config, progress=False)
-    without, = generate(tiny, GenerationConfig(**{**config.__dict__, "embeddings_dir": None}), progress=False)
+    without, = generate(tiny, dataclasses.replace(config, embeddings_dir=None), progress=False)
 
     plain = plain_pipeline()
     from diffusers import DDIMScheduler
@@ -116,8 +117,8 @@ def test_images_with_an_embedding_equal_diffusers_own_textual_inversion_loader(t
     assert np.array_equal(pixels(ours), np.asarray(expected, dtype=np.int16))
     assert np.abs(pixels(ours) - pixels(without)).mean() > 1, "the embedding changed the image"
     digest = hashlib.sha256((folder / "shapestyle.safetensors").read_bytes()).hexdigest()[:12]
-    assert ours.settings["embeddings"] == [{"name": "shapestyle", "path": str(folder / "shapestyle.safetensors"),
-                                            "hash": digest}]
+    assert ours.settings.to_record()["embeddings"] == [
+        {"name": "shapestyle", "path": str(folder / "shapestyle.safetensors"), "hash": digest}]
 
 
 def test_the_infotext_records_ti_hashes_and_from_image_remakes_it(run_cli, tmp_path, tiny):

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import CountingBackend, pixels, plain_pipeline
 from PIL import Image, ImageDraw
 from safetensors import safe_open
@@ -404,3 +405,58 @@ def test_bad_finetune_input_is_one_line_exit_2(shapes, tmp_path, run_cli, extra,
 def test_missing_data_folder_is_a_usage_error(tmp_path, run_cli):
     code, _, stderr = run_cli("finetune", "--data", tmp_path / "nope", "--output", tmp_path / "run", "--model", "tiny")
     assert code == 2 and "--data" in stderr and "no such folder" in stderr
+
+
+# ---- the loss's formulas against the diffusers example's computation, on fixed tensors ------------
+
+
+def _example_loss(scheduler, prediction, latents, noise, timesteps, snr_gamma):
+    """The diffusers text-to-image example's loss, transcribed: its target, and its Min-SNR weighting
+    (stack [snr, gamma] and take the min, then / snr or / (snr + 1)); SNR from the closed form."""
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    if scheduler.config.prediction_type == "epsilon":
+        target = noise
+    else:
+        target = alphas.sqrt()[:, None, None, None] * noise - (1 - alphas).sqrt()[:, None, None, None] * latents
+    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+    if snr_gamma:
+        weights = torch.stack([snr, snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
+        weights = weights / snr if scheduler.config.prediction_type == "epsilon" else weights / (snr + 1)
+        loss = loss * weights
+    return loss.mean()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("snr_gamma", [0, 0.5, 5.0])
+def test_the_loss_equals_the_diffusers_example_on_fixed_tensors(prediction_type, snr_gamma):
+    from diffusers import DDPMScheduler
+
+    from t2i.train.step import min_snr_weights, prediction_target, weighted_mse
+
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              prediction_type=prediction_type)
+    generator = torch.Generator().manual_seed(0)
+    latents, noise, prediction = (torch.randn(6, 4, 8, 8, generator=generator) for _ in range(3))
+    timesteps = torch.tensor([0, 10, 250, 500, 900, 999])
+    weights = min_snr_weights(scheduler, timesteps, snr_gamma) if snr_gamma else None
+    ours = weighted_mse(prediction, prediction_target(scheduler, latents, noise, timesteps), weights)
+    expected = _example_loss(scheduler, prediction, latents, noise, timesteps, snr_gamma)
+    assert torch.allclose(ours, expected, rtol=1e-6, atol=0), (float(ours), float(expected))
+    if snr_gamma == 0.5:  # the weighting really acts at these timesteps
+        assert not torch.allclose(ours, weighted_mse(prediction, prediction_target(scheduler, latents, noise,
+                                                                                   timesteps), None))
+
+
+def test_noise_offset_adds_a_per_channel_constant_as_the_example_does():
+    from t2i.train.step import draw_noise
+
+    shape = torch.Size((3, 4, 8, 8))
+    ours = draw_noise(torch.Generator().manual_seed(7), shape, 0.1)
+    generator = torch.Generator().manual_seed(7)
+    noise = torch.randn(shape, generator=generator)
+    expected = noise + 0.1 * torch.randn((shape[0], shape[1], 1, 1), generator=generator)
+    assert torch.equal(ours, expected)
+    assert torch.equal(draw_noise(torch.Generator().manual_seed(7), shape, 0), noise)
+    per_channel = (ours - noise).flatten(2)
+    assert torch.allclose(per_channel, per_channel[..., :1].expand_as(per_channel), atol=1e-6)

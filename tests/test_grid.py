@@ -59,14 +59,13 @@ def test_a_plan_changes_only_its_axes_and_checks_every_cell_first():
     assert {c.seed for c in cells} == {5}, "one seed for every cell"
     assert [c.steps for c in plan.cells[0][0]] == [4, 6]
     # each sampler on A1111's Automatic schedule, a joined name keeping its own
-    assert [(row[0].sampler, row[0].schedule) for row in plan.cells[0]] == [("euler-a", "normal"),
-                                                                            ("dpmpp-2m-sde", "karras")]
+    assert [row[0].sampling for row in plan.cells[0]] == [("euler-a", "normal"), ("dpmpp-2m-sde", "karras")]
     assert plan.cells[1][0][0].prompts == ("a green circle",) and plan.cells[0][0][0].prompts == ("a red circle",)
     seeds = plan_grid(BASE, parse_axis("seed=1,2", "x"))
     assert [c.seed for c in seeds.cells[0][0]] == [1, 2]
     schedules = plan_grid(BASE, parse_axis("sampler=euler,dpmpp_2m", "x"), parse_axis("schedule=karras,ays", "y"))
-    assert [(c.sampler, c.schedule) for c in schedules.cells[0][1]] == [("euler", "align-your-steps"),
-                                                                        ("dpmpp-2m", "align-your-steps")]
+    assert [c.sampling for c in schedules.cells[0][1]] == [("euler", "align-your-steps"),
+                                                          ("dpmpp-2m", "align-your-steps")]
 
 
 @pytest.mark.parametrize("axes, error, message", [

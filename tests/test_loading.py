@@ -12,7 +12,6 @@ from ldm_checkpoint import save_ldm_checkpoint
 
 from t2i.errors import InvalidInput, T2IError
 from t2i.formats.hashes import file_sha256
-from t2i.formats.infotext import infotext
 from t2i.models import SD1_CONFIG_DIR
 from t2i.models.config import ModelConfig
 from t2i.models.loading import load_model
@@ -63,7 +62,7 @@ def test_local_folder_and_single_file_load_offline_and_give_the_preset_pixels(
     for model in (from_folder, from_file):
         assert same_weights(model.pipe.unet, from_folder.pipe.unet)
         assert np.array_equal(pixels(render(model, tmp_path)), reference_pixels)
-    assert render(from_file, tmp_path).settings["model_hash"] == from_file.hash
+    assert render(from_file, tmp_path).settings.model_hash == from_file.hash
     assert no_network == []
 
 
@@ -95,7 +94,7 @@ def test_vae_swap_replaces_only_the_vae(tmp_path, tiny_folder):
     model = load_model(ModelConfig(model=str(tiny_folder), vae=str(tmp_path / "vae"), device="cpu"))
     assert same_weights(model.pipe.vae, other_vae)
     assert same_weights(model.pipe.unet, tiny_components()["unet"])
-    assert "VAE: vae," in infotext(render(model, tmp_path).settings)
+    assert "VAE: vae," in render(model, tmp_path).settings.infotext()
 
 
 def test_shipped_sd1_configs_describe_sd15():

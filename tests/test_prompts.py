@@ -178,7 +178,6 @@ def test_images_of_a_batch_with_long_and_short_prompts_are_remade_alone():
 def test_lora_tags_load_from_the_lora_folder_per_prompt(tmp_path):
     from conftest import make_lora
 
-    from t2i.formats.infotext import infotext
     from t2i.models.config import ModelConfig
     from t2i.models.loading import load_model
     from t2i.sampling.config import GenerationConfig
@@ -197,10 +196,10 @@ def test_lora_tags_load_from_the_lora_folder_per_prompt(tmp_path):
         alone, = generate(model, GenerationConfig(prompts=(prompt,), seed=2 + index, steps=3, sampler="ddim",
                                                   loras=loras), progress=False)
         assert np.array_equal(pixels(alone), pixels(tagged[index])), prompt
-        assert tagged[index].settings["prompt"] == prompt
-    assert infotext(tagged[0].settings).startswith("a cat  <lora:cross:0.8>\n")
-    assert 'Lora hashes: "cross: ' in infotext(tagged[0].settings)
-    assert tagged[2].settings["loras"] == []
+        assert tagged[index].settings.prompt == prompt
+    assert tagged[0].settings.infotext().startswith("a cat  <lora:cross:0.8>\n")
+    assert 'Lora hashes: "cross: ' in tagged[0].settings.infotext()
+    assert tagged[2].settings.loras == ()
 
     with pytest.raises(NotFound, match="no LoRA named 'missing'.*choose one of cross, selfish"):
         generate(model, GenerationConfig(prompts=("x <lora:missing:1>",), steps=2, lora_dir=str(folder)))

@@ -62,3 +62,71 @@ def test_two_threads_with_other_samplers_and_loras_get_the_pixels_each_gets_alon
     assert type(model.pipe.scheduler).__name__ == "PNDMScheduler"
     assert not any("lora" in n for n, _ in model.pipe.unet.named_modules())
 
+
+
+def test_threads_mixing_embeddings_loras_emphasis_and_plain_prompts_each_get_their_solo_pixels(loras, tmp_path):
+    """The concurrency contract: every per-call change (LoRA copies, embedding vectors, emphasis
+    weights, sampler) lives in the call's own view; the loaded model is shared and never changes."""
+    from safetensors.torch import save_file
+
+    model = load_model(ModelConfig(model="tiny", device="cpu"))
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    save_file({"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(4)) * 3},
+              folder / "shapestyle.safetensors")
+    before = {name: state(getattr(model.pipe, name)) for name in ("unet", "text_encoder", "vae")}
+    common = dict(steps=3, seed=5, width=32, height=32, negative_prompt="blur")
+    jobs = [GenerationConfig(prompts=("a shapestyle circle",), embeddings_dir=str(folder), sampler="ddim", **common),
+            GenerationConfig(prompts=("a shapestyle circle",), loras=(loras[0],), sampler="euler", **common),
+            GenerationConfig(prompts=("a (shapestyle:1.5) [circle]",), sampler="dpmpp-2m", **common),
+            GenerationConfig(prompts=("a shapestyle circle",), sampler="ddim", **common)]
+    alone = [pixels(generate(model, job, progress=False)[0]) for job in jobs]
+    assert not np.array_equal(alone[0], alone[3]), "the embedding must change the image for this test to mean anything"
+
+    for _ in range(4):  # a race shows up in some runs only
+        start = threading.Barrier(len(jobs), timeout=60)  # every prompt is encoded at the same moment
+        results, errors = [None] * len(jobs), []
+
+        def run(index):
+            try:
+                start.wait()
+                results[index] = pixels(generate(model, jobs[index], progress=False)[0])
+            except Exception as exc:
+                errors.append(exc)
+                start.abort()
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        for index, result in enumerate(results):
+            assert np.array_equal(result, alone[index]), f"job {index} differs from its solo run"
+    for name, weights in before.items():
+        after = state(getattr(model.pipe, name))
+        assert all(torch.equal(after[k], weights[k]) for k in weights), f"{name} weights changed"
+
+
+def test_an_embedding_never_touches_the_shared_text_encoder_even_during_its_encode():
+    from t2i.sampling import text
+
+    model = load_model(ModelConfig(model="tiny", device="cpu"))
+    encoder = model.pipe.text_encoder
+    shared_layer = encoder.get_input_embeddings()
+    seen = []
+    original = text._TokenEmbeddingWithVectors.forward
+
+    def spy(self, ids):  # what another thread would see of the shared encoder at this moment
+        seen.append((encoder.get_input_embeddings() is shared_layer, len(shared_layer._forward_hooks)))
+        return original(self, ids)
+
+    chunk = text.Chunk(ids=(0,) * 77, weights=(1.0,) * 77, vectors=((1, torch.ones(32)),))
+    plain = text.Chunk(ids=(0,) * 77, weights=(1.0,) * 77)
+    text._TokenEmbeddingWithVectors.forward = spy
+    try:
+        with_vector = text.encode_chunks(encoder, [chunk], None, "original", 1)
+    finally:
+        text._TokenEmbeddingWithVectors.forward = original
+    assert seen == [(True, 0)]
+    assert not torch.equal(with_vector, text.encode_chunks(encoder, [plain], None, "original", 1))

@@ -12,7 +12,7 @@ import torch
 from conftest import CountingBackend, make_lora
 
 from t2i.errors import InvalidInput
-from t2i.formats.settings import configs_from_png
+from t2i.sampling.settings import configs_from_png
 from t2i.models.config import ModelConfig
 from t2i.models.loading import load_model
 from t2i.models.speed import _offload, compile_components
@@ -136,7 +136,7 @@ def test_vae_tiling_stays_near_the_whole_decode_and_re_makes_from_its_png(tmp_pa
     difference = np.abs(tiled - whole[0])
     # measured on tiny's random VAE: a mean of 1.6 levels, seams blended over 16 pixels
     assert 0.5 < difference.mean() < 3 and difference.max() < 40
-    assert tiled_result.settings["vae_tile_size"] == 64
+    assert tiled_result.settings.vae_tile_size == 64
     path = save_png(tiled_result.image, tiled_result.settings, tmp_path)
     model_config, config = configs_from_png(path)
     assert (config.vae_tiling, config.vae_tile_size) == (True, 64)
@@ -156,7 +156,7 @@ def test_a_decode_out_of_memory_is_retried_in_tiles(caplog):
         with caplog.at_level(logging.WARNING, logger="t2i"):
             result = generate(model, BIG, progress=False)[0]
         assert "ran out of memory: decoding again in 32-pixel tiles" in caplog.text
-        assert result.settings["vae_tile_size"] == 32
+        assert result.settings.vae_tile_size == 32
         explicit = generate(model, dataclasses.replace(BIG, vae_tiling=True, vae_tile_size=32), progress=False)[0]
         assert np.array_equal(np.asarray(result.image), np.asarray(explicit.image))
         with pytest.raises(torch.OutOfMemoryError):  # nothing left to try: the error is the user's to see
@@ -248,7 +248,7 @@ def test_feature_reuse_stays_near_the_full_image_and_re_makes(tmp_path):
     cached = np.stack([np.asarray(r.image, dtype=int) for r in results])
     difference = np.abs(cached - full).mean()
     assert 0.5 < difference < 5  # measured on demo: 1.7 levels (its quality cost: benchmarks/bench_cache.py)
-    assert results[1].settings["cache_interval"] == 3
+    assert results[1].settings.cache_interval == 3
     _, remade = configs_from_png(save_png(results[1].image, results[1].settings, tmp_path))
     assert np.array_equal(pixels(model, remade)[0], cached[1])  # the second of a batch re-makes alone
 

@@ -18,6 +18,7 @@ from t2i.sampling.samplers import SAMPLERS, SCHEDULES
 
 MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
 GENERATION_FIELDS = {f.name for f in fields(GenerationConfig)}
+NOT_CONFIG = {"out", "from_image"}  # options of the command itself
 
 
 def _default(name: str, config_class=GenerationConfig):
@@ -46,27 +47,25 @@ def _out_folder(out: str) -> Path:
 
 
 def build_configs(options: dict) -> tuple[ModelConfig, GenerationConfig]:
-    """The configs `t2i generate` runs: a PNG's recorded settings (--from-image), then the typed options."""
-    model, generation = {}, {}
+    """The configs `t2i generate` runs: a PNG's recorded settings (--from-image) with the typed
+    options over them, or the typed options alone."""
+    typed = {("loras" if k == "lora" else k): v for k, v in options.items() if k not in NOT_CONFIG}
+    if "prompts" in typed or "prompts_file" in typed:
+        typed["prompts"] = _read_prompts(typed.get("prompts"), typed.pop("prompts_file", None))
+    if "loras" in typed:
+        typed["loras"] = tuple(typed["loras"] or ())
     if options.get("from_image"):
-        from t2i.formats.settings import fields_from_png
+        from t2i.sampling.settings import settings_from_png
 
         try:
-            model, generation = fields_from_png(options["from_image"])
+            recorded = settings_from_png(options["from_image"])
         except T2IError as exc:
             exc.field = "from_image" if exc.field == "image" else exc.field
             raise
-    typed = {("loras" if k == "lora" else k): v for k, v in options.items()}
-    if "prompts" in typed or "prompts_file" in typed:
-        typed["prompts"] = _read_prompts(typed.get("prompts"), typed.get("prompts_file"))
-    if "loras" in typed:
-        typed["loras"] = tuple(typed["loras"] or ())
-    if "sampler" in typed and "schedule" not in typed:  # a new sampler brings its own schedule (or Normal)
-        generation.pop("schedule", None)
-    model.update({k: v for k, v in typed.items() if k in MODEL_FIELDS})
-    generation.update({k: v for k, v in typed.items() if k in GENERATION_FIELDS})
-    generation.setdefault("prompts", ())
-    return ModelConfig(**model), GenerationConfig(**generation)
+        return recorded.configs(**typed)
+    typed.setdefault("prompts", ())
+    return (ModelConfig(**{k: v for k, v in typed.items() if k in MODEL_FIELDS}),
+            GenerationConfig(**{k: v for k, v in typed.items() if k in GENERATION_FIELDS}))
 
 
 @app.command()

@@ -29,10 +29,9 @@ def grid(ctx: typer.Context, x: str, y: Optional[str] = None, z: Optional[str] =
     model_config, base = build_configs({k: v for k, v in options.items() if k not in GRID_OPTIONS})
     if base.seed is None:  # one seed for every cell, so the axes are all that changes
         base = replace(base, seed=secrets.randbelow(2**32))
-    plan = plan_grid(base, axes["x"], axes.get("y"), axes.get("z"), options.get("schedule"), max_cells)
+    plan = plan_grid(base, axes["x"], axes.get("y"), axes.get("z"), max_cells)
     out_dir = _out_folder(options.get("out", "outputs"))
 
-    from t2i.formats.infotext import infotext
     from t2i.formats.png import save_grid_png, save_png
     from t2i.models.loading import load_model
     from t2i.sampling.generate import generate as generate_images
@@ -53,7 +52,7 @@ def grid(ctx: typer.Context, x: str, y: Optional[str] = None, z: Optional[str] =
                 rows[-1].append(result)
         image = draw_grid([[r.image for r in row] for row in rows], plan.x.labels(),
                           plan.y.labels() if plan.y else None, title)
-        print(save_grid_png(image, infotext(rows[0][0].settings), out_dir), flush=True)
+        print(save_grid_png(image, rows[0][0].settings.infotext(), out_dir), flush=True)
 
 
 def _grid_signature() -> None:

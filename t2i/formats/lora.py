@@ -114,7 +114,8 @@ def apply_loras(pipe, refs: tuple[LoraRef, ...]) -> list[dict]:
             pipe.unload_lora_weights()
             raise LoadError(f"not a LoRA file t2i can load ({first_line(exc)})", field="loras",
                             value=ref.path) from exc
-        applied.append({"path": str(file), "name": ref.name, "scale": ref.scale, "adapter": adapter,
+        # the path as given (a training folder stays a folder), so that re-making resolves name and hash alike
+        applied.append({"path": ref.path, "name": ref.name, "scale": ref.scale, "adapter": adapter,
                         "hash": lora_hash(ref.hash_file)})
     if applied:
         pipe.set_adapters([a["adapter"] for a in applied], adapter_weights=[a["scale"] for a in applied])

@@ -11,27 +11,36 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image, PngImagePlugin
 
 from t2i.errors import InvalidInput
 from t2i.files import write_new
 from t2i.formats.images import checked_image
-from t2i.formats.infotext import infotext
 
 JSON_CHUNK = "t2i"
 OUTPUT_NAME = re.compile(r"^(\d{5,})-")
 
 
-def png_info(settings: dict[str, Any]) -> PngImagePlugin.PngInfo:
+class Recorded(Protocol):
+    """What a PNG carries of an image's settings (t2i.sampling.settings.ImageSettings)."""
+
+    seed: int
+
+    def infotext(self) -> str: ...
+
+    def to_record(self) -> dict[str, Any]: ...
+
+
+def png_info(settings: Recorded) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", infotext(settings))  # PIL writes iTXt when the text is not Latin-1
-    info.add_text(JSON_CHUNK, json.dumps(settings, ensure_ascii=False, sort_keys=True))
+    info.add_text("parameters", settings.infotext())  # PIL writes iTXt when the text is not Latin-1
+    info.add_text(JSON_CHUNK, json.dumps(settings.to_record(), ensure_ascii=False, sort_keys=True))
     return info
 
 
-def png_bytes(image: Image.Image, settings: dict[str, Any]) -> bytes:
+def png_bytes(image: Image.Image, settings: Recorded) -> bytes:
     """The PNG file for one generated image, in memory."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=png_info(settings))
@@ -46,11 +55,11 @@ def _names(out_dir: Path, tag: int | str):
         index += 1
 
 
-def save_png(image: Image.Image, settings: dict[str, Any], out_dir: Path) -> Path:
+def save_png(image: Image.Image, settings: Recorded, out_dir: Path) -> Path:
     """Write one generated image with its settings into `out_dir`; returns the new file's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data = png_bytes(image, settings)
-    return write_new(out_dir, _names(out_dir, settings["seed"]), lambda tmp: tmp.write_bytes(data))
+    return write_new(out_dir, _names(out_dir, settings.seed), lambda tmp: tmp.write_bytes(data))
 
 
 def save_grid_png(image: Image.Image, text: str, out_dir: Path) -> Path:

@@ -1,13 +1,15 @@
 """What to generate: `GenerationConfig`, every default once and every value checked on creation.
 
-No torch import here, so a front end can check a request before paying for the heavy imports.
+A config holds what the user said: names stay as given ("DPM++ 2M Karras", "automatic") and are
+resolved where they are used, so `dataclasses.replace` on a config behaves like building it anew.
+Checks are pure: no disk reads (files are read when the work starts) and no torch import, so a
+front end can check a request before paying for the heavy imports.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from t2i.errors import check
@@ -30,8 +32,10 @@ class GenerationConfig:
     batch_size: int = 1
     width: int | None = None  # None: the model's native size (or the init image's)
     height: int | None = None
-    sampler: str = "dpmpp-2m-karras"  # t2i, A1111 or ComfyUI name (a joined "DPM++ 2M Karras" names the schedule too)
-    schedule: str | None = None  # A1111's Schedule type or ComfyUI's scheduler; None: the joined one, else normal
+    sampler: str = "dpmpp-2m"  # t2i, A1111 or ComfyUI name (a joined "DPM++ 2M Karras" names the schedule too)
+    # A1111's Schedule type or ComfyUI's scheduler; automatic: A1111's default for the sampler; None: the one a
+    # joined sampler name carries, else Normal (diffusers' default)
+    schedule: str | None = "automatic"
     loras: tuple[LoraRef, ...] = ()
     clip_skip: int | None = None  # A1111 convention: 1 = last layer, 2 = penultimate
     init_image: Any = None  # a path or a PIL image: img2img, or inpainting with `mask`
@@ -71,8 +75,6 @@ class GenerationConfig:
               self.strength, "must be in (0, 1]")
         check(self.strength is None or self.steps * self.strength >= 1, "strength", self.strength,
               f"with {{steps}} {self.steps} leaves no denoising step", hint="raise either")
-        check(self.embeddings_dir is None or Path(self.embeddings_dir).expanduser().is_dir(), "embeddings_dir",
-              self.embeddings_dir, "is not a folder", hint="give the folder holding your .safetensors embeddings")
         check(self.cache_interval >= 1, "cache_interval", self.cache_interval, "must be at least 1 (1: off)")
         check(self.vae_tile_size is None or self.vae_tiling, "vae_tile_size", self.vae_tile_size,
               "needs {vae_tiling}")
@@ -83,10 +85,13 @@ class GenerationConfig:
         for prompt in self.prompts:  # weights, tags and BREAKs are checked before any work
             parse_prompt(split_lora_tags(prompt)[0], self.emphasis)
         parse_prompt(self.negative_prompt, self.emphasis, "negative_prompt")
-        sampler, schedule = resolve_sampler(self.sampler, self.schedule)  # stored as t2i names
-        object.__setattr__(self, "sampler", sampler)
-        object.__setattr__(self, "schedule", schedule)
+        self.sampling  # noqa: B018 -- resolving checks the sampler, the schedule and that they go together
         object.__setattr__(self, "loras", tuple(LoraRef.parse(r) if isinstance(r, str) else r for r in self.loras))
+
+    @property
+    def sampling(self) -> tuple[str, str]:
+        """(sampler, schedule) as t2i names: "DPM++ 2M Karras" -> ("dpmpp-2m", "karras")."""
+        return resolve_sampler(self.sampler, self.schedule)
 
     @property
     def mode(self) -> str:

@@ -13,7 +13,8 @@ import logging
 import secrets
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from PIL import Image
@@ -22,12 +23,12 @@ from t2i.errors import check
 from t2i.formats.embeddings import EmbeddingLibrary
 from t2i.formats.images import describe, load_image, load_mask
 from t2i.formats.lora import LoraRef
-from t2i.formats.settings import image_record
 from t2i.models.loading import LoadedModel
 from t2i.processes import share
 from t2i.sampling.config import GenerationConfig
 from t2i.sampling.prompts import split_lora_tags
 from t2i.sampling.samplers import SAMPLERS, schedule_arguments
+from t2i.sampling.settings import EmbeddingUse, ImageSettings, LoraUse
 from t2i.sampling.text import context_length, embeddings_used, text_inputs
 from t2i.sampling.view import call_view
 
@@ -48,7 +49,7 @@ class SkipBatch(Exception):
 @dataclass(frozen=True)
 class GeneratedImage:
     image: Image.Image
-    settings: dict[str, Any]  # every resolved setting (t2i.formats.settings): enough to re-make it
+    settings: ImageSettings  # every resolved setting: enough to re-make it
 
 
 def _output_size(model: LoadedModel, config: GenerationConfig, init) -> tuple[int, int]:
@@ -67,7 +68,7 @@ def _check_steps(scheduler, schedule_args: dict, config: GenerationConfig) -> No
     last = int(scheduler.timesteps.max())
     limit = scheduler.config.num_train_timesteps
     check(last < limit, "steps", config.steps,
-          f"the {config.sampler} sampler on this model's schedule reaches timestep {last} of {limit}",
+          f"the {config.sampling[0]} sampler on this model's schedule reaches timestep {last} of {limit}",
           hint=f"use {config.steps - 1} or fewer")
 
 
@@ -144,6 +145,27 @@ def decode(pipe, latents: torch.Tensor, generators, tile_size: int | None = None
     return images, tile_size
 
 
+def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, seed: int, size: tuple[int, int],
+                   loras: list[dict], embeddings: list, vae_tile_size: int | None) -> ImageSettings:
+    """One image's resolved settings (`vae_tile_size`: the tiles it was decoded in, asked for or
+    after running out of memory)."""
+    def source(value):
+        return value if isinstance(value, (str, type(None))) else None  # an image given in memory has no path
+
+    sampler, schedule = config.sampling
+    return ImageSettings(
+        prompt=prompt, seed=seed, width=size[0], height=size[1], steps=config.steps,
+        guidance_scale=config.guidance_scale, sampler=sampler, schedule=schedule, model=model.config.model,
+        negative_prompt=config.negative_prompt, clip_skip=config.clip_skip,
+        strength=config.effective_strength if config.mode != "txt2img" else None,
+        init_image=source(config.init_image), mask=source(config.mask),
+        loras=tuple(LoraUse(**lora) for lora in loras), emphasis=config.emphasis,
+        embeddings_dir=config.embeddings_dir,
+        embeddings=tuple(EmbeddingUse(e.name, str(e.path), e.hash) for e in embeddings),
+        cache_interval=config.cache_interval, vae_tile_size=vae_tile_size, vae=model.config.vae,
+        dtype=model.dtype_name, device=model.device.type, model_name=model.name, model_hash=model.hash)
+
+
 def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCallback | None = None,
                   progress: bool = True, rank: int = 0, world: int = 1) -> Iterator[GeneratedImage]:
     """Yield every image `config` asks for, batch by batch, each with its settings.
@@ -176,6 +198,8 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     tokenizer = model.pipe.tokenizer
     embeddings = None
     if config.embeddings_dir is not None:  # every embedding the prompts name is read and checked now
+        check(Path(config.embeddings_dir).expanduser().is_dir(), "embeddings_dir", config.embeddings_dir,
+              "is not a folder", hint="give the folder holding your .safetensors embeddings")
         embeddings = EmbeddingLibrary(config.embeddings_dir, tokenizer, model.pipe.text_encoder.config.hidden_size,
                                       model.config.allow_pickle)
         embeddings_used(tokenizer, [text for text, _ in tagged.values()] + [config.negative_prompt],
@@ -184,12 +208,12 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
 
     def view(loras):
         if loras not in views:
-            views[loras] = call_view(model, config.mode, config.sampler, config.schedule, loras, progress,
+            views[loras] = call_view(model, config.mode, *config.sampling, loras, progress,
                                      config.cache_interval)
         return views[loras]
 
     scheduler = view(config.loras)[0].scheduler
-    schedule_args = schedule_arguments(scheduler, config.schedule, config.steps)
+    schedule_args = schedule_arguments(scheduler, config.sampling[1], config.steps)
     _check_steps(scheduler, schedule_args, config)
     prompts = (p for p in config.prompts for _ in range(config.num_images))
     jobs = [(*tagged[prompt], seed + i) for i, prompt in enumerate(prompts)]  # (text, LoRAs, seed)
@@ -213,7 +237,7 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         generators = [torch.Generator("cpu").manual_seed(s) for _, _, s in batch]
         if config.cache_interval > 1:  # each batch denoises from its own noise: nothing kept carries over
             pipe.unet.feature_cache.reset()
-        if SAMPLERS[config.sampler].brownian:  # one Brownian tree an image: each re-makes alone
+        if SAMPLERS[config.sampling[0]].brownian:  # one Brownian tree an image: each re-makes alone
             pipe.scheduler.noise_sampler_seed = [s for _, _, s in batch]
         text = text_inputs(pipe, [p for p, _, _ in batch], config.negative_prompt, config.clip_skip, config.emphasis,
                            embeddings)
@@ -228,8 +252,9 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
             if prompt not in used:  # the prompt's own embeddings and the negative prompt's, scanned once a prompt
                 used[prompt] = embeddings_used(tokenizer, [prompt, config.negative_prompt], config.emphasis,
                                                embeddings)
-            record = image_record(model, config, prompt, image_seed, width, height, loras, used[prompt], tile_size)
-            yield GeneratedImage(image, record)
+            settings = image_settings(model, config, prompt, image_seed, (width, height), loras, used[prompt],
+                                      tile_size)
+            yield GeneratedImage(image, settings)
 
 
 def generate(model: LoadedModel, config: GenerationConfig, on_step: StepCallback | None = None,

@@ -31,11 +31,6 @@ def _number(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def _with_sampler(config: GenerationConfig, value: str, explicit_schedule: str | None) -> GenerationConfig:
-    # each sampler on the schedule the user chose, else A1111's Automatic for it (a joined name wins)
-    return replace(config, sampler=value, schedule=explicit_schedule or "automatic")
-
-
 def _with_lora_weight(config: GenerationConfig, value: float) -> GenerationConfig:
     check(bool(config.loras), "x", "lora-weight", "needs a LoRA to weigh", hint="add --lora PATH")
     return replace(config, loras=tuple(LoraRef(ref.path, value) for ref in config.loras))
@@ -45,19 +40,20 @@ def _with_lora_weight(config: GenerationConfig, value: float) -> GenerationConfi
 class Axis:
     label: str  # A1111's axis label, drawn beside each value
     parse: Callable[[str], Any]
-    apply: Callable[..., GenerationConfig]  # (config, value, the user's --schedule) -> config
+    apply: Callable[..., GenerationConfig]  # (config, value) -> config
 
 
 AXES: dict[str, Axis] = {
-    "seed": Axis("Seed", _number(int), lambda c, v, _: replace(c, seed=v)),
-    "steps": Axis("Steps", _number(int), lambda c, v, _: replace(c, steps=v)),
-    "cfg": Axis("CFG Scale", _number(float), lambda c, v, _: replace(c, guidance_scale=v)),
-    "sampler": Axis("Sampler", str, _with_sampler),
-    "schedule": Axis("Schedule type", str, lambda c, v, _: replace(c, schedule=v)),
+    "seed": Axis("Seed", _number(int), lambda c, v: replace(c, seed=v)),
+    "steps": Axis("Steps", _number(int), lambda c, v: replace(c, steps=v)),
+    "cfg": Axis("CFG Scale", _number(float), lambda c, v: replace(c, guidance_scale=v)),
+    # each sampler on the schedule the base config says: by default A1111's Automatic for that sampler
+    "sampler": Axis("Sampler", str, lambda c, v: replace(c, sampler=v)),
+    "schedule": Axis("Schedule type", str, lambda c, v: replace(c, schedule=v)),
     "prompt-sr": Axis("Prompt S/R", str, None),  # applied with the axis's first value: see `_search_replace`
-    "lora-weight": Axis("LoRA weight", _number(float), lambda c, v, _: _with_lora_weight(c, v)),
-    "clip-skip": Axis("Clip skip", _number(int), lambda c, v, _: replace(c, clip_skip=None if v == 1 else v)),
-    "strength": Axis("Denoising", _number(float), lambda c, v, _: replace(c, strength=v)),
+    "lora-weight": Axis("LoRA weight", _number(float), _with_lora_weight),
+    "clip-skip": Axis("Clip skip", _number(int), lambda c, v: replace(c, clip_skip=None if v == 1 else v)),
+    "strength": Axis("Denoising", _number(float), lambda c, v: replace(c, strength=v)),
 }
 ALIASES = {"cfg-scale": "cfg", "guidance-scale": "cfg", "sampler-name": "sampler", "scheduler": "schedule",
            "schedule-type": "schedule", "prompt-s/r": "prompt-sr", "sr": "prompt-sr", "denoising": "strength",
@@ -111,7 +107,7 @@ class GridPlan:
 
 
 def plan_grid(base: GenerationConfig, x: AxisValues, y: AxisValues | None = None, z: AxisValues | None = None,
-              explicit_schedule: str | None = None, max_cells: int = MAX_CELLS) -> GridPlan:
+              max_cells: int = MAX_CELLS) -> GridPlan:
     """Every cell's config, checked now. One seed for every cell unless seed is an axis (A1111's rule)."""
     axes = [a for a in (x, y, z) if a is not None]
     names = [a.name for a in axes]
@@ -134,7 +130,7 @@ def plan_grid(base: GenerationConfig, x: AxisValues, y: AxisValues | None = None
             if axis.name == "prompt-sr":
                 config = _search_replace(config, str(axis.values[0]), str(value))
             else:
-                config = AXES[axis.name].apply(config, value, explicit_schedule)
+                config = AXES[axis.name].apply(config, value)
         return config
 
     zs = z.values if z else (None,)

@@ -10,7 +10,7 @@ A plain prompt (no weights, one chunk) goes through the pipeline's own text path
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -115,29 +115,40 @@ def needs_chunks(tokenizer, prompt: str, emphasis: str, embeddings=None) -> bool
     return len(chunks) > 1 or bool(chunks[0].vectors)
 
 
-@contextmanager
-def _embedding_vectors(text_encoder, vectors: tuple[tuple[int, torch.Tensor], ...]):
-    """For one encoder call, the token embeddings at the given positions replaced by embedding vectors.
+class _TokenEmbeddingWithVectors(torch.nn.Module):
+    """A token-embedding layer whose outputs at some positions are embedding vectors instead."""
 
-    CLIPTextModel takes no input embeddings, so a forward hook on its token-embedding layer swaps
-    the rows in its output; it is removed before the call returns, and the weights never change.
-    Generation runs one encode at a time per model (the server runs all model work on one thread).
-    """
-    if not vectors:
-        yield
-        return
+    def __init__(self, layer: torch.nn.Module, vectors: tuple[tuple[int, torch.Tensor], ...]):
+        super().__init__()
+        self.layer, self.vectors = layer, vectors
 
-    def replace(_module, _inputs, output):
-        output = output.clone()
-        for position, vector in vectors:
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        output = self.layer(ids).clone()
+        for position, vector in self.vectors:
             output[:, position] = vector.to(output.device, output.dtype)
         return output
 
-    handle = text_encoder.get_input_embeddings().register_forward_hook(replace)
-    try:
-        yield
-    finally:
-        handle.remove()
+
+def _with_submodule(root: torch.nn.Module, path: str, replacement: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `root` whose submodule at `path` is `replacement`: only the modules on the path are
+    copied (shallowly, with their own child tables); everything else is the shared model's own."""
+    head, _, rest = path.partition(".")
+    copied = copy.copy(root)
+    copied._modules = dict(root._modules)
+    copied._modules[head] = _with_submodule(root._modules[head], rest, replacement) if rest else replacement
+    return copied
+
+
+def _encoder_with_vectors(text_encoder, vectors: tuple[tuple[int, torch.Tensor], ...]):
+    """The text encoder for one call, its token embeddings at the given positions replaced by
+    embedding vectors. CLIPTextModel takes no input embeddings, so the call gets its own view of the
+    encoder with its own token-embedding layer; the shared encoder is never changed, not even for a
+    moment, so generations in other threads are unaffected."""
+    if not vectors:
+        return text_encoder
+    layer = text_encoder.get_input_embeddings()
+    path = next(name for name, module in text_encoder.named_modules() if module is layer)
+    return _with_submodule(text_encoder, path, _TokenEmbeddingWithVectors(layer, vectors))
 
 
 @torch.no_grad()
@@ -149,12 +160,12 @@ def encode_chunks(text_encoder, chunks: list[Chunk], clip_skip: int | None, emph
     encoded = []
     for chunk in chunks + [empty] * (pad_to - len(chunks)):
         ids = torch.tensor([chunk.ids], device=device)
-        with _embedding_vectors(text_encoder, chunk.vectors):
-            if clip_skip is None or clip_skip == 1:
-                z = text_encoder(ids)[0]
-            else:  # A1111's clip skip: an earlier layer, through the final layer norm
-                hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
-                z = getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
+        encoder = _encoder_with_vectors(text_encoder, chunk.vectors)
+        if clip_skip is None or clip_skip == 1:
+            z = encoder(ids)[0]
+        else:  # A1111's clip skip: an earlier layer, through the final layer norm
+            hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+            z = getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
         weights = torch.tensor(chunk.weights, device=device, dtype=z.dtype)[None, :, None]
         if any(w != 1 for w in chunk.weights) and emphasis != "none":
             mean = z.mean()

@@ -16,9 +16,10 @@ from typing import Any
 from t2i import __version__
 from t2i.errors import InvalidInput
 from t2i.formats.embeddings import embedding_shape
-from t2i.formats.infotext import infotext, parse_infotext
+from t2i.formats.infotext import parse_infotext
 from t2i.formats.png import JSON_CHUNK, png_bytes, save_png
 from t2i.sampling.samplers import SAMPLERS, SCHEDULES
+from t2i.sampling.settings import ImageSettings
 from t2i.server import img2img
 from t2i.server.catalog import Catalog
 from t2i.server.jobs import Job, JobQueue, Stopped
@@ -79,11 +80,13 @@ class Service:
         return {"images": images, "parameters": parameters,
                 "info": json.dumps(self._info(request, work, [s for _, s in results], interrupted, job))}
 
-    def _info(self, request, work: Plan, records: list[dict], interrupted: bool, job: Job) -> dict[str, Any]:
+    def _info(self, request, work: Plan, records: list[ImageSettings], interrupted: bool,
+              job: Job) -> dict[str, Any]:
         config = work.config
-        first = records[0] if records else {}
-        seeds = [r["seed"] for r in records]
-        spec = SAMPLERS[config.sampler]
+        first = records[0].to_record() if records else {}
+        seeds = [r.seed for r in records]
+        sampler, schedule = config.sampling
+        spec = SAMPLERS[sampler]
         return {
             "prompt": request.prompt, "all_prompts": [request.prompt] * len(records),
             "negative_prompt": request.negative_prompt,
@@ -91,14 +94,14 @@ class Service:
             "seed": seeds[0] if seeds else request.seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": seeds,
             "subseed_strength": 0, "width": first.get("width", request.width), "height": first.get("height",
                                                                                                    request.height),
-            "sampler_name": spec.a1111, "scheduler": SCHEDULES[config.schedule].a1111,
+            "sampler_name": spec.a1111, "scheduler": SCHEDULES[schedule].a1111,
             "cfg_scale": config.guidance_scale, "steps": config.steps, "batch_size": config.batch_size,
             "restore_faces": False,
             "face_restoration_model": None, "sd_model_name": first.get("model_name", work.checkpoint.model_name),
             "sd_model_hash": first.get("model_hash"), "sd_vae_name": Path(work.vae).name if work.vae else None,
             "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
             "denoising_strength": first.get("strength"), "extra_generation_params": {}, "index_of_first_image": 0,
-            "infotexts": [infotext(r) for r in records], "styles": [], "job_timestamp": job.timestamp,
+            "infotexts": [r.infotext() for r in records], "styles": [], "job_timestamp": job.timestamp,
             "clip_skip": config.clip_skip or 1, "is_using_inpainting_conditioning": False,
             "version": f"t2i {__version__}", "interrupted": interrupted,
         }

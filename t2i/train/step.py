@@ -34,20 +34,41 @@ def training_loss(unet, parts, config: FinetuneConfig, batch: dict, batch_index:
             text = batch["text"].to(device)
         eps = torch.randn(mean.shape, generator=generator).to(device, mean.dtype)
         latents = ((mean + std * eps) * pipe.vae.config.scaling_factor).float()
-        noise = torch.randn(latents.shape, generator=generator).to(device)
-        if config.noise_offset:
-            offset = torch.randn(latents.shape[:2] + (1, 1), generator=generator).to(device)
-            noise = noise + config.noise_offset * offset
+        noise = draw_noise(generator, latents.shape, config.noise_offset).to(device)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
                                   generator=generator).to(device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        prediction_type = scheduler.config.prediction_type
-        target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+        target = prediction_target(scheduler, latents, noise, timesteps)
     with accelerator.autocast():
         prediction = unet(noisy.to(dtype), timesteps, text.to(dtype)).sample
+    weights = min_snr_weights(scheduler, timesteps, config.snr_gamma) if config.snr_gamma else None
+    return weighted_mse(prediction, target, weights)
+
+
+def draw_noise(generator: torch.Generator, shape: torch.Size, noise_offset: float) -> torch.Tensor:
+    """The training noise; with an offset, plus a per-channel constant (Guttenberg's noise offset, as
+    the diffusers example adds it) so the model learns to shift an image's mean brightness."""
+    noise = torch.randn(shape, generator=generator)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn(tuple(shape[:2]) + (1, 1), generator=generator)
+    return noise
+
+
+def prediction_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet should predict: the noise (epsilon models) or the velocity (v-prediction models)."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon targets and
+    min(SNR, gamma) / (SNR + 1) for v targets."""
+    snr = compute_snr(scheduler, timesteps)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if scheduler.config.prediction_type == "v_prediction" else clipped / snr
+
+
+def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    if config.snr_gamma:
-        snr = compute_snr(scheduler, timesteps)
-        clipped = torch.clamp(snr, max=config.snr_gamma)
-        per_sample = per_sample * (clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1))
-    return per_sample.mean()
+    return (per_sample * weights if weights is not None else per_sample).mean()

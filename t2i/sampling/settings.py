@@ -1,0 +1,189 @@
+"""One image's settings: what generation returns beside each image, what its PNG carries (the `t2i`
+JSON record and A1111's infotext) and what re-makes it.
+
+Each setting is declared once, here, with the types a record may hold for it and the config that
+owns it (`GenerationConfig` or `ModelConfig`); writing, reading back and routing overrides all
+follow from that one declaration. A new capability adds its fields in this file and nowhere else.
+`t2i.formats` only turns records into bytes and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from t2i import __version__
+from t2i.errors import InvalidInput, check
+from t2i.sampling.samplers import SAMPLERS, SCHEDULES, resolve_sampler
+
+NONE = type(None)
+
+
+def _setting(types: tuple, owner: str | None = None, default: Any = MISSING, since: Any = MISSING):
+    """A recorded setting: the JSON types it may hold, the config field it comes from (owner
+    "generation" or "model"; None: recorded for people and other tools only), and for settings added
+    after the first records, the value an older record that lacks it stands for (`since`)."""
+    return field(default=default, metadata={"types": types, "owner": owner, "since": since})
+
+
+@dataclass(frozen=True)
+class LoraUse:
+    name: str  # as A1111 writes it in <lora:NAME:SCALE>
+    path: str  # the weights file that was loaded
+    scale: float
+    hash: str  # A1111's `Lora hashes` value
+
+
+@dataclass(frozen=True)
+class EmbeddingUse:
+    name: str
+    path: str
+    hash: str  # A1111's `TI hashes` value
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """Every resolved setting of one image: enough to re-make it exactly."""
+
+    prompt: str = _setting((str,), "generation")  # the text the UNet saw, LoRA tags taken out
+    seed: int = _setting((int,), "generation")
+    width: int = _setting((int,), "generation")
+    height: int = _setting((int,), "generation")
+    steps: int = _setting((int,), "generation")
+    guidance_scale: float = _setting((int, float), "generation")
+    sampler: str = _setting((str,), "generation")  # t2i names, as resolved (never "automatic")
+    schedule: str = _setting((str, NONE), "generation", since=None)  # older records join it to the sampler
+    model: str = _setting((str,), "model")  # the model to load: hub id, folder, file or preset
+    negative_prompt: str = _setting((str,), "generation", "")
+    clip_skip: int | None = _setting((int, NONE), "generation", None)
+    strength: float | None = _setting((int, float, NONE), "generation", None)  # None for txt2img
+    init_image: str | None = _setting((str, NONE), "generation", None)  # a path; None for an image in memory
+    mask: str | None = _setting((str, NONE), "generation", None)
+    loras: tuple[LoraUse, ...] = _setting((list, tuple), "generation", ())
+    emphasis: str = _setting((str,), "generation", "original", since="none")  # older images parsed no syntax
+    embeddings_dir: str | None = _setting((str, NONE), "generation", None, since=None)
+    embeddings: tuple[EmbeddingUse, ...] = _setting((list, tuple), None, (), since=())
+    cache_interval: int = _setting((int,), "generation", 1, since=1)
+    vae_tile_size: int | None = _setting((int, NONE), "generation", None, since=None)  # tiles it was decoded in
+    # the model: what to load, and how other tools name it
+    vae: str | None = _setting((str, NONE), "model", None)
+    dtype: str = _setting((str,), "model", "fp32")
+    device: str = _setting((str,), "model", "cpu")
+    model_name: str = _setting((str,), None, "", since="")
+    model_hash: str | None = _setting((str, NONE), None, None, since=None)
+    version: str = _setting((str,), None, __version__, since="")
+
+    @property
+    def mode(self) -> str:
+        return "inpaint" if self.mask is not None else "img2img" if self.strength is not None else "txt2img"
+
+    # ---- the record: JSON in the PNG ----------------------------------------------------------
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["loras"] = [asdict(lora) for lora in self.loras]
+        record["embeddings"] = [asdict(e) for e in self.embeddings]
+        record["mode"] = self.mode  # for people and other tools; derived, never read back
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], origin: str) -> ImageSettings:
+        """The settings a record holds, each value checked; `origin` (a file) names it in errors."""
+        values = {}
+        for setting in fields(cls):
+            types, since = setting.metadata["types"], setting.metadata["since"]
+            if setting.name not in record:
+                check(since is not MISSING, "image", origin, f"its t2i settings lack {setting.name!r}")
+                values[setting.name] = since
+                continue
+            value = record[setting.name]
+            if not isinstance(value, types) or isinstance(value, bool):
+                raise InvalidInput(f"its t2i setting {setting.name!r} holds {value!r}, not a {types[0].__name__}",
+                                   field="image", value=origin)
+            values[setting.name] = value
+        # older records join the schedule to the sampler ("dpmpp-2m-karras"); resolving is the identity otherwise
+        values["sampler"], values["schedule"] = resolve_sampler(values["sampler"], values["schedule"])
+        values["loras"] = tuple(_entry(LoraUse, item, origin) for item in values["loras"])
+        values["embeddings"] = tuple(_entry(EmbeddingUse, item, origin) for item in values["embeddings"])
+        return cls(**values)
+
+    # ---- back to what made it -------------------------------------------------------------------
+
+    def configs(self, **overrides):
+        """(ModelConfig, GenerationConfig) that re-make this image alone. Each override goes to the
+        config that owns its name (any field of either: `compile=True`, `steps=30`, `offline=True`);
+        a name neither has is an error naming the choices."""
+        from t2i.models.config import ModelConfig
+        from t2i.sampling.config import GenerationConfig
+
+        owned = {"model": {f.name for f in fields(ModelConfig)}, "generation": {f.name for f in fields(GenerationConfig)}}
+        for name in overrides:
+            check(name in owned["model"] | owned["generation"], name, None,
+                  "is not a setting of ModelConfig or GenerationConfig")
+        recorded: dict[str, dict[str, Any]] = {"model": {}, "generation": {}}
+        for setting in fields(self):
+            owner = setting.metadata["owner"]
+            if owner is not None:
+                recorded[owner][setting.name] = getattr(self, setting.name)
+        generation = recorded["generation"]
+        generation["prompts"] = (generation.pop("prompt"),)
+        generation["loras"] = tuple(f"{lora.path}:{lora.scale}" for lora in self.loras)
+        generation["vae_tiling"] = self.vae_tile_size is not None
+        if "sampler" in overrides and "schedule" not in overrides:  # another sampler on A1111's default for it
+            generation["schedule"] = "automatic"
+        for name, value in overrides.items():
+            recorded["model" if name in owned["model"] else "generation"][name] = value
+        return ModelConfig(**recorded["model"]), GenerationConfig(**recorded["generation"])
+
+    # ---- A1111's infotext ------------------------------------------------------------------------
+
+    def infotext_fields(self) -> dict[str, Any]:
+        """The `Key: value` pairs A1111 writes for these settings, in A1111's order (None: left out)."""
+        return {
+            "Steps": self.steps, "Sampler": SAMPLERS[self.sampler].a1111,
+            "Schedule type": SCHEDULES[self.schedule].a1111,
+            "CFG scale": _number(self.guidance_scale), "Seed": self.seed, "Size": f"{self.width}x{self.height}",
+            "Model hash": self.model_hash, "Model": self.model_name or None,
+            "VAE": self.vae and Path(self.vae).name,
+            "Denoising strength": None if self.strength is None else _number(self.strength),
+            "Clip skip": self.clip_skip if (self.clip_skip or 1) > 1 else None,
+            "Lora hashes": ", ".join(f"{lora.name}: {lora.hash}" for lora in self.loras) or None,
+            "TI hashes": ", ".join(f"{e.name}: {e.hash}" for e in self.embeddings) or None,
+            # A1111 writes it only when it is not its default, Original
+            "Emphasis": {"no-norm": "No norm", "none": "None"}.get(self.emphasis),
+            "Version": f"t2i {self.version}",
+        }
+
+    def infotext(self) -> str:
+        from t2i.formats.infotext import format_infotext
+
+        prompt = self.prompt + "".join(f" <lora:{lora.name}:{_number(lora.scale)}>" for lora in self.loras)
+        return format_infotext(prompt, self.negative_prompt, self.infotext_fields())
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _entry(cls, item, origin: str):
+    names = [f.name for f in fields(cls)]
+    if isinstance(item, cls):
+        return item
+    check(isinstance(item, dict) and all(isinstance(item.get(n), (str, int, float)) for n in names), "image",
+          origin, f"its t2i settings hold a {cls.__name__} entry without {', '.join(names)}")
+    return cls(**{n: item[n] for n in names})
+
+
+def settings_from_png(path: str | Path) -> ImageSettings:
+    """The recorded settings of a t2i PNG."""
+    from t2i.formats.png import read_png_text
+
+    _, record = read_png_text(path)
+    check(record is not None, "image", path, "no t2i settings in this image (was it made by t2i?)")
+    return ImageSettings.from_record(record, str(path))
+
+
+def configs_from_png(path: str | Path, **overrides):
+    """(ModelConfig, GenerationConfig) that re-make a t2i PNG; `overrides` replace recorded fields."""
+    return settings_from_png(path).configs(**overrides)
