@@ -33,11 +33,11 @@ import time
 from pathlib import Path
 
 import torch
+from common import SIZES, attention_share, make_model, peak_flops, peak_memory_mb, unet_flops
 from PIL import Image, ImageDraw
 
-from common import SIZES, attention_share, make_model, peak_flops, peak_memory_mb, unet_flops
-
 from t2i.train.config import FinetuneConfig
+
 
 def make_data(folder: Path, count: int, size: int) -> None:
     colours = ["red", "blue", "green", "yellow", "purple", "orange"]

@@ -28,9 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
 from common import SIZES, make_model, peak_flops, unet_flops
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 from t2i.formats.png import save_png
 from t2i.models.config import ModelConfig

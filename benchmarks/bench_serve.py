@@ -60,8 +60,8 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the server process inherits it
 
     import torch
-
     from serving import start_server
+
     from t2i.models.config import ModelConfig
     from t2i.models.loading import load_model
 

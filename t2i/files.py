@@ -6,25 +6,30 @@ Every file t2i writes goes through here: PNGs, LoRA files, configs, logs, cache 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_file(folder: Path, name: str) -> str:
+    """Create an empty, uniquely named file with an ordinary file's mode: 0o666 less the process's
+    umask, which the kernel applies (mkstemp would make it private, and reading the umask means
+    setting it, which races with other threads)."""
+    while True:
+        path = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.part")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return path
+        except FileExistsError:
+            continue
 
 
 @contextmanager
 def scratch_file(folder: Path, name: str) -> Iterator[Path]:
     """A temporary file in `folder` (so that renaming it into place is atomic), removed afterwards."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; outputs are ordinary files
+    tmp = _new_file(folder, name)
     try:
         yield Path(tmp)
     finally:

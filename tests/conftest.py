@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image
 
 from t2i.models.presets import tiny_components

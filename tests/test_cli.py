@@ -132,6 +132,11 @@ def bad_files(tmp_path_factory):
     (files / "model.ckpt").write_bytes(b"pickle")
     (files / "lora.safetensors").write_bytes(b"garbage")
     (files / "lora.bin").write_bytes(b"pickle")
+    from safetensors.torch import save_file  # a rank-4 LoRA whose header claims rank 1,000,000
+    lying = {"unet.r": 1_000_000, "unet.lora_alpha": 4, "unet.target_modules": ["to_q"]}
+    save_file({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight": torch.zeros(4, 32),
+               "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight": torch.zeros(32, 4)},
+              str(files / "lying-rank.safetensors"), metadata={"lora_adapter_metadata": json.dumps(lying)})
     (files / "notes.txt").write_text("hello")
     (files / "image.png").write_text("not an image")
     (files / "no-metadata.png").write_bytes(b"")
@@ -185,6 +190,7 @@ BAD_INPUTS = [  # (arguments, exit code, what the message must say)
     (["--model", "{f}/empty-folder"], 2, "not a diffusers model folder"),
     (["--model", "no-such/model", "--offline"], 1, "not in the local Hugging Face cache"),
     (["--lora", "{f}/lora.safetensors"], 1, "not a LoRA file t2i can load"),
+    (["--lora", "{f}/lying-rank.safetensors"], 1, "its header claims rank 1000000 but its tensors have rank at most 4"),
     (["--lora", "{f}/missing.safetensors"], 2, "no such LoRA file"),
     (["--lora", "{f}/lora.bin"], 2, "only .safetensors LoRA files"),
     (["--dtype", "fp8"], 2, "--dtype fp8: unknown precision; choose one of auto"),
@@ -318,3 +324,17 @@ def test_generate_under_a_launcher_makes_every_image_once_with_single_process_pi
     for seed in one:
         assert one[seed][0] == two[seed][0] and np.array_equal(one[seed][1], two[seed][1]), seed
     assert len(launched.stdout.split()) == 6  # each process printed the paths it wrote
+
+
+@pytest.mark.parametrize("name, size, reduced", [
+    ("phone.jpg", (8000, 6000), "4000x3000"),  # a 48 MP phone photo: the JPEG decoder reads it at 1/2
+    ("scan.png", (10000, 10000), "3333x3333"),  # 100 MP: decoded, then reduced by 3
+])
+def test_large_photos_are_read_reduced_with_a_warning(run_cli, tmp_path, name, size, reduced):
+    rows = np.linspace(0, 255, size[1], dtype=np.uint8)[:, None].repeat(size[0], axis=1)
+    Image.fromarray(np.stack([rows, rows[::-1], np.full_like(rows, 90)], axis=-1)).save(tmp_path / name)
+    code, out, err = run_cli("generate", "a cat", *TINY, "--seed", "1", "--init-image", tmp_path / name,
+                             "--width", "32", "--height", "32", "--out", tmp_path / "o")
+    assert code == 0, err
+    assert f"init_image is {size[0]}x{size[1]} pixels: read reduced to {reduced}" in err
+    assert Image.open(out.split()[0]).size == (32, 32)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from PIL import Image, ImageDraw
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from t2i.errors import InvalidInput, LoadError, T2IError
+from t2i.errors import InvalidInput, LoadError, T2IError, TrainingError
 from t2i.formats.png import read_png_text as read_metadata
 from t2i.train.config import FinetuneConfig
 from t2i.train.trainer import Trainer, finetune
@@ -460,3 +461,29 @@ def test_noise_offset_adds_a_per_channel_constant_as_the_example_does():
     assert torch.equal(draw_noise(torch.Generator().manual_seed(7), shape, 0), noise)
     per_channel = (ours - noise).flatten(2)
     assert torch.allclose(per_channel, per_channel[..., :1].expand_as(per_channel), atol=1e-6)
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 41472 vs 41364"),  # torch.save's
+    OSError(28, "No space left on device"),
+])
+def test_a_full_disk_during_a_checkpoint_is_said_and_leaves_no_partial_folder(shapes, tmp_path, monkeypatch, failure):
+    from accelerate import Accelerator
+
+    real_save = Accelerator.save_state
+    calls = []
+
+    def filling_up(self, output_dir, **kwargs):
+        calls.append(output_dir)
+        if len(calls) == 2:  # the second checkpoint finds the disk full half-way through its files
+            (Path(output_dir) / "optimizer.bin").write_bytes(b"half")
+            raise failure
+        return real_save(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", filling_up)
+    with pytest.raises(TrainingError) as error:
+        finetune(config(shapes, tmp_path, max_steps=4, checkpoint_every=1), progress=False)
+    folder = tmp_path / "run" / "checkpoints"
+    assert f"the disk holding {folder} is full: checkpoint 2 was not written" in str(error.value)
+    assert "checkpoint-000001 is intact" in str(error.value) and "resume latest" in str(error.value)
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-000001"], "no partial folder is left"

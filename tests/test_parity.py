@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import pixels, plain_pipeline
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, PNDMScheduler, StableDiffusionImg2ImgPipeline,
-                       StableDiffusionInpaintPipeline)
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+)
 from diffusers.schedulers import AysSchedules
 from PIL import Image
 

@@ -4,8 +4,8 @@ direct computation from CLIP's hidden states."""
 import numpy as np
 import pytest
 import torch
-
 from conftest import pixels
+
 from t2i.errors import InvalidInput, NotFound
 from t2i.models import SD1_CONFIG_DIR
 from t2i.sampling.prompts import Segment, parse_prompt

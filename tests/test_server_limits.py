@@ -179,8 +179,10 @@ def test_serve_refuses_bad_settings_in_one_line(run_cli):
     assert len(err.strip().splitlines()) == 2
 
 
-def test_a_request_is_not_affected_by_a_thread_running_beside_it(demo_server):
-    """Two clients at once with different samplers: each image equals the one made alone."""
+def test_two_clients_sending_at_once_are_queued_and_each_gets_its_solo_image(demo_server):
+    """Two clients send at once with different samplers; the server queues them (one job runs at a
+    time) and each image equals the one made alone. Generations really running at once, on one
+    loaded model, are tested in test_shared_model.py."""
     bodies = [{"prompt": "a red circle", "seed": 7, "steps": 6, "sampler_name": name, **SMALL}
               for name in ("Euler a", "DPM++ 2M")]
     alone = [requests.post(f"{demo_server.api}/txt2img", json=b).json()["images"][0] for b in bodies]

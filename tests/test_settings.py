@@ -10,7 +10,9 @@ import dataclasses
 import numpy as np
 import pytest
 from conftest import make_lora, pixels
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 

@@ -7,8 +7,10 @@ carry the config field they are about; `main` words them with this command line'
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import signal
 import sys
 from dataclasses import fields
 
@@ -26,6 +28,19 @@ FLAGS = {"out_dir": "--out", "loras": "--lora", "prompts": "PROMPTS", "colours":
          "validation_prompts": "--validation-prompt", "export_kohya": "--export", "out": "OUT",
          "guidance_scales": "--guidance-scale", "metrics": "--metric"}
 USAGE_ERRORS = (InvalidInput, NotFound)  # exit 2, as click does for bad arguments; the rest exit 1
+
+
+class Interrupted(BaseException):
+    """Ctrl-C. Raised in place of KeyboardInterrupt, which typer turns into a silent exit 130; `advice`
+    is what the command adds (finetune: the intact checkpoint and the command that goes on from it)."""
+
+    def __init__(self, advice: str = ""):
+        super().__init__(advice)
+        self.advice = advice
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise Interrupted()
 
 
 def flag(field: str) -> str:
@@ -84,19 +99,25 @@ def main() -> None:
         handler.setFormatter(logging.Formatter("t2i: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the caller ignores Ctrl-C
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         app()
+    except Interrupted as exc:
+        print("t2i: interrupted" + (f"; {exc.advice}" if exc.advice else ""), file=sys.stderr)
+        sys.exit(130)
     except T2IError as exc:
         if os.environ.get("T2I_DEBUG"):
             raise
         print(f"t2i: error: {exc.render(flag)}", file=sys.stderr)
         sys.exit(2 if isinstance(exc, USAGE_ERRORS) else 1)
-    except KeyboardInterrupt:
-        print("t2i: interrupted", file=sys.stderr)
-        sys.exit(130)
     except Exception as exc:  # a bug or an environment failure: still one line unless debugging
         if os.environ.get("T2I_DEBUG"):
             raise
-        print(f"t2i: error: {type(exc).__name__}: {first_line(exc)} (T2I_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            print(f"t2i: error: the disk is full (writing {exc.filename or 'a file'}); free some space and run "
+                  "again", file=sys.stderr)
+        else:
+            print(f"t2i: error: {type(exc).__name__}: {first_line(exc)} (T2I_DEBUG=1 shows the traceback)",
+                  file=sys.stderr)
         sys.exit(1)

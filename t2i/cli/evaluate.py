@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from t2i.cli import app, default_of, given, log, prepare_environment
-from t2i.eval.run import METRICS, EvalConfig
+from t2i.eval.config import METRICS, EvalConfig
 
 _default = partial(default_of, EvalConfig)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from functools import partial
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from t2i.cli import app, default_of, given, log, prepare_environment
+from t2i.cli import Interrupted, app, default_of, given, log, prepare_environment
 from t2i.errors import InvalidInput
 from t2i.models.config import DEFAULT_MODEL
 from t2i.train.config import LORA_TARGETS, LR_SCHEDULERS, MIXED_PRECISION, FinetuneConfig
@@ -81,4 +84,23 @@ def finetune(
 
     from t2i.train import trainer
 
-    log.info("done: %s", trainer.finetune(config))
+    try:
+        log.info("done: %s", trainer.finetune(config))
+    except Interrupted as exc:
+        raise Interrupted(resume_advice(Path(config.output).expanduser())) from exc
+
+
+def resume_advice(output: Path) -> str:
+    """Which checkpoint survived an interrupted run, and the command that goes on from it."""
+    from t2i.train.checkpoints import checkpoints
+
+    intact = checkpoints(output / "checkpoints")
+    if not intact:
+        return "no checkpoint was written yet (see --checkpoint-every); run the same command again to start over"
+    words = sys.argv[1:]
+    if "--resume" in words:  # the same command, resuming from the newest intact checkpoint
+        at = words.index("--resume")
+        words = words[:at] + words[at + 2:]
+    words = [w for w in words if not w.startswith("--resume=")]
+    command = " ".join(shlex.quote(w) for w in ["t2i", *words, "--resume", "latest"])
+    return f"{intact[-1]} is intact; go on with: {command}"

@@ -41,7 +41,7 @@ def grid(ctx: typer.Context, x: str, y: Optional[str] = None, z: Optional[str] =
     done = 0
     z_labels = plan.z.labels() if plan.z else [None]
     for sheet, title in zip(plan.cells, z_labels):
-        rows = []
+        rows: list[list] = []
         for row in sheet:
             rows.append([])
             for config in row:
@@ -66,7 +66,8 @@ def _grid_signature() -> None:
     own = [p.replace(default=axis_options.get(p.name, p.default)) for p in own]
     borrowed = [p.replace(annotation=hints[p.name]) for p in inspect.signature(generate).parameters.values()
                 if p.name not in ("ctx", *NOT_FOR_GRIDS)]
-    grid.__signature__ = inspect.Signature(own[:1] + borrowed[:1] + own[1:] + borrowed[1:])
+    signature = inspect.Signature(own[:1] + borrowed[:1] + own[1:] + borrowed[1:])
+    grid.__signature__ = signature  # type: ignore[attr-defined]
     grid.__annotations__ = {**hints, **get_type_hints(grid)}
 
 

@@ -45,7 +45,7 @@ def read_rgb(sample: Sample) -> Image.Image:
 
 def pixels(sample: Sample, augment: Augment, centering: tuple[float, float], flip: bool) -> torch.Tensor:
     """The sample as a (3, R, R) tensor in [-1, 1]: the largest square at `centering`, resized."""
-    image = ImageOps.fit(read_rgb(sample), (augment.resolution,) * 2, Image.BICUBIC, centering=centering)
+    image = ImageOps.fit(read_rgb(sample), (augment.resolution,) * 2, Image.Resampling.BICUBIC, centering=centering)
     if flip:
         image = ImageOps.mirror(image)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0

@@ -60,6 +60,7 @@ def comparison_grid(rows: dict[str, list[Path]], prompts: list[str], png: Path) 
         draw.multiline_text((4, top + CELL // 2 - 6), "\n".join(textwrap.wrap(name, 16)), fill="black")
         for column, file in enumerate(files[:columns]):
             with Image.open(file) as image:
-                grid.paste(image.convert("RGB").resize((CELL, CELL), Image.NEAREST), (label + column * CELL, top))
+                cell = image.convert("RGB").resize((CELL, CELL), Image.Resampling.NEAREST)
+                grid.paste(cell, (label + column * CELL, top))
     atomic_write(png, lambda tmp: grid.save(tmp, format="PNG"))
     return png

@@ -9,67 +9,30 @@ killed run goes on where it stopped (`resume`), and nothing is made twice.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from t2i.errors import InvalidInput, check, require_extra
+from t2i.eval.config import EvalConfig
 from t2i.eval.metrics import Estimate, bootstrap, bootstrap_many, frechet_distance, kernel_distance, manifold_metrics
 from t2i.files import atomic_write, write_text
 from t2i.processes import process_state, share
-
-SHAPES_METRICS = ("shapes-fid", "shapes-kid", "shapes-pr", "accuracy")
-METRICS = (*SHAPES_METRICS, "clip-score")
-MIN_SAMPLES = 128  # twice the 64 feature dimensions: FID with fewer images is mostly its own bias
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    model: str = "demo"
-    data: str = ""
-    loras: tuple[str, ...] = ()
-    split: str = "test"  # the layout's own split when it has one; else the seeded validation share
-    val_fraction: float = 0.1
-    data_seed: int = 0
-    num_samples: int = 256
-    guidance_scales: tuple[float, ...] = (7.5,)
-    sampler: str = "dpmpp-2m"
-    steps: int = 20
-    seed: int = 0
-    batch_size: int = 16
-    metrics: tuple[str, ...] = SHAPES_METRICS
-    clip_model: str | None = None  # a local CLIP folder or a cached hub id, for clip-score
-
-    def __post_init__(self):
-        object.__setattr__(self, "loras", tuple(self.loras))
-        object.__setattr__(self, "guidance_scales", tuple(float(g) for g in self.guidance_scales))
-        object.__setattr__(self, "metrics", tuple(self.metrics))
-        check(self.num_samples >= MIN_SAMPLES, "num_samples", self.num_samples,
-              f"must be at least {MIN_SAMPLES}: FID on 64 features with fewer images measures mostly its own bias")
-        check(self.split in ("test", "val"), "split", self.split, "unknown split", choices=("test", "val"))
-        check(len(self.guidance_scales) >= 1, "guidance_scales", None, "give at least one guidance scale")
-        for scale in self.guidance_scales:
-            check(math.isfinite(scale) and scale >= 0, "guidance_scales", scale, "must be a finite number, 0 or more")
-        for metric in self.metrics:
-            check(metric in METRICS, "metrics", metric, "unknown metric", choices=METRICS,
-                  hint="Inception FID/KID and IS are not built yet")
-        check("clip-score" not in self.metrics or self.clip_model is not None, "metrics", "clip-score",
-              "needs {clip_model}: a local CLIP folder or a cached hub id (e.g. openai/clip-vit-base-patch16)")
 
 
 def _variants(config: EvalConfig) -> dict[str, tuple[str, ...]]:
     """variant name -> LoRAs: 'base' and one a LoRA, named after the LoRA."""
     from t2i.formats.lora import LoraRef
 
-    found = {"base": ()}
+    found: dict[str, tuple[str, ...]] = {"base": ()}
     for text in config.loras:
         ref = LoraRef.parse(text)
-        ref.file  # checked now: a missing LoRA fails before any image is made
+        _ = ref.file  # checked now: a missing LoRA fails before any image is made
         found[f"lora-{ref.name}" + (f"@{ref.scale:g}" if ref.scale != 1 else "")] = (text,)
     return found
 
@@ -159,7 +122,8 @@ def _generate_missing(model, config: EvalConfig, prompts, loras, guidance: float
     return made
 
 
-def _scores(config: EvalConfig, prompts, real_features, fake_features, fake_images, clip=None) -> dict[str, Estimate]:
+def _scores(config: EvalConfig, prompts, real_features, fake_features, fake_images,
+            clip: tuple | None = None) -> dict[str, Estimate]:
     scores = {}
     if "shapes-fid" in config.metrics:
         scores["shapes_fid"] = bootstrap(frechet_distance, real_features, fake_features)
@@ -173,10 +137,11 @@ def _scores(config: EvalConfig, prompts, real_features, fake_features, fake_imag
                                              "coverage": unit}))
     if "accuracy" in config.metrics and fake_images is not None:
         scores.update(_accuracy(prompts, fake_images))
-    if "clip-score" in config.metrics and fake_images is not None:
+    if "clip-score" in config.metrics and fake_images is not None and clip is not None:
         from t2i.eval.clip_score import clip_scores
 
-        scores["clip_score"] = bootstrap(np.mean, clip_scores(*clip, fake_images, prompts))
+        model, processor = clip
+        scores["clip_score"] = bootstrap(np.mean, clip_scores(model, processor, fake_images, prompts))
     return scores
 
 
@@ -242,7 +207,7 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
     if main and "clip-score" in config.metrics:  # a missing CLIP model fails before any image is made
         from t2i.eval.clip_score import load_clip
 
-        clip = load_clip(config.clip_model)
+        clip = load_clip(config.clip_model or "")  # EvalConfig requires a model with clip-score
     check(run is None or (run / "loss.png").is_file(), "run", run, "has no loss.png (is it a t2i finetune output?)")
     variants = _variants(config)
     prompts, real, other_real = _held_out(config)  # samples: only the main process reads their images
@@ -271,11 +236,11 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
     network = load_features()
     size = model.pipe.unet.config.sample_size * model.pipe.vae_scale_factor
     def features(samples):  # real images at the generated size, as both sets are compared with generated ones
-        return extract(network, [read_rgb(s).resize((size, size), Image.BICUBIC) for s in samples])
+        return extract(network, [read_rgb(s).resize((size, size), Image.Resampling.BICUBIC) for s in samples])
 
     real_features = features(real)
     floor = _scores(config, prompts, real_features, features(other_real), None)
-    results = {}
+    results: dict[str, Any] = {}
     for name in variants:
         for guidance in config.guidance_scales:
             folder = out / "images" / name / f"g{guidance:g}"

@@ -7,6 +7,8 @@ scaled (not clipped at 255), transparency put on white.
 from __future__ import annotations
 
 import io
+import logging
+import math
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +19,13 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from t2i.errors import InvalidInput, NotFound
 
+log = logging.getLogger("t2i")
+
 MAX_SIDE = 4096
-MAX_PIXELS = MAX_SIDE * MAX_SIDE  # what t2i decodes from an input file; A1111's own UI stops at 2048
+MAX_PIXELS = MAX_SIDE * MAX_SIDE  # what t2i works on; a larger input is read reduced (A1111's UI stops at 2048)
+# what t2i reads at all: phone photos (12-48 MP) and scans pass; a decompression bomb (a small file that
+# decodes to gigabytes) does not. Decoding one this size takes at most ~0.6 GB (RGB, 8 bits).
+BOMB_PIXELS = 200_000_000
 # what a missing, empty, truncated or non-image file raises when read
 UNREADABLE = (OSError, ValueError, KeyError, zipfile.BadZipFile, Image.DecompressionBombError)
 
@@ -50,7 +57,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 @contextmanager
 def checked_image(path: str | Path | BinaryIO, field: str) -> Iterator[Image.Image]:
     """An image file (or uploaded bytes) opened for reading, refused before decoding when it is
-    missing, not an image, over MAX_PIXELS (a decompression bomb decodes to gigabytes from a small
+    missing, not an image, over BOMB_PIXELS (a decompression bomb decodes to gigabytes from a small
     file) or holds a text chunk that inflates past PIL's limit."""
     if hasattr(path, "read"):
         file, path = path, describe(path)
@@ -61,12 +68,12 @@ def checked_image(path: str | Path | BinaryIO, field: str) -> Iterator[Image.Ima
     try:
         with Image.open(file) as image:
             width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise InvalidInput(f"is {width}x{height} pixels; t2i reads at most {MAX_PIXELS:,} "
-                                   f"({MAX_SIDE}x{MAX_SIDE})", field=field, value=path)
+            if width * height > BOMB_PIXELS:
+                raise InvalidInput(f"is {width}x{height} pixels; t2i reads at most {BOMB_PIXELS:,}",
+                                   field=field, value=path, hint="downscale it first")
             yield image
     except Image.DecompressionBombError as exc:
-        raise InvalidInput(f"has more pixels than t2i reads (at most {MAX_PIXELS:,})", field=field,
+        raise InvalidInput(f"has more pixels than t2i reads (at most {BOMB_PIXELS:,})", field=field,
                            value=path) from exc
     except ValueError as exc:
         if "Decompressed" not in str(exc):
@@ -77,13 +84,32 @@ def checked_image(path: str | Path | BinaryIO, field: str) -> Iterator[Image.Ima
         raise InvalidInput(f"not a readable image ({exc})", field=field, value=path) from exc
 
 
+def decode_reduced(image: Image.Image, field: str) -> Image.Image:
+    """Decode an opened image, reduced by the smallest whole factor that brings it within MAX_PIXELS
+    (JPEGs are decoded reduced, cheaply; other formats are reduced after decoding), with a warning.
+    The factor depends on the size alone, so an image and its mask of the same size reduce alike."""
+    width, height = image.size
+    factor = math.ceil(math.sqrt(width * height / MAX_PIXELS)) if width * height > MAX_PIXELS else 1
+    while (width // factor) * (height // factor) > MAX_PIXELS:
+        factor += 1
+    target = (width // factor, height // factor)
+    if factor > 1:
+        image.draft(image.mode, target)  # JPEG: the decoder itself scales by 1/2, 1/4 or 1/8
+    image.load()
+    if image.size != target:
+        image = image.resize(target, Image.Resampling.BOX)
+    if factor > 1:
+        log.warning("%s is %dx%d pixels: read reduced to %dx%d (t2i works on at most %d pixels)", field, width,
+                    height, *target, MAX_PIXELS)
+    return image
+
+
 def load_image(source: str | Path | BinaryIO | Image.Image, field: str) -> Image.Image:
     """An init image or mask as RGB, from a path, bytes or an image in memory; `field` names it in errors."""
     if isinstance(source, Image.Image):
         return to_rgb(source)
     with checked_image(source, field) as image:
-        image.load()
-        return to_rgb(image)
+        return to_rgb(decode_reduced(image, field))
 
 
 def load_mask(source: str | Path | Image.Image, size: tuple[int, int]) -> Image.Image:

@@ -36,7 +36,9 @@ def parse_infotext(text: str) -> dict[str, str]:
     if len(_PAIR.findall(last)) < 3:  # no settings line: all of it is the prompt
         lines, last = [*lines, last], ""
     fields = {key: _unquote(value) for key, value in _PAIR.findall(last)}
-    prompt, negative, in_negative = [], [], False
+    prompt: list[str] = []
+    negative: list[str] = []
+    in_negative = False
     for line in lines:
         line = line.strip()
         if line.startswith("Negative prompt:"):

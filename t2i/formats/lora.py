@@ -93,6 +93,40 @@ def available_loras(lora_dir: str | Path) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+DOWN_NAMES = (".lora.down.weight", ".lora_down.weight", ".lora_A.weight", ".lora_A.default.weight")
+
+
+def check_lora_header(file: Path, field: str = "loras") -> None:
+    """Refuse a LoRA file whose header metadata claims ranks its tensors do not have, before any
+    tensor is read: diffusers sizes the adapter layers from the header's LoraConfig, so a header that
+    says rank 1,000,000 over rank-4 tensors would allocate gigabytes before the load fails. Only the
+    header is read here (tensor shapes included), never the weights."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), "pt") as handle:
+            metadata = handle.metadata() or {}
+            ranks = {handle.get_slice(key).get_shape()[0] for key in handle.keys() if key.endswith(DOWN_NAMES)}
+    except Exception as exc:  # not a safetensors file, or a damaged header
+        raise LoadError(f"not a LoRA file t2i can load ({first_line(exc)})", field=field, value=str(file)) from exc
+    if "lora_adapter_metadata" not in metadata:
+        return
+    try:
+        config = json.loads(metadata["lora_adapter_metadata"])
+    except ValueError as exc:
+        raise LoadError(f"its lora_adapter_metadata header is not JSON ({exc})", field=field, value=str(file)) from exc
+    claimed = {value for key, value in config.items() if key.endswith(".r")}
+    claimed |= {value for key, pattern in config.items() if key.endswith(".rank_pattern") and isinstance(pattern, dict)
+                for value in pattern.values()}
+    largest = max(ranks, default=0)
+    oversized = [r for r in claimed if not isinstance(r, int) or isinstance(r, bool) or r > largest]
+    if oversized:
+        raise LoadError(f"its header claims rank {oversized[0]!r} but its tensors have rank at most {largest}: the "
+                        "file is damaged or was edited", field=field, value=str(file))
+
+
 def apply_loras(pipe, refs: tuple[LoraRef, ...]) -> list[dict]:
     """Load each LoRA into `pipe` as its own adapter at its scale; returns what the metadata records.
 
@@ -104,6 +138,7 @@ def apply_loras(pipe, refs: tuple[LoraRef, ...]) -> list[dict]:
     applied = []
     for index, ref in enumerate(refs):
         file = ref.file
+        check_lora_header(file)
         adapter = f"lora{index}"
         try:
             # low_cpu_mem_usage=False: the memory-saving path creates the adapter layers under a context

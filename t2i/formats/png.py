@@ -26,7 +26,8 @@ OUTPUT_NAME = re.compile(r"^(\d{5,})-")
 class Recorded(Protocol):
     """What a PNG carries of an image's settings (t2i.sampling.settings.ImageSettings)."""
 
-    seed: int
+    @property
+    def seed(self) -> int: ...
 
     def infotext(self) -> str: ...
 

@@ -249,12 +249,13 @@ def load_model(config: ModelConfig) -> LoadedModel:
                                            requires_safety_checker=False)
             name = "tiny"
         elif kind == "file":
+            assert path is not None  # _locate gives a path for files and folders
             pipe = _load_single_file(path, config, vae)
             model_hash, name = file_sha256(path)[:10], path.stem
         else:
-            folder = path if kind == "folder" else _download(config.model, config)
+            folder = path if path is not None else _download(config.model, config)
             pipe = _load_folder(folder, config, vae, dtype)
-            name = config.model if kind == "hub" or config.model in PRESETS else path.name
+            name = config.model if kind == "hub" or config.model in PRESETS else folder.name
     except T2IError:
         raise
     except Exception as exc:  # corrupt or mismatched files surface as many library error types

@@ -20,10 +20,16 @@ from t2i.models.config import ModelConfig
 log = logging.getLogger("t2i")
 
 
-def compile_mode(device: torch.device) -> str | None:
-    """On a GPU, autotuned kernels without CUDA graphs (graphs would pin one shape and one thread's
-    memory pool, and the server generates on a worker thread); on CPU inductor's default."""
-    return "max-autotune-no-cudagraphs" if device.type == "cuda" else None
+def inductor_options(device: torch.device) -> dict[str, bool] | None:
+    """Inductor's options for these modules alone (passed to each compile, never set process-wide).
+    On a GPU: autotuned kernels without CUDA graphs (graphs would pin one shape and one thread's
+    memory pool, and the server generates on a worker thread; this is the max-autotune-no-cudagraphs
+    mode), with the flags diffusers' SD speed guide measured helping. On CPU: inductor's default."""
+    if device.type != "cuda":
+        return None
+    return {"max_autotune": True, "triton.cudagraphs": False, "conv_1x1_as_mm": True,
+            "coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True,
+            "epilogue_fusion": False}
 
 
 def check_runtime_options(config: ModelConfig, device: torch.device) -> None:
@@ -65,16 +71,9 @@ def _offload(pipe, mode: str, device: torch.device) -> None:
 def compile_components(pipe, device: torch.device, backend="inductor") -> None:
     """Compile the UNet and the VAE decoder in place (the modules keep their type, so diffusers and
     peft see them as before). Dynamo compiles again only when a shape or a module's structure changes."""
-    if device.type == "cuda" and backend == "inductor":  # the flags diffusers' SD speed guide measured helping
-        import torch._inductor.config as inductor
-
-        inductor.conv_1x1_as_mm = True
-        inductor.coordinate_descent_tuning = True
-        inductor.coordinate_descent_check_all_directions = True
-        inductor.epilogue_fusion = False
-    mode = compile_mode(device) if backend == "inductor" else None
-    pipe.unet.compile(backend=backend, mode=mode)
-    pipe.vae.decoder.compile(backend=backend, mode=mode)
+    options = inductor_options(device) if backend == "inductor" else None
+    pipe.unet.compile(backend=backend, options=options)
+    pipe.vae.decoder.compile(backend=backend, options=options)
 
 
 def apply_runtime_options(pipe, config: ModelConfig, device: torch.device) -> None:

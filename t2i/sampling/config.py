@@ -85,7 +85,7 @@ class GenerationConfig:
         for prompt in self.prompts:  # weights, tags and BREAKs are checked before any work
             parse_prompt(split_lora_tags(prompt)[0], self.emphasis)
         parse_prompt(self.negative_prompt, self.emphasis, "negative_prompt")
-        self.sampling  # noqa: B018 -- resolving checks the sampler, the schedule and that they go together
+        _ = self.sampling  # resolving checks the sampler, the schedule and that they go together
         object.__setattr__(self, "loras", tuple(LoraRef.parse(r) if isinstance(r, str) else r for r in self.loras))
 
     @property

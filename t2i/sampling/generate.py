@@ -14,7 +14,7 @@ import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image
@@ -179,11 +179,11 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     if init is not None:
         check(min(init.size) >= 8, "init_image", describe(config.init_image),
               f"is {init.width}x{init.height} pixels; it must be at least 8x8")
-    mask = load_mask(config.mask, init.size) if config.mask is not None else None
+    mask = load_mask(config.mask, init.size) if config.mask is not None and init is not None else None
     width, height = _output_size(model, config, init)
     if init is not None and init.size != (width, height):
-        init = init.resize((width, height), resample=Image.BICUBIC)  # as diffusers' preprocess
-        mask = mask.resize((width, height), resample=Image.NEAREST) if mask is not None else None
+        init = init.resize((width, height), resample=Image.Resampling.BICUBIC)  # as diffusers' preprocess
+        mask = mask.resize((width, height), resample=Image.Resampling.NEAREST) if mask is not None else None
     layers = model.pipe.text_encoder.config.num_hidden_layers
     check(config.clip_skip is None or config.clip_skip <= layers, "clip_skip", config.clip_skip,
           f"this text encoder has only {layers} layers")
@@ -219,17 +219,19 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     jobs = [(*tagged[prompt], seed + i) for i, prompt in enumerate(prompts)]  # (text, LoRAs, seed)
     batches = _batches(jobs, config, tokenizer, embeddings)
     batches = batches[share(len(batches), rank, world)]
-    mode_args = {"txt2img": {"width": width, "height": height},
-                 "img2img": {"image": init, "strength": config.effective_strength},
-                 "inpaint": {"image": init, "mask_image": mask, "strength": config.effective_strength,
-                             "width": width, "height": height}}[config.mode]
+    modes: dict[str, dict[str, Any]] = {
+        "txt2img": {"width": width, "height": height},
+        "img2img": {"image": init, "strength": config.effective_strength},
+        "inpaint": {"image": init, "mask_image": mask, "strength": config.effective_strength, "width": width,
+                    "height": height}}
+    mode_args = modes[config.mode]
     if on_step is not None:
         def step_end(_pipe, index, _timestep, tensors):
             on_step(index + 1, _pipe.num_timesteps)
             return tensors
 
         mode_args["callback_on_step_end"] = step_end
-    used = {}  # prompt text -> the embeddings its images record
+    used: dict[str, list] = {}  # prompt text -> the embeddings its images record
     requested_tile = (config.vae_tile_size or model.pipe.vae.tile_sample_min_size) if config.vae_tiling else None
     for number, batch in enumerate(batches, 1):
         pipe, loras = view(batch[0][1])

@@ -40,7 +40,7 @@ def _with_lora_weight(config: GenerationConfig, value: float) -> GenerationConfi
 class Axis:
     label: str  # A1111's axis label, drawn beside each value
     parse: Callable[[str], Any]
-    apply: Callable[..., GenerationConfig]  # (config, value) -> config
+    apply: Callable[..., GenerationConfig] | None  # (config, value) -> config; None: applied by plan_grid
 
 
 AXES: dict[str, Axis] = {
@@ -130,7 +130,9 @@ def plan_grid(base: GenerationConfig, x: AxisValues, y: AxisValues | None = None
             if axis.name == "prompt-sr":
                 config = _search_replace(config, str(axis.values[0]), str(value))
             else:
-                config = AXES[axis.name].apply(config, value)
+                apply = AXES[axis.name].apply
+                assert apply is not None  # only prompt-sr has none
+                config = apply(config, value)
         return config
 
     zs = z.values if z else (None,)

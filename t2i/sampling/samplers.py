@@ -148,7 +148,7 @@ def normalize(name: str) -> str:
 
 
 def _sampler_aliases() -> dict[str, str]:
-    table = {}
+    table: dict[str, str] = {}
     for name, spec in SAMPLERS.items():
         for alias in (name, normalize(spec.a1111), normalize(spec.comfy or name)):
             table.setdefault(alias, name)

@@ -113,11 +113,12 @@ class ImageSettings:
     def configs(self, **overrides):
         """(ModelConfig, GenerationConfig) that re-make this image alone. Each override goes to the
         config that owns its name (any field of either: `compile=True`, `steps=30`, `offline=True`);
-        a name neither has is an error naming the choices."""
+        a name neither has is an error."""
         from t2i.models.config import ModelConfig
         from t2i.sampling.config import GenerationConfig
 
-        owned = {"model": {f.name for f in fields(ModelConfig)}, "generation": {f.name for f in fields(GenerationConfig)}}
+        owned = {"model": {f.name for f in fields(ModelConfig)},
+                 "generation": {f.name for f in fields(GenerationConfig)}}
         for name in overrides:
             check(name in owned["model"] | owned["generation"], name, None,
                   "is not a setting of ModelConfig or GenerationConfig")
@@ -180,7 +181,8 @@ def settings_from_png(path: str | Path) -> ImageSettings:
     from t2i.formats.png import read_png_text
 
     _, record = read_png_text(path)
-    check(record is not None, "image", path, "no t2i settings in this image (was it made by t2i?)")
+    if record is None:
+        raise InvalidInput("no t2i settings in this image (was it made by t2i?)", field="image", value=path)
     return ImageSettings.from_record(record, str(path))
 
 

@@ -135,7 +135,8 @@ def _with_submodule(root: torch.nn.Module, path: str, replacement: torch.nn.Modu
     head, _, rest = path.partition(".")
     copied = copy.copy(root)
     copied._modules = dict(root._modules)
-    copied._modules[head] = _with_submodule(root._modules[head], rest, replacement) if rest else replacement
+    child = root.get_submodule(head)
+    copied._modules[head] = _with_submodule(child, rest, replacement) if rest else replacement
     return copied
 
 
@@ -146,7 +147,7 @@ def _encoder_with_vectors(text_encoder, vectors: tuple[tuple[int, torch.Tensor],
     moment, so generations in other threads are unaffected."""
     if not vectors:
         return text_encoder
-    layer = text_encoder.get_input_embeddings()
+    layer: torch.nn.Module = text_encoder.get_input_embeddings()
     path = next(name for name, module in text_encoder.named_modules() if module is layer)
     return _with_submodule(text_encoder, path, _TokenEmbeddingWithVectors(layer, vectors))
 

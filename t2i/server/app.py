@@ -80,7 +80,7 @@ class Guard:
             given = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             return False
-        return scheme.lower() == b"basic" and secrets.compare_digest(given, self.credentials)
+        return scheme.lower() == b"basic" and secrets.compare_digest(given, self.credentials or b"")
 
     async def _too_large(self, scope, receive, send):
         response = error_body(413, "PayloadTooLarge", f"request body: over this server's limit of "
@@ -92,7 +92,7 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def create_app(settings: ServerSettings, service: Service | None = None) -> FastAPI:
+def create_app(settings: ServerSettings, service: Service | None = None) -> Guard:
     service = service or Service(settings)
     app = FastAPI(title="t2i", version="1", docs_url="/docs", redoc_url=None)
     app.state.service = service

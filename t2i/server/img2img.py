@@ -11,13 +11,13 @@ import base64
 import binascii
 import io
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 from t2i.errors import InvalidInput, check
-from t2i.formats.images import checked_image, to_rgb
+from t2i.formats.images import checked_image, decode_reduced, to_rgb
 
 RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
 FILL_MODES = {0: "fill", 1: "original"}  # A1111's 2 (latent noise) and 3 (latent nothing) act on latents
@@ -37,14 +37,14 @@ def decode_image(text: str, field: str) -> Image.Image:
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput(f"is not valid base64 ({exc})", field=field) from exc
     with checked_image(io.BytesIO(data), field) as image:
-        image.load()
-        return image.copy()
+        return decode_reduced(image, field).copy()
 
 
 def binary_mask(image: Image.Image) -> Image.Image:
     """An L mask, white repainted: from the alpha channel when the image has transparency (a brush
     stroke on a clear layer, as A1111's sketch sends it), else from its brightness."""
-    if image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema()[0] < 255:
+    lowest_alpha: Any = image.getchannel("A").getextrema()[0] if image.mode in ("RGBA", "LA") else 255
+    if lowest_alpha < 255:
         return image.getchannel("A").point(lambda a: 255 if a > 128 else 0)
     return to_rgb(image).convert("L")
 
@@ -55,11 +55,12 @@ def resize_image(image: Image.Image, mode: int, width: int, height: int) -> Imag
     if image.size == (width, height):
         return image
     if mode == 0:
-        return image.resize((width, height), Image.LANCZOS)
+        return image.resize((width, height), Image.Resampling.LANCZOS)
     if mode == 1:
-        return ImageOps.fit(image, (width, height), Image.LANCZOS)
+        return ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
     scale = min(width / image.width, height / image.height)
-    inner = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    inner = image.resize(size, Image.Resampling.LANCZOS)
     canvas = Image.new(image.mode, (width, height))
     left, top = (width - inner.width) // 2, (height - inner.height) // 2
     if top > 0:
@@ -104,7 +105,9 @@ def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
 def _masked_box(mask: Image.Image, padding: int, width: int, height: int) -> tuple[int, int, int, int]:
     """The masked area's bounding box plus `padding`, grown to the output's aspect ratio and kept
     inside the image: the region "only masked" inpainting repaints at full resolution."""
-    x1, y1, x2, y2 = mask.point(lambda v: 255 if v > 0 else 0).getbbox()
+    box = mask.point(lambda v: 255 if v > 0 else 0).getbbox()
+    assert box is not None  # callers pass a mask with something painted
+    x1, y1, x2, y2 = box
     x1, y1 = max(x1 - padding, 0), max(y1 - padding, 0)
     x2, y2 = min(x2 + padding, mask.width), min(y2 + padding, mask.height)
     box_w, box_h = x2 - x1, y2 - y1
@@ -161,7 +164,7 @@ def prepare(init: Image.Image, mask: Image.Image | None, *, width: int, height: 
         # unmasked pixels stay exactly as they were; masked ones come from the result
         if box is not None:
             canvas = overlay_base.copy()
-            canvas.paste(image.resize((box[2] - box[0], box[3] - box[1]), Image.LANCZOS), box[:2])
+            canvas.paste(image.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS), box[:2])
             image = canvas
         return Image.composite(image, overlay_base, overlay_mask)
 

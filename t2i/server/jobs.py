@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
-
-from concurrent.futures import ThreadPoolExecutor
 
 from t2i.sampling.generate import SkipBatch
 

@@ -147,7 +147,8 @@ class Service:
 
     def embeddings(self) -> dict[str, Any]:
         """A1111's shape: what can be used, with its vector count and width; what cannot, apart."""
-        loaded, skipped = {}, {}
+        loaded: dict[str, Any] = {}
+        skipped: dict[str, Any] = {}
         for name, path in self.catalog.embeddings().items():
             shape = embedding_shape(path)
             entry = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from PIL import Image
 
@@ -94,7 +94,8 @@ def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: 
               f"over this server's limit of {settings.max_pixels:,} pixels an image")
     check(request.seed >= -1, "seed", request.seed, "must be -1 (random) or a seed of 0 or more")
     clip_skip = options.get("CLIP_stop_at_last_layers", 1)
-    fields = dict(prompts=(request.prompt,), negative_prompt=request.negative_prompt, steps=request.steps,
+    fields: dict[str, Any] = dict(
+                  prompts=(request.prompt,), negative_prompt=request.negative_prompt, steps=request.steps,
                   guidance_scale=request.cfg_scale, seed=None if request.seed == -1 else request.seed,
                   num_images=images, batch_size=request.batch_size, width=request.width, height=request.height,
                   sampler=request.sampler_name or request.sampler_index, schedule=request.scheduler,

@@ -32,6 +32,8 @@ class ShapeFeatures(nn.Module):
     """32x32 RGB in [0, 1] -> 64 features; two linear heads name the colour and the shape. The last
     layer sees the 4x4 layout (a global average would blur shapes together)."""
 
+    feature_scale: torch.Tensor  # a buffer: see __init__
+
     def __init__(self, width: int = 64):
         super().__init__()
         self.body = nn.Sequential(
@@ -56,7 +58,7 @@ class ShapeFeatures(nn.Module):
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """PIL images -> (N, 3, 32, 32) in [0, 1], resized as the evaluation resizes real images."""
-    arrays = [np.asarray(image.convert("RGB").resize((SIZE, SIZE), Image.BICUBIC), dtype=np.float32)
+    arrays = [np.asarray(image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BICUBIC), dtype=np.float32)
               for image in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
 
@@ -70,7 +72,8 @@ def extract(model: ShapeFeatures, images: list[Image.Image], batch_size: int = 2
 
 def _jittered_render(rng: random.Random) -> tuple[Image.Image, int, int]:
     spec = random_shape(rng, COLOUR_NAMES, SHAPES)
-    rgb = tuple(int(np.clip(c + rng.gauss(0, 12), 0, 255)) for c in ALL_COLOURS[spec.colour])
+    r, g, b = (int(np.clip(c + rng.gauss(0, 12), 0, 255)) for c in ALL_COLOURS[spec.colour])
+    rgb = (r, g, b)
     image = make_image(spec, rgb=rgb)
     if rng.random() < 0.5:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))

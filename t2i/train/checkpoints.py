@@ -11,6 +11,7 @@ place once whole, and the newest K are kept here.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
@@ -18,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from t2i.errors import InvalidInput, NotFound
+from t2i.errors import InvalidInput, NotFound, TrainingError
 from t2i.files import write_text
 
 log = logging.getLogger("t2i")
@@ -49,18 +50,38 @@ def install_weight_hooks(accelerator, save_weights: Callable[[Path], None], load
     accelerator.register_load_state_pre_hook(on_load)
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """torch.save on a full disk fails with "[enforce fail at inline_container.cc] . unexpected pos N vs M"
+    (its zip writer's short write), not with ENOSPC."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "No space left" in str(exc))
+
+
 def save_checkpoint(accelerator, folder: Path, step: int, state: dict, keep: int) -> Path:
-    """Save the run's state as `checkpoint-<step>`; collective: every rank calls it."""
+    """Save the run's state as `checkpoint-<step>`; collective: every rank calls it. A save that fails
+    leaves no partial folder behind, and a full disk is said as such, with the checkpoint still intact."""
     final = folder / f"checkpoint-{step:06d}"
     partial = folder / f".{final.name}.part"
-    if accelerator.is_main_process:
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()  # every rank's files are in before the folder becomes visible
+        if accelerator.is_main_process:
+            write_text(partial / STATE_FILE, json.dumps(state, indent=2, sort_keys=True))
+    except (OSError, RuntimeError) as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()  # every rank's files are in before the folder becomes visible
+        if not _disk_full(exc):
+            raise
+        intact = checkpoints(folder)
+        last = f"{intact[-1].name} is intact" if intact else "no checkpoint is intact yet"
+        raise TrainingError(f"the disk holding {folder} is full: checkpoint {step} was not written (its partial "
+                            f"folder is removed); {last}", hint="free some space, then go on with {resume} latest") \
+            from exc
     if accelerator.is_main_process:
-        write_text(partial / STATE_FILE, json.dumps(state, indent=2, sort_keys=True))
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         for old in checkpoints(folder)[:-keep]:

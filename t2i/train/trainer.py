@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -24,8 +23,13 @@ from tqdm.auto import tqdm
 
 from t2i.errors import InvalidInput, LoadError, TrainingError, first_line, require_extra
 from t2i.files import atomic_write, write_text
-from t2i.train.checkpoints import (check_same_settings, install_weight_hooks, read_state, resume_candidates,
-                                   save_checkpoint)
+from t2i.train.checkpoints import (
+    check_same_settings,
+    install_weight_hooks,
+    read_state,
+    resume_candidates,
+    save_checkpoint,
+)
 from t2i.train.components import WEIGHT_DTYPES, Components, TrainData, batches, load_components, load_data
 from t2i.train.config import FinetuneConfig
 from t2i.train.outputs import LossLog, load_weights, plot_loss, save_final, save_weights, validation_grid
@@ -61,8 +65,10 @@ class Trainer:
         # group itself, PartialState, is kept), so a second run in one process gets its own precision
         AcceleratorState._reset_state()
         # None lets `accelerate launch --mixed_precision X` decide; either way weight_dtype follows the result
+        # accumulate(): no gradient sync between micro-batches, and backward() divides each loss by the count
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard",
-                                       project_dir=str(self.out))
+                                       project_dir=str(self.out),
+                                       gradient_accumulation_steps=config.gradient_accumulation)
         _refuse_isolated_ranks(self.accelerator)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.main = self.accelerator.is_main_process
@@ -101,7 +107,7 @@ class Trainer:
 
     def _resume(self) -> int:
         """The step to go on from: the named checkpoint, or with 'latest' the newest intact one."""
-        candidates = resume_candidates(self.out / "checkpoints", self.config.resume)
+        candidates = resume_candidates(self.out / "checkpoints", self.config.resume or "latest")
         for path in candidates:
             try:
                 state = read_state(path)
@@ -145,18 +151,16 @@ class Trainer:
         """Accumulate, clip, step; returns (mean loss over ranks and micro-batches, grad norm, clipped norm)."""
         accumulation, losses = self.config.gradient_accumulation, []
         for micro in range(accumulation):
-            batch_index = step * accumulation + micro
-            sync = micro == accumulation - 1
-            with nullcontext() if sync else self.accelerator.no_sync(self.unet):
-                loss = training_loss(self.unet, self.parts, self.config, next(stream), batch_index, self.rank,
-                                     self.accelerator)
-                every_rank = self.accelerator.gather(loss.detach().reshape(1))
-                if not torch.isfinite(every_rank).all():
-                    raise TrainingError(f"the loss became {every_rank.tolist()} at step {step + 1}: training stopped "
-                                        f"and the last checkpoint in {self.out / 'checkpoints'} is intact",
-                                        hint="lower {learning_rate}, or use bf16 instead of fp16 mixed precision")
-                self.accelerator.backward(loss / accumulation)
-            losses.append(every_rank.mean().item())
+            with self.accelerator.accumulate(self.unet):  # gradients are synced on the last micro-batch only
+                loss = training_loss(self.unet, self.parts, self.config, next(stream), step * accumulation + micro,
+                                     self.rank, self.accelerator)
+                self.accelerator.backward(loss)
+            losses.append(loss.detach())
+        every_rank = self.accelerator.gather(torch.stack(losses))  # once a step, not once a micro-batch
+        if not torch.isfinite(every_rank).all():  # before the optimizer step: the weights are still good
+            raise TrainingError(f"the loss became {every_rank.tolist()} at step {step + 1}: training stopped "
+                                f"and the last checkpoint in {self.out / 'checkpoints'} is intact",
+                                hint="lower {learning_rate}, or use bf16 instead of fp16 mixed precision")
         norm = self.accelerator.clip_grad_norm_(self.parts.params, self.config.max_grad_norm)
         grads = [p.grad.detach().float().norm() for p in self.parts.params if p.grad is not None]
         clipped = torch.stack(grads).norm().item() if grads else 0.0
@@ -165,7 +169,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.parts.ema is not None:
             self.parts.ema.step(self.parts.params)
-        return sum(losses) / len(losses), float(norm), clipped
+        return every_rank.float().mean().item(), float(norm), clipped
 
     def _validation_loss(self, step: int) -> float | str:
         """The held-out loss at this step, when one is due ("" otherwise, an empty loss.csv cell)."""
@@ -189,7 +193,10 @@ class Trainer:
 
     def _check_ranks_agree(self) -> None:
         """Every rank must end with the same weights; a silent divergence would ship rank 0's alone."""
-        digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in self.parts.params)).hexdigest()
+        hasher = hashlib.sha256()
+        for parameter in self.parts.params:  # one tensor's bytes at a time, never all of them joined
+            hasher.update(parameter.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
+        digest = hasher.hexdigest()
         log.info("rank %d of %d: trained weights sha256 %s", self.rank, self.world, digest[:16])
         every_rank = self.accelerator.gather(torch.tensor([int(digest[:15], 16)], device=self.accelerator.device))
         if (every_rank != every_rank[0]).any():
@@ -219,15 +226,27 @@ class Trainer:
         self._setup()
         step = self._resume() if config.resume else 0
         loss_log = self._start_logs(step)
-        stream = batches(self.data, config, self.rank, self.world, step * config.gradient_accumulation)
         bar = tqdm(total=self.total_steps, initial=step, desc="fine-tuning", disable=not self.progress or not self.main)
+        try:
+            step = self._train(step, loss_log, bar)
+        finally:  # the bar ends its line however training ends: an error or Ctrl-C is said on a line of its own
+            bar.close()
+        if not (config.validate_every and step % config.validate_every == 0):
+            self._validate(step)
+        self._finish(loss_log)
+        return self.out
+
+    def _train(self, step: int, loss_log: LossLog | None, bar) -> int:
+        """Optimizer steps from `step` to the end, with their logs, checkpoints and validation grids."""
+        config = self.config
+        stream = batches(self.data, config, self.rank, self.world, step * config.gradient_accumulation)
         started = time.perf_counter()
-        if step == 0 and self.held_out is not None:  # where training starts from, for comparison
+        if step == 0 and self.held_out is not None and loss_log is not None:  # where training starts from
             loss_log.add(step=0, val_loss=self._validation_loss(0))
         while step < self.total_steps:
             loss, norm, clipped = self._step(step, stream)
             step += 1
-            if self.main:
+            if loss_log is not None:  # the main process logs
                 lr = self.lr_scheduler.get_last_lr()[0]
                 epoch = (step * config.gradient_accumulation - 1) // self.data.batches_per_epoch
                 loss_log.add(step=step, epoch=epoch, loss=loss, lr=lr, grad_norm=norm, clipped_grad_norm=clipped,
@@ -239,11 +258,7 @@ class Trainer:
                 self._checkpoint(step)
             if config.validate_every and step % config.validate_every == 0:
                 self._validate(step)
-        bar.close()
-        if not (config.validate_every and step % config.validate_every == 0):
-            self._validate(step)
-        self._finish(loss_log)
-        return self.out
+        return step
 
 
 def finetune(config: FinetuneConfig, progress: bool = True) -> Path:

@@ -56,12 +56,13 @@ def held_out_set(config: FinetuneConfig, pipe, scheduler, device) -> HeldOut:
         ids = pipe.tokenizer([s.captions[0] for s in part], padding="max_length", truncation=True,
                              max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
         texts.append(pipe.text_encoder(ids.to(device))[0])
-    latents = torch.cat(latents)
+    latent_batch = torch.cat(latents)
     generator = torch.Generator().manual_seed(NOISE_SEED)
-    noise = torch.randn(latents.shape, generator=generator).to(device)
+    noise = torch.randn(latent_batch.shape, generator=generator).to(device)
     steps = scheduler.config.num_train_timesteps
-    timesteps = ((torch.arange(len(latents)) + 0.5) * steps / len(latents)).long().clamp(max=steps - 1).to(device)
-    return HeldOut(latents, torch.cat(texts), noise, timesteps)
+    timesteps = ((torch.arange(len(latent_batch)) + 0.5) * steps / len(latent_batch)).long().clamp(max=steps - 1)
+    timesteps = timesteps.to(device)
+    return HeldOut(latent_batch, torch.cat(texts), noise, timesteps)
 
 
 @torch.no_grad()
