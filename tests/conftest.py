@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
+
+# The tests set up the environment they assume. The caller's Hugging Face, transformers, accelerate and
+# t2i variables (HF_HUB_OFFLINE=1, exported by people without network, changed what a test saw) are
+# cleared before any library reads them (huggingface_hub reads its own when imported), and the cache is
+# an empty folder of the run's own; the tests about a variable set it themselves.
+CALLER_VARIABLES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "DIFFUSERS_", "ACCELERATE_", "T2I_", "TORCHINDUCTOR_")
+for _name in [n for n in os.environ if n.startswith(CALLER_VARIABLES)]:
+    del os.environ[_name]
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="t2i-tests-hf-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 
 import numpy as np
 import pytest
@@ -10,6 +24,22 @@ import torch
 from PIL import Image
 
 from t2i.models.presets import tiny_components
+
+
+@pytest.fixture(autouse=True)
+def _no_caller_environment(monkeypatch):
+    """Each test starts without such variables, and what a test's code sets (`t2i --offline` sets
+    HF_HUB_OFFLINE for its process) goes with it."""
+    def ours(name: str) -> bool:
+        return name.startswith(CALLER_VARIABLES) and name != "HF_HOME"
+
+    for name in [n for n in os.environ if ours(n)]:
+        monkeypatch.delenv(name)
+    if "huggingface_hub.constants" in sys.modules:
+        monkeypatch.setattr(sys.modules["huggingface_hub.constants"], "HF_HUB_OFFLINE", False)
+    yield
+    for name in [n for n in os.environ if ours(n)]:
+        del os.environ[name]
 
 
 def plain_pipeline(unet_in_channels: int = 4, cls=None):

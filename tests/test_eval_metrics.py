@@ -118,3 +118,25 @@ def test_clip_score_equals_torchmetrics_on_identical_weights(tiny_clip):
               for image, caption in zip(images, captions)]
     assert np.allclose(ours, theirs, atol=1e-4) and len(set(np.round(ours, 3))) == 6
     assert (ours >= 0).all() and (ours <= 100).all()
+
+
+def test_a_fid_interval_is_clipped_at_0_and_a_kid_interval_is_not():
+    from t2i.eval.metrics import bootstrap, frechet_distance, kernel_distance
+
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(size=(128, 4)), rng.normal(size=(128, 4))  # one distribution: FID and KID near 0
+    raw = bootstrap(frechet_distance, real, fake)
+    assert raw.low < 0, "unclipped, this interval reaches below 0: the case the clip is for"
+    clipped = bootstrap(frechet_distance, real, fake, bounds=(0, np.inf))
+    assert clipped.low == 0 and (clipped.value, clipped.high) == (raw.value, raw.high)
+    kid = bootstrap(lambda a, b: kernel_distance(a, b, subsets=10)[0], real, fake)
+    assert kid.low < 0 < kid.high  # unbiased: it brackets 0 from both sides
+
+
+def test_the_report_clips_fid_at_0():
+    from t2i.eval import run
+
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(size=(128, 4)), rng.normal(size=(128, 4))
+    scores = run._scores(run.EvalConfig(data="d", metrics=("shapes-fid",)), [], real, fake, None)
+    assert scores["shapes_fid"].low == 0

@@ -43,6 +43,7 @@ def test_a_report_with_intervals_and_resume_that_makes_only_what_is_missing(shap
     for estimate in [*scores.values(), *floor.values()]:
         assert estimate["ci"][0] <= estimate["value"] <= estimate["ci"][1] and estimate["n"] == 128
     assert floor["shapes_fid"]["value"] < 5 and floor["precision"]["value"] > 0.9
+    assert floor["shapes_fid"]["ci"][0] >= 0 and scores["shapes_fid"]["ci"][0] >= 0, "FID cannot be negative"
     assert scores["colour_accuracy"]["value"] > 0.9 and scores["shapes_fid"]["value"] < 10
     assert "| floor: real vs other real |" in (out / "report.md").read_text()
     assert len(list((out / "images" / "base" / "g7.5").glob("*.png"))) == 128

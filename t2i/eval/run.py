@@ -126,7 +126,9 @@ def _scores(config: EvalConfig, prompts, real_features, fake_features, fake_imag
             clip: tuple | None = None) -> dict[str, Estimate]:
     scores = {}
     if "shapes-fid" in config.metrics:
-        scores["shapes_fid"] = bootstrap(frechet_distance, real_features, fake_features)
+        # FID is a squared distance: its interval is clipped at 0, as a proportion's is at 0 and 1. KID's
+        # unbiased estimate is not: near 0 it is negative about half the time, and clipping would bias it
+        scores["shapes_fid"] = bootstrap(frechet_distance, real_features, fake_features, bounds=(0, np.inf))
     if "shapes-kid" in config.metrics:
         scores["shapes_kid"] = bootstrap(lambda a, b: kernel_distance(a, b, subsets=10)[0], real_features,
                                          fake_features, rounds=50)
@@ -263,7 +265,9 @@ def _markdown(report: dict) -> str:
     metrics = list(next(iter(next(iter(report["results"].values())).values())))
     show = lambda e: f"{e['value']:.4g} [{e['ci'][0]:.4g}, {e['ci'][1]:.4g}]"  # noqa: E731
     lines = [f"# t2i evaluate: {report['settings']['model']} on {report['settings']['data']}", "",
-             f"N = {report['n']} held-out prompts, the same seeds for every row; [95% bootstrap interval].", "",
+             f"N = {report['n']} held-out prompts, the same seeds for every row; [95% bootstrap interval, centred "
+             "on the value; clipped to each metric's range: FID at 0 (a squared distance), proportions at 0 and "
+             "1; KID's unbiased estimate is not clipped and can be below 0 when the sets match].", "",
              "| variant | guidance | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|",
              "| floor: real vs other real | - | " + " | ".join(show(floor[m]) if m in floor else "-" for m in metrics)
              + " |"]
