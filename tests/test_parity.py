@@ -102,13 +102,15 @@ def test_align_your_steps_gives_plain_diffusers_pixels_with_the_published_schedu
 
 
 def test_img2img_gives_plain_diffusers_pixels(tiny, tmp_path, init_image):
+    """t2i runs A1111's step count, int(0.6 * 8) + 1 = 5 steps; diffusers runs int(8 * strength), so it
+    is asked for 5.5 / 8 to run the same last 5 steps of the same 8-step schedule."""
     config = GenerationConfig(prompts=("a red circle",), steps=8, strength=0.6, seed=7, sampler="ddim",
                               init_image=str(init_image))
     paths = generate(tiny, config)
 
     plain = plain_pipeline(cls=StableDiffusionImg2ImgPipeline)
     plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
-    expected = plain("a red circle", image=Image.open(init_image).convert("RGB"), strength=0.6,
+    expected = plain("a red circle", image=Image.open(init_image).convert("RGB"), strength=5.5 / 8,
                      num_inference_steps=8, generator=generators(7))
     assert np.array_equal(ours(paths), plain_pixels(expected))
     assert paths[0].settings.strength == 0.6

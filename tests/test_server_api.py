@@ -103,7 +103,8 @@ def test_listings(api):
     assert api.util_get_model_names() == ["demo", "tiny-sd"]
     assert [(lora["name"], lora["path"].endswith("cross.safetensors")) for lora in api.get_loras()] == [("cross", True)]
     assert api.get_scripts() == {"txt2img": [], "img2img": []}
-    assert api.get_upscalers()[0]["name"] == "None" and api.get_latent_upscale_modes() == []
+    assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
+    assert [m["name"] for m in api.get_latent_upscale_modes()][-1] == "Latent (nearest-exact)"
     assert api.get_sd_vae() == []
     embeddings = api.get_embeddings()
     assert embeddings["loaded"]["shapestyle"]["vectors"] == 2 and embeddings["loaded"]["shapestyle"]["shape"] == 64

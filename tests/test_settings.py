@@ -94,6 +94,8 @@ KINDS = {
     "loras": dict(prompts=("a fox <lora:cross:0.7>",), loras=("{root}/loras/cross:0.5",), lora_dir="{root}/loras"),
     "embeddings": dict(prompts=("a shapestyle fox",), embeddings_dir="{root}/embeddings"),
     "decoding": dict(prompts=("a fox",), vae_tiling=True, vae_tile_size=32, cache_interval=2),
+    "hires": dict(prompts=("a fox",), hires_scale=1.5, hires_upscaler="Lanczos", hires_steps=2, hires_denoise=0.4,
+                  hires_sampler="Euler a", hires_negative_prompt="blur"),
 }
 
 

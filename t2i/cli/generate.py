@@ -46,6 +46,15 @@ def _out_folder(out: str) -> Path:
     return folder
 
 
+def _size(text: str, field: str) -> tuple[int, int]:
+    """'640x480' -> (640, 480); a side may be 0."""
+    width, sep, height = text.lower().partition("x")
+    if not (sep and width.strip().isdigit() and height.strip().isdigit()):
+        raise InvalidInput("must be WIDTHxHEIGHT, e.g. 1024x768 (0 for a side: it follows the aspect)", field=field,
+                           value=text)
+    return int(width), int(height)
+
+
 def build_configs(options: dict) -> tuple[ModelConfig, GenerationConfig]:
     """The configs `t2i generate` runs: a PNG's recorded settings (--from-image) with the typed
     options over them, or the typed options alone."""
@@ -54,6 +63,8 @@ def build_configs(options: dict) -> tuple[ModelConfig, GenerationConfig]:
         typed["prompts"] = _read_prompts(typed.get("prompts"), typed.pop("prompts_file", None))
     if "loras" in typed:
         typed["loras"] = tuple(typed["loras"] or ())
+    if "hires_resize" in typed:
+        typed["hires_resize_x"], typed["hires_resize_y"] = _size(typed.pop("hires_resize"), "hires_resize")
     if options.get("from_image"):
         from t2i.sampling.settings import settings_from_png
 
@@ -101,6 +112,19 @@ def generate(
     from_image: Optional[str] = typer.Option(None, help="Re-make a t2i PNG from its settings; flags given override."),
     cache_interval: int = typer.Option(_default("cache_interval"), help="DeepCache-style reuse: the whole UNet "
                                        "every N steps, its outer level alone between (faster, a little off; 1: off)."),
+    hires_scale: Optional[float] = typer.Option(None, help="Hires fix: upscale the first pass this much, then "
+                                                "refine it with an img2img pass (A1111's Upscale by)."),
+    hires_resize: Optional[str] = typer.Option(None, help="Hires fix to WxH instead of a scale; 0 for a side "
+                                               "follows the aspect (A1111's Resize width/height to)."),
+    hires_upscaler: str = typer.Option(_default("hires_upscaler"), help="Latent, Latent (antialiased), Latent "
+                                       "(bicubic), Latent (bicubic antialiased), Latent (nearest), Latent "
+                                       "(nearest-exact), Lanczos, Nearest or None."),
+    hires_steps: int = typer.Option(_default("hires_steps"), help="Steps of the hires pass (0: as many as --steps)."),
+    hires_denoise: float = typer.Option(_default("hires_denoise"), help="The hires pass's denoising strength."),
+    hires_sampler: Optional[str] = typer.Option(None, help="The hires pass's sampler (default: --sampler)."),
+    hires_schedule: Optional[str] = typer.Option(None, help="The hires pass's schedule."),
+    hires_prompt: Optional[str] = typer.Option(None, help="The hires pass's prompt (default: the prompt)."),
+    hires_negative_prompt: Optional[str] = typer.Option(None, help="The hires pass's negative prompt."),
     vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in overlapping tiles: large images in "
                                     "little GPU memory."),
     vae_tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (multiple of 8). Default: the "

@@ -112,8 +112,10 @@ def _generate_missing(model, config: EvalConfig, prompts, loras, guidance: float
     missing = [i for i in range(len(prompts)) if not (folder / f"{i:05d}.png").exists()]
     made = 0
     for run in _my_runs(missing, config.batch_size, rank, world):
+        # schedule None: the one a joined sampler name carries, else Normal, as every report so far was made
         generation = GenerationConfig(prompts=tuple(prompts[i] for i in run), seed=config.seed + run[0],
-                                      steps=config.steps, sampler=config.sampler, guidance_scale=guidance,
+                                      steps=config.steps, sampler=config.sampler, schedule=None,
+                                      guidance_scale=guidance,
                                       batch_size=config.batch_size, loras=loras)
         for index, result in zip(run, generate_iter(model, generation, progress=False)):
             data = png_bytes(result.image, result.settings)

@@ -14,6 +14,7 @@ from typing import Any
 
 from t2i.errors import check
 from t2i.formats.lora import LoraRef
+from t2i.sampling.hires import check_hires, resolve_upscaler
 from t2i.sampling.prompts import EMPHASIS, parse_prompt, split_lora_tags
 from t2i.sampling.samplers import resolve_sampler
 
@@ -48,6 +49,18 @@ class GenerationConfig:
     vae_tile_size: int | None = None  # pixels; None: the VAE's own training size (512 for SD 1.x)
     vae_slicing: bool = False  # decode a batch an image at a time: the same pixels in less memory
     cache_interval: int = 1  # DeepCache-style: the whole UNet every N calls, its outer level alone between
+    # A1111's hires fix (txt2img): upscale the first pass by hires_scale, or to hires_resize_x x hires_resize_y
+    # (0 for one side: it follows the aspect), with hires_upscaler, then refine it with an img2img pass
+    hires_scale: float | None = None  # None (and no resize): off
+    hires_resize_x: int = 0
+    hires_resize_y: int = 0
+    hires_upscaler: str = "Latent"  # one of t2i.sampling.hires.UPSCALERS (A1111's names)
+    hires_steps: int = 0  # 0: as many as steps
+    hires_denoise: float = 0.7  # the second pass's denoising strength (A1111's UI default)
+    hires_sampler: str | None = None  # None: the first pass's sampler (and then its schedule)
+    hires_schedule: str | None = None
+    hires_prompt: str | None = None  # None: the prompt
+    hires_negative_prompt: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -73,8 +86,6 @@ class GenerationConfig:
               "needs {init_image} (it says how much of the init image to change)")
         check(self.strength is None or (math.isfinite(self.strength) and 0 < self.strength <= 1), "strength",
               self.strength, "must be in (0, 1]")
-        check(self.strength is None or self.steps * self.strength >= 1, "strength", self.strength,
-              f"with {{steps}} {self.steps} leaves no denoising step", hint="raise either")
         check(self.cache_interval >= 1, "cache_interval", self.cache_interval, "must be at least 1 (1: off)")
         check(self.vae_tile_size is None or self.vae_tiling, "vae_tile_size", self.vae_tile_size,
               "needs {vae_tiling}")
@@ -86,12 +97,44 @@ class GenerationConfig:
             parse_prompt(split_lora_tags(prompt)[0], self.emphasis)
         parse_prompt(self.negative_prompt, self.emphasis, "negative_prompt")
         _ = self.sampling  # resolving checks the sampler, the schedule and that they go together
+        self._check_hires()
         object.__setattr__(self, "loras", tuple(LoraRef.parse(r) if isinstance(r, str) else r for r in self.loras))
 
     @property
     def sampling(self) -> tuple[str, str]:
         """(sampler, schedule) as t2i names: "DPM++ 2M Karras" -> ("dpmpp-2m", "karras")."""
         return resolve_sampler(self.sampler, self.schedule)
+
+    @property
+    def hires(self) -> bool:
+        return self.hires_scale is not None or bool(self.hires_resize_x or self.hires_resize_y)
+
+    @property
+    def hires_sampling(self) -> tuple[str, str]:
+        """The second pass's (sampler, schedule): the first pass's unless given."""
+        if self.hires_sampler is None and self.hires_schedule is None:
+            return self.sampling
+        return resolve_sampler(self.hires_sampler or self.sampler, self.hires_schedule or "automatic")
+
+    def _check_hires(self) -> None:
+        given = [name for name in ("hires_sampler", "hires_schedule", "hires_prompt", "hires_negative_prompt")
+                 if getattr(self, name) is not None] + (["hires_steps"] if self.hires_steps else [])
+        check(self.hires or not given, given[0] if given else "hires_scale", None,
+              "needs {hires_scale} or {hires_resize} (it is a setting of the hires pass)")
+        if not self.hires:
+            return
+        check(self.init_image is None, "hires_scale", self.hires_scale, "hires fix is for txt2img",
+              hint="upscale an init image with img2img at a larger width and height")
+        check(self.hires_steps >= 0, "hires_steps", self.hires_steps, "must be 0 (as many as steps) or more")
+        check_hires(self.width, self.height, 1 if self.hires_scale is None else self.hires_scale,
+                    self.hires_resize_x, self.hires_resize_y, self.hires_denoise, MAX_SIDE)
+        resolve_upscaler(self.hires_upscaler)
+        _ = self.hires_sampling
+        for text, field in ((self.hires_prompt, "hires_prompt"), (self.hires_negative_prompt, "hires_negative_prompt")):
+            if text is not None:
+                check(not split_lora_tags(text)[1], field, text, "LoRA tags work in the prompt only; the first "
+                      "pass's LoRAs refine the hires pass too")
+                parse_prompt(text, self.emphasis, field)
 
     @property
     def mode(self) -> str:

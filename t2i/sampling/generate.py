@@ -25,7 +25,8 @@ from t2i.formats.images import describe, load_image, load_mask
 from t2i.formats.lora import LoraRef
 from t2i.models.loading import LoadedModel
 from t2i.processes import share
-from t2i.sampling.config import GenerationConfig
+from t2i.sampling.config import MAX_SIDE, GenerationConfig
+from t2i.sampling.hires import check_hires, denoising_strength, img2img_steps, resolve_upscaler, second_pass
 from t2i.sampling.prompts import split_lora_tags
 from t2i.sampling.samplers import SAMPLERS, schedule_arguments
 from t2i.sampling.settings import EmbeddingUse, ImageSettings, LoraUse
@@ -163,7 +164,19 @@ def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, se
         embeddings_dir=config.embeddings_dir,
         embeddings=tuple(EmbeddingUse(e.name, str(e.path), e.hash) for e in embeddings),
         cache_interval=config.cache_interval, vae_tile_size=vae_tile_size, vae=model.config.vae,
+        **_hires_settings(config),
         dtype=model.dtype_name, device=model.device.type, model_name=model.name, model_hash=model.hash)
+
+
+def _hires_settings(config: GenerationConfig) -> dict:
+    if not config.hires:
+        return {}
+    sampler, schedule = config.hires_sampling
+    return dict(hires_scale=config.hires_scale, hires_resize_x=config.hires_resize_x,
+                hires_resize_y=config.hires_resize_y, hires_upscaler=resolve_upscaler(config.hires_upscaler),
+                hires_steps=config.hires_steps, hires_denoise=config.hires_denoise, hires_sampler=sampler,
+                hires_schedule=schedule, hires_prompt=config.hires_prompt,
+                hires_negative_prompt=config.hires_negative_prompt)
 
 
 def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCallback | None = None,
@@ -181,6 +194,9 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
               f"is {init.width}x{init.height} pixels; it must be at least 8x8")
     mask = load_mask(config.mask, init.size) if config.mask is not None and init is not None else None
     width, height = _output_size(model, config, init)
+    if config.hires:  # the target checked against the native size too, before the first pass
+        check_hires(width, height, config.hires_scale or 1, config.hires_resize_x, config.hires_resize_y,
+                    config.hires_denoise, MAX_SIDE)
     if init is not None and init.size != (width, height):
         init = init.resize((width, height), resample=Image.Resampling.BICUBIC)  # as diffusers' preprocess
         mask = mask.resize((width, height), resample=Image.Resampling.NEAREST) if mask is not None else None
@@ -219,11 +235,12 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     jobs = [(*tagged[prompt], seed + i) for i, prompt in enumerate(prompts)]  # (text, LoRAs, seed)
     batches = _batches(jobs, config, tokenizer, embeddings)
     batches = batches[share(len(batches), rank, world)]
+    # A1111's step count: int(strength * steps) + 1 (diffusers runs one fewer); the same everywhere
+    strength = denoising_strength(img2img_steps(config.steps, config.effective_strength), config.steps)
     modes: dict[str, dict[str, Any]] = {
         "txt2img": {"width": width, "height": height},
-        "img2img": {"image": init, "strength": config.effective_strength},
-        "inpaint": {"image": init, "mask_image": mask, "strength": config.effective_strength, "width": width,
-                    "height": height}}
+        "img2img": {"image": init, "strength": strength},
+        "inpaint": {"image": init, "mask_image": mask, "strength": strength, "width": width, "height": height}}
     mode_args = modes[config.mode]
     if on_step is not None:
         def step_end(_pipe, index, _timestep, tensors):
@@ -246,6 +263,9 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         try:
             latents = pipe(**text, **schedule_args, guidance_scale=config.guidance_scale,
                            generator=generators, output_type="latent", **mode_args).images
+            if config.hires:
+                latents = second_pass(model, config, batch[0][1], [p for p, _, _ in batch], [s for _, _, s in batch],
+                                      latents, embeddings, progress, mode_args.get("callback_on_step_end"))
         except SkipBatch:
             continue
         with torch.no_grad():

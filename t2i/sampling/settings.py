@@ -66,6 +66,17 @@ class ImageSettings:
     embeddings: tuple[EmbeddingUse, ...] = _setting((list, tuple), None, (), since=())
     cache_interval: int = _setting((int,), "generation", 1, since=1)
     vae_tile_size: int | None = _setting((int, NONE), "generation", None, since=None)  # tiles it was decoded in
+    # the hires fix (t2i.sampling.hires); width and height above are the first pass's, as in A1111's Size
+    hires_scale: float | None = _setting((int, float, NONE), "generation", None, since=None)
+    hires_resize_x: int = _setting((int,), "generation", 0, since=0)
+    hires_resize_y: int = _setting((int,), "generation", 0, since=0)
+    hires_upscaler: str = _setting((str,), "generation", "Latent", since="Latent")
+    hires_steps: int = _setting((int,), "generation", 0, since=0)
+    hires_denoise: float = _setting((int, float), "generation", 0.7, since=0.7)
+    hires_sampler: str | None = _setting((str, NONE), "generation", None, since=None)  # resolved, when hires
+    hires_schedule: str | None = _setting((str, NONE), "generation", None, since=None)
+    hires_prompt: str | None = _setting((str, NONE), "generation", None, since=None)
+    hires_negative_prompt: str | None = _setting((str, NONE), "generation", None, since=None)
     # the model: what to load, and how other tools name it
     vae: str | None = _setting((str, NONE), "model", None)
     dtype: str = _setting((str,), "model", "fp32")
@@ -147,14 +158,36 @@ class ImageSettings:
             "CFG scale": _number(self.guidance_scale), "Seed": self.seed, "Size": f"{self.width}x{self.height}",
             "Model hash": self.model_hash, "Model": self.model_name or None,
             "VAE": self.vae and Path(self.vae).name,
-            "Denoising strength": None if self.strength is None else _number(self.strength),
+            "Denoising strength": _number(self.strength) if self.strength is not None else
+            _number(self.hires_denoise) if self.hires else None,
             "Clip skip": self.clip_skip if (self.clip_skip or 1) > 1 else None,
             "Lora hashes": ", ".join(f"{lora.name}: {lora.hash}" for lora in self.loras) or None,
             "TI hashes": ", ".join(f"{e.name}: {e.hash}" for e in self.embeddings) or None,
             # A1111 writes it only when it is not its default, Original
             "Emphasis": {"no-norm": "No norm", "none": "None"}.get(self.emphasis),
+            **self._hires_fields(),
             "Version": f"t2i {self.version}",
         }
+
+    @property
+    def hires(self) -> bool:
+        return self.hires_scale is not None or bool(self.hires_resize_x or self.hires_resize_y)
+
+    def _hires_fields(self) -> dict[str, Any]:
+        """A1111's hires keys: the sampler, schedule and prompts only where they differ from the first pass's."""
+        if not self.hires:
+            return {}
+        resize = bool(self.hires_resize_x or self.hires_resize_y)
+        return {"Hires upscale": None if resize else _number(self.hires_scale or 1),
+                "Hires resize": f"{self.hires_resize_x}x{self.hires_resize_y}" if resize else None,
+                "Hires steps": self.hires_steps or None, "Hires upscaler": self.hires_upscaler,
+                "Hires sampler": SAMPLERS[self.hires_sampler].a1111
+                if self.hires_sampler and self.hires_sampler != self.sampler else None,
+                "Hires schedule type": SCHEDULES[self.hires_schedule].a1111
+                if self.hires_schedule and self.hires_schedule != self.schedule else None,
+                "Hires prompt": self.hires_prompt if self.hires_prompt not in (None, self.prompt) else None,
+                "Hires negative prompt": self.hires_negative_prompt
+                if self.hires_negative_prompt not in (None, self.negative_prompt) else None}
 
     def infotext(self) -> str:
         from t2i.formats.infotext import format_infotext

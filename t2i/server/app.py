@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from t2i.errors import InvalidInput, NotFound, T2IError, first_line
+from t2i.sampling.hires import LATENT_MODES, PIXEL_UPSCALERS
 from t2i.server.jobs import QueueFull, Stopped
 from t2i.server.schemas import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
 from t2i.server.service import Service
@@ -165,9 +166,11 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Guar
 
     listings = {"sd-models": service.sd_models, "samplers": service.samplers, "schedulers": service.schedulers,
                 "sd-vae": service.sd_vaes, "loras": service.loras,
-                "upscalers": lambda: [{"name": "None", "model_name": None, "model_path": None, "model_url": None,
-                                       "scale": 4}],
-                "latent-upscale-modes": lambda: [], "scripts": lambda: {"txt2img": [], "img2img": []},
+                # what hires fix really has: the model-free pixel upscalers and A1111's latent modes
+                "upscalers": lambda: [{"name": name, "model_name": None, "model_path": None, "model_url": None,
+                                       "scale": 4} for name in PIXEL_UPSCALERS],
+                "latent-upscale-modes": lambda: [{"name": name} for name in LATENT_MODES],
+                "scripts": lambda: {"txt2img": [], "img2img": []},
                 "embeddings": service.embeddings, "prompt-styles": lambda: [],
                 "face-restorers": lambda: [], "hypernetworks": lambda: []}
     for path, answer in listings.items():

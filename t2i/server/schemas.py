@@ -48,6 +48,15 @@ class GenerationRequest(BaseModel):
 
 class Txt2ImgRequest(GenerationRequest):
     enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: Optional[str] = None  # None: Latent
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_sampler_name: Optional[str] = None
+    hr_scheduler: Optional[str] = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
 
 
 class Img2ImgRequest(GenerationRequest):

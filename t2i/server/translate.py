@@ -15,15 +15,21 @@ from PIL import Image
 
 from t2i.errors import check
 from t2i.sampling.config import GenerationConfig
+from t2i.sampling.hires import hires_size
 from t2i.server import img2img
 from t2i.server.catalog import Catalog, Checkpoint
-from t2i.server.schemas import GenerationRequest, Img2ImgRequest
+from t2i.server.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from t2i.server.settings import ServerSettings
 
 # GenerationConfig field -> the request field that sets it, for error messages
 API_FIELDS = {"prompts": "prompt", "guidance_scale": "cfg_scale", "num_images": "n_iter", "sampler": "sampler_name",
               "schedule": "scheduler", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
               "init_image": "init_images", "strength": "denoising_strength", "lora_dir": "the server's --lora-dir",
+              "hires_scale": "hr_scale", "hires_upscaler": "hr_upscaler", "hires_steps": "hr_second_pass_steps",
+              "hires_resize": "hr_resize_x", "hires_resize_x": "hr_resize_x", "hires_resize_y": "hr_resize_y",
+              "hires_denoise": "denoising_strength", "hires_sampler": "hr_sampler_name",
+              "hires_schedule": "hr_scheduler", "hires_prompt": "hr_prompt",
+              "hires_negative_prompt": "hr_negative_prompt",
               "embeddings_dir": "the server's --embeddings-dir"}
 # option -> the type its value must have; POST options and override_settings take these
 OPTIONS = {"sd_model_checkpoint": str, "sd_vae": str, "CLIP_stop_at_last_layers": int}
@@ -39,7 +45,7 @@ def _off(value, *off) -> bool:
 
 # request field -> (the values that mean "not used", what t2i lacks): refused otherwise
 UNSUPPORTED = {
-    "enable_hr": ((False,), "hires fix"), "restore_faces": ((False,), "face restoration"),
+    "restore_faces": ((False,), "face restoration"),
     "tiling": ((False,), "tiling"), "subseed_strength": ((0,), "variation seeds"),
     "seed_resize_from_h": ((-1, 0), "seed resizing"), "seed_resize_from_w": ((-1, 0), "seed resizing"),
     "script_name": (("",), "scripts"), "refiner_checkpoint": (("", "None"), "a refiner"),
@@ -101,7 +107,9 @@ def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: 
                   sampler=request.sampler_name or request.sampler_index, schedule=request.scheduler,
                   clip_skip=None if clip_skip == 1 else clip_skip, lora_dir=settings.lora_dir,
                   embeddings_dir=settings.embeddings_dir)
-    finish = _identity  # txt2img's denoising_strength belongs to hires fix, refused above when enabled
+    finish = _identity
+    if isinstance(request, Txt2ImgRequest) and request.enable_hr:
+        fields.update(_hires_fields(request))
     if isinstance(request, Img2ImgRequest):
         fields, finish = _img2img_fields(request, fields)
         check(fields["width"] * fields["height"] <= settings.max_pixels, "init_images",
@@ -111,7 +119,25 @@ def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: 
                                     "override_settings.sd_model_checkpoint" if "sd_model_checkpoint" in overrides
                                     else "sd_model_checkpoint")
     vae = catalog.vae(options.get("sd_vae"), "override_settings.sd_vae" if "sd_vae" in overrides else "sd_vae")
-    return Plan(GenerationConfig(**fields), checkpoint, vae, finish)
+    config = GenerationConfig(**fields)
+    if config.hires and config.width and config.height:  # the second pass's size, before any work
+        final = hires_size(config.width, config.height, config.hires_scale or 1, config.hires_resize_x,
+                           config.hires_resize_y).final
+        check(final[0] * final[1] <= settings.max_pixels, "hr_scale", f"{final[0]}x{final[1]}",
+              f"over this server's limit of {settings.max_pixels:,} pixels an image")
+    return Plan(config, checkpoint, vae, finish)
+
+
+def _hires_fields(request: Txt2ImgRequest) -> dict:
+    """A1111's hires fix fields as GenerationConfig's: an empty hr prompt means the prompt, no upscaler
+    Latent, and denoising_strength (A1111's API default 0.75) is the second pass's."""
+    resize = bool(request.hr_resize_x or request.hr_resize_y)
+    return dict(hires_scale=None if resize else request.hr_scale, hires_resize_x=request.hr_resize_x,
+                hires_resize_y=request.hr_resize_y, hires_upscaler=request.hr_upscaler or "Latent",
+                hires_steps=request.hr_second_pass_steps,
+                hires_denoise=0.75 if request.denoising_strength is None else request.denoising_strength,
+                hires_sampler=request.hr_sampler_name or None, hires_schedule=request.hr_scheduler or None,
+                hires_prompt=request.hr_prompt or None, hires_negative_prompt=request.hr_negative_prompt or None)
 
 
 def _identity(image: Image.Image) -> Image.Image:
