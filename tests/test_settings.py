@@ -94,6 +94,8 @@ KINDS = {
     "loras": dict(prompts=("a fox <lora:cross:0.7>",), loras=("{root}/loras/cross:0.5",), lora_dir="{root}/loras"),
     "embeddings": dict(prompts=("a shapestyle fox",), embeddings_dir="{root}/embeddings"),
     "decoding": dict(prompts=("a fox",), vae_tiling=True, vae_tile_size=32, cache_interval=2),
+    "outpaint": dict(prompts=("a dog",), init_image="{root}/init.png", outpaint="left=8,down=16", mask_blur=1,
+                     fill="original", width=None, height=None),
     "hires": dict(prompts=("a fox",), hires_scale=1.5, hires_upscaler="Lanczos", hires_steps=2, hires_denoise=0.4,
                   hires_sampler="Euler a", hires_negative_prompt="blur"),
 }
@@ -108,7 +110,8 @@ def test_generated_settings_remake_the_image_through_the_png(kind, tiny_model, i
             return value.format(root=inputs)
         return tuple(map(filled, value)) if isinstance(value, tuple) else value
 
-    config = GenerationConfig(steps=4, seed=11, width=32, height=32, **{k: filled(v) for k, v in KINDS[kind].items()})
+    fields = {"width": 32, "height": 32, **{k: filled(v) for k, v in KINDS[kind].items()}}
+    config = GenerationConfig(steps=4, seed=11, **fields)
     first, = generate(tiny_model, config, progress=False)
     png = save_png(first.image, first.settings, tmp_path)
     model_config, remade_config = configs_from_png(png)

@@ -112,6 +112,13 @@ def generate(
     from_image: Optional[str] = typer.Option(None, help="Re-make a t2i PNG from its settings; flags given override."),
     cache_interval: int = typer.Option(_default("cache_interval"), help="DeepCache-style reuse: the whole UNet "
                                        "every N steps, its outer level alone between (faster, a little off; 1: off)."),
+    outpaint: Optional[str] = typer.Option(None, help="Outpaint --init-image: SIDE=PIXELS pairs, e.g. "
+                                           "left=128,right=128 (left, right, up, down, all)."),
+    outpaint_mode: str = typer.Option(_default("outpaint_mode"), help="poor-man (A1111's canvas, rounded to 64) or "
+                                      "pad (ComfyUI's: exactly the pixels asked, a grey border)."),
+    mask_blur: int = typer.Option(_default("mask_blur"), help="Outpainting's seam in pixels (pad: the feathering)."),
+    fill: str = typer.Option(_default("fill"), help="What the new border starts from: fill (nearby colours) or "
+                             "original (the canvas)."),
     hires_scale: Optional[float] = typer.Option(None, help="Hires fix: upscale the first pass this much, then "
                                                 "refine it with an img2img pass (A1111's Upscale by)."),
     hires_resize: Optional[str] = typer.Option(None, help="Hires fix to WxH instead of a scale; 0 for a side "

@@ -15,6 +15,8 @@ from typing import Any
 from t2i.errors import check
 from t2i.formats.lora import LoraRef
 from t2i.sampling.hires import check_hires, resolve_upscaler
+from t2i.sampling.outpaint import FILLS, parse_sides
+from t2i.sampling.outpaint import MODES as OUTPAINT_MODES
 from t2i.sampling.prompts import EMPHASIS, parse_prompt, split_lora_tags
 from t2i.sampling.samplers import resolve_sampler
 
@@ -49,6 +51,11 @@ class GenerationConfig:
     vae_tile_size: int | None = None  # pixels; None: the VAE's own training size (512 for SD 1.x)
     vae_slicing: bool = False  # decode a batch an image at a time: the same pixels in less memory
     cache_interval: int = 1  # DeepCache-style: the whole UNet every N calls, its outer level alone between
+    # outpainting (t2i.sampling.outpaint): the init image on a larger canvas, the new border repainted
+    outpaint: str | None = None  # SIDE=PIXELS pairs: "left=128,right=128" (sides left, right, up, down, all)
+    outpaint_mode: str = "poor-man"  # A1111's Poor man's outpainting canvas, or "pad" (ComfyUI's)
+    mask_blur: int = 4  # outpainting's seam, in pixels (A1111's Mask blur; pad: the feathering)
+    fill: str = "fill"  # what the new border starts from: fill (the colours around it) or original (the canvas)
     # A1111's hires fix (txt2img): upscale the first pass by hires_scale, or to hires_resize_x x hires_resize_y
     # (0 for one side: it follows the aspect), with hires_upscaler, then refine it with an img2img pass
     hires_scale: float | None = None  # None (and no resize): off
@@ -98,6 +105,7 @@ class GenerationConfig:
         parse_prompt(self.negative_prompt, self.emphasis, "negative_prompt")
         _ = self.sampling  # resolving checks the sampler, the schedule and that they go together
         self._check_hires()
+        self._check_outpaint()
         object.__setattr__(self, "loras", tuple(LoraRef.parse(r) if isinstance(r, str) else r for r in self.loras))
 
     @property
@@ -115,6 +123,17 @@ class GenerationConfig:
         if self.hires_sampler is None and self.hires_schedule is None:
             return self.sampling
         return resolve_sampler(self.hires_sampler or self.sampler, self.hires_schedule or "automatic")
+
+    def _check_outpaint(self) -> None:
+        check(self.outpaint_mode in OUTPAINT_MODES, "outpaint_mode", self.outpaint_mode, "unknown outpainting mode",
+              choices=OUTPAINT_MODES)
+        check(self.fill in FILLS, "fill", self.fill, "unknown masked content", choices=FILLS)
+        check(0 <= self.mask_blur <= 64, "mask_blur", self.mask_blur, "must be from 0 to 64 pixels")
+        if self.outpaint is None:
+            return
+        parse_sides(self.outpaint)
+        check(self.init_image is not None, "outpaint", self.outpaint, "needs {init_image} (the image to extend)")
+        check(self.mask is None, "mask", None, "does not combine with {outpaint}, which makes its own mask")
 
     def _check_hires(self) -> None:
         given = [name for name in ("hires_sampler", "hires_schedule", "hires_prompt", "hires_negative_prompt")
@@ -138,7 +157,8 @@ class GenerationConfig:
 
     @property
     def mode(self) -> str:
-        return "inpaint" if self.mask is not None else "img2img" if self.init_image is not None else "txt2img"
+        inpaint = self.mask is not None or self.outpaint is not None
+        return "inpaint" if inpaint else "img2img" if self.init_image is not None else "txt2img"
 
     @property
     def effective_strength(self) -> float:

@@ -27,6 +27,8 @@ from t2i.models.loading import LoadedModel
 from t2i.processes import share
 from t2i.sampling.config import MAX_SIDE, GenerationConfig
 from t2i.sampling.hires import check_hires, denoising_strength, img2img_steps, resolve_upscaler, second_pass
+from t2i.sampling.img2img_steps import prepare
+from t2i.sampling.outpaint import FILLS, make_canvas, parse_sides
 from t2i.sampling.prompts import split_lora_tags
 from t2i.sampling.samplers import SAMPLERS, schedule_arguments
 from t2i.sampling.settings import EmbeddingUse, ImageSettings, LoraUse
@@ -163,9 +165,26 @@ def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, se
         loras=tuple(LoraUse(**lora) for lora in loras), emphasis=config.emphasis,
         embeddings_dir=config.embeddings_dir,
         embeddings=tuple(EmbeddingUse(e.name, str(e.path), e.hash) for e in embeddings),
+        outpaint=config.outpaint, outpaint_mode=config.outpaint_mode, mask_blur=config.mask_blur, fill=config.fill,
         cache_interval=config.cache_interval, vae_tile_size=vae_tile_size, vae=model.config.vae,
         **_hires_settings(config),
         dtype=model.dtype_name, device=model.device.type, model_name=model.name, model_hash=model.hash)
+
+
+def _outpaint_inputs(init: Image.Image, config: GenerationConfig):
+    """(canvas, mask, overlay) for outpainting: the canvas and mask as t2i.sampling.outpaint makes them,
+    then A1111's img2img steps (poor-man's mask blurred by twice the blur, as A1111's script sets it;
+    the masked content; the overlay that keeps the original's pixels as they were)."""
+    canvas = make_canvas(init, parse_sides(config.outpaint or ""), config.outpaint_mode, config.mask_blur)
+    width, height = canvas.image.size
+    check(max(width, height) <= MAX_SIDE, "outpaint", config.outpaint,
+          f"makes a {width}x{height} canvas from {init.width}x{init.height}; each side must be at most {MAX_SIDE}")
+    check((config.width in (None, width)) and (config.height in (None, height)), "width",
+          f"{config.width}x{config.height}", f"outpainting makes a {width}x{height} canvas; leave width and height out")
+    blur = 2 * config.mask_blur if config.outpaint_mode == "poor-man" else 0  # pad's mask is feathered already
+    inputs = prepare(canvas.image, canvas.mask, width=width, height=height, resize_mode=0, mask_blur=blur,
+                     invert=False, fill=FILLS.index(config.fill), only_masked=False, padding=0)
+    return inputs.image, inputs.mask, inputs.finish
 
 
 def _hires_settings(config: GenerationConfig) -> dict:
@@ -193,6 +212,9 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         check(min(init.size) >= 8, "init_image", describe(config.init_image),
               f"is {init.width}x{init.height} pixels; it must be at least 8x8")
     mask = load_mask(config.mask, init.size) if config.mask is not None and init is not None else None
+    finish = None  # what a result goes through before it is returned: outpainting's overlay
+    if config.outpaint is not None and init is not None:
+        init, mask, finish = _outpaint_inputs(init, config)
     width, height = _output_size(model, config, init)
     if config.hires:  # the target checked against the native size too, before the first pass
         check_hires(width, height, config.hires_scale or 1, config.hires_resize_x, config.hires_resize_y,
@@ -271,6 +293,7 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         with torch.no_grad():
             images, tile_size = decode(pipe, latents, generators, requested_tile, config.vae_slicing)
         for (prompt, _, image_seed), image in zip(batch, images):
+            image = finish(image) if finish is not None else image
             if prompt not in used:  # the prompt's own embeddings and the negative prompt's, scanned once a prompt
                 used[prompt] = embeddings_used(tokenizer, [prompt, config.negative_prompt], config.emphasis,
                                                embeddings)

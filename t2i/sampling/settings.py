@@ -66,6 +66,11 @@ class ImageSettings:
     embeddings: tuple[EmbeddingUse, ...] = _setting((list, tuple), None, (), since=())
     cache_interval: int = _setting((int,), "generation", 1, since=1)
     vae_tile_size: int | None = _setting((int, NONE), "generation", None, since=None)  # tiles it was decoded in
+    # outpainting (t2i.sampling.outpaint): width and height above are the canvas's
+    outpaint: str | None = _setting((str, NONE), "generation", None, since=None)
+    outpaint_mode: str = _setting((str,), "generation", "poor-man", since="poor-man")
+    mask_blur: int = _setting((int,), "generation", 4, since=4)
+    fill: str = _setting((str,), "generation", "fill", since="fill")
     # the hires fix (t2i.sampling.hires); width and height above are the first pass's, as in A1111's Size
     hires_scale: float | None = _setting((int, float, NONE), "generation", None, since=None)
     hires_resize_x: int = _setting((int,), "generation", 0, since=0)
@@ -87,7 +92,9 @@ class ImageSettings:
 
     @property
     def mode(self) -> str:
-        return "inpaint" if self.mask is not None else "img2img" if self.strength is not None else "txt2img"
+        if self.mask is not None or self.outpaint is not None:
+            return "inpaint"
+        return "img2img" if self.strength is not None else "txt2img"
 
     # ---- the record: JSON in the PNG ----------------------------------------------------------
 
@@ -165,6 +172,10 @@ class ImageSettings:
             "TI hashes": ", ".join(f"{e.name}: {e.hash}" for e in self.embeddings) or None,
             # A1111 writes it only when it is not its default, Original
             "Emphasis": {"no-norm": "No norm", "none": "None"}.get(self.emphasis),
+            # t2i's own keys (A1111's outpainting scripts write none): what `--from-image` and people read
+            "Outpaint": self.outpaint, "Outpaint mode": self.outpaint_mode if self.outpaint else None,
+            "Mask blur": self.mask_blur if self.outpaint else None,
+            "Masked content": self.fill if self.outpaint else None,
             **self._hires_fields(),
             "Version": f"t2i {self.version}",
         }

@@ -14,11 +14,14 @@ from typing import Any, Callable
 from PIL import Image
 
 from t2i.errors import check
+from t2i.sampling import img2img_steps
 from t2i.sampling.config import GenerationConfig
 from t2i.sampling.hires import hires_size
+from t2i.sampling.outpaint import make_canvas, parse_sides
 from t2i.server import img2img
 from t2i.server.catalog import Catalog, Checkpoint
 from t2i.server.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
+from t2i.server.scripts import script_fields
 from t2i.server.settings import ServerSettings
 
 # GenerationConfig field -> the request field that sets it, for error messages
@@ -48,7 +51,7 @@ UNSUPPORTED = {
     "restore_faces": ((False,), "face restoration"),
     "tiling": ((False,), "tiling"), "subseed_strength": ((0,), "variation seeds"),
     "seed_resize_from_h": ((-1, 0), "seed resizing"), "seed_resize_from_w": ((-1, 0), "seed resizing"),
-    "script_name": (("",), "scripts"), "refiner_checkpoint": (("", "None"), "a refiner"),
+    "refiner_checkpoint": (("", "None"), "a refiner"),
     "s_churn": ((0,), "sigma churn"), "s_tmin": ((0,), "sigma tmin"), "s_tmax": ((0, math.inf), "sigma tmax"),
     "s_noise": ((1,), "sigma noise"), "initial_noise_multiplier": ((1,), "a noise multiplier"),
 }
@@ -87,6 +90,8 @@ class Plan:
 def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: ServerSettings) -> Plan:
     """What the request asks t2i to do, every value checked against the server's limits first."""
     refuse_unsupported(request)
+    check(not request.script_name or isinstance(request, Img2ImgRequest), "script_name", request.script_name,
+          "t2i runs no txt2img scripts")
     overrides = request.override_settings or {}
     check_options(overrides, "override_settings")
     options = {**options, **overrides}
@@ -149,6 +154,13 @@ def _img2img_fields(request: Img2ImgRequest, fields: dict) -> tuple[dict, Callab
     check(len(request.init_images) == 1, "init_images", f"{len(request.init_images)} images",
           "t2i takes one init image a request")
     init = img2img.decode_image(request.init_images[0], "init_images")
+    check(request.denoising_strength is not None, "denoising_strength", None, "img2img needs a denoising strength")
+    if request.script_name:  # the script makes the canvas from the image as sent (A1111's scripts do)
+        check(not request.mask, "mask", None, f"does not combine with the {request.script_name} script")
+        script = script_fields(request.script_name, request.script_args)
+        canvas = make_canvas(init, parse_sides(script["outpaint"]), script["outpaint_mode"], script["mask_blur"])
+        return {**fields, **script, "width": canvas.image.width, "height": canvas.image.height, "init_image": init,
+                "strength": request.denoising_strength}, _identity
     mask = img2img.decode_image(request.mask, "mask") if request.mask else None
     width = fields["width"] or init.width // 8 * 8
     height = fields["height"] or init.height // 8 * 8
@@ -159,11 +171,10 @@ def _img2img_fields(request: Img2ImgRequest, fields: dict) -> tuple[dict, Callab
     check(blur >= 0, "mask_blur", blur, "must be 0 or more")
     check(request.inpaint_full_res_padding >= 0, "inpaint_full_res_padding", request.inpaint_full_res_padding,
           "must be 0 or more")
-    inputs = img2img.prepare(init, mask, width=width, height=height, resize_mode=request.resize_mode,
-                             mask_blur=blur, invert=request.inpainting_mask_invert == 1,
-                             fill=request.inpainting_fill, only_masked=request.inpaint_full_res,
-                             padding=request.inpaint_full_res_padding)
-    check(request.denoising_strength is not None, "denoising_strength", None, "img2img needs a denoising strength")
+    inputs = img2img_steps.prepare(init, mask, width=width, height=height, resize_mode=request.resize_mode,
+                                   mask_blur=blur, invert=request.inpainting_mask_invert == 1,
+                                   fill=request.inpainting_fill, only_masked=request.inpaint_full_res,
+                                   padding=request.inpaint_full_res_padding)
     fields = {**fields, "width": width, "height": height, "init_image": inputs.image, "mask": inputs.mask,
               "strength": request.denoising_strength}
     return fields, inputs.finish
