@@ -15,6 +15,11 @@
     per image, UNet steps/s (it/s, each a CFG pair), the ratio to plain diffusers, peak GPU memory,
     one-time cost (compilation) and MFU: the UNet's FLOPs (PyTorch's FlopCounterMode) over the
     GPU's bf16 dense peak, or on CPU over a measured large matmul.
+(d) Canvases on the --size model: hires fix (first pass at half --canvas-side, x2, Latent and Lanczos)
+    against the same chain done by hand with diffusers' pipelines (txt2img latents, upscale, img2img
+    from a fresh generator, A1111's step count), and outpainting (a quarter of the side grown on the
+    right) against pad + inpaint + overlay by hand; alternating sides, median of --repeats. Rows after
+    the ratios: each canvas's cost over plain txt2img of the final size.
 """
 
 from __future__ import annotations
@@ -135,6 +140,79 @@ def options_table(args) -> None:
                       f"{seconds / base:>8.2f}{peak}{max(0.0, once[name] - seconds):>8.1f}{mfu:>7.1%}")
 
 
+def canvas_table(args) -> None:
+    import torch.nn.functional as F
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+    from PIL import Image
+
+    from t2i.sampling.hires import second_pass_schedule
+    from t2i.sampling.img2img_steps import fill_masked
+    from t2i.sampling.outpaint import pad_canvas, parse_sides
+
+    side, steps = args.canvas_side, args.steps
+    with tempfile.TemporaryDirectory() as scratch:
+        divisor = SIZES[args.size][0]
+        source = "tiny" if args.size == "tiny" else str(Path(scratch) / "model")
+        if args.size != "tiny":
+            make_model(Path(source), divisor)
+        model = load_model(ModelConfig(model=source, device="cpu"))
+        plain = StableDiffusionPipeline(**model.pipe.components)
+        plain.set_progress_bar_config(disable=True)
+        plain.scheduler = DPMSolverMultistepScheduler.from_config(plain.scheduler.config, use_karras_sigmas=True)
+        img2img = StableDiffusionImg2ImgPipeline(**plain.components)
+        inpaint = StableDiffusionInpaintPipeline(**plain.components)
+        for pipe in (img2img, inpaint):
+            pipe.set_progress_bar_config(disable=True)
+        init = Image.new("RGB", (side, side), (200, 120, 60))
+        grow = side // 4
+        total, strength = second_pass_schedule(steps, 0.6)
+
+        def by_hand(kind: str, seed: int) -> None:
+            prompt = f"a photo of object {seed}"
+            if kind == "hires":
+                latents = plain(prompt, num_inference_steps=steps, width=side // 2, height=side // 2,
+                                generator=torch.Generator().manual_seed(seed), output_type="latent").images
+                latents = F.interpolate(latents, scale_factor=2, mode="bilinear")
+                img2img(prompt, image=latents, num_inference_steps=total, strength=strength,
+                        generator=[torch.Generator().manual_seed(seed)])
+            elif kind == "outpaint":
+                canvas = pad_canvas(init, parse_sides(f"right={grow}"), feather=4)
+                start = fill_masked(canvas.image, canvas.mask)
+                made = inpaint(prompt, image=start, mask_image=canvas.mask, strength=1.0, num_inference_steps=steps,
+                               width=canvas.image.width, height=canvas.image.height,
+                               generator=[torch.Generator().manual_seed(seed)]).images[0]
+                Image.composite(made, canvas.image, canvas.mask)
+            else:  # plain txt2img at the outpainted size, for the cost of a canvas over it
+                plain(prompt, num_inference_steps=steps, width=side + grow, height=side,
+                      generator=torch.Generator().manual_seed(seed))
+
+        def ours(kind: str, seed: int) -> None:
+            fields = {"hires": dict(width=side // 2, height=side // 2, hires_scale=2, hires_denoise=0.6),
+                      "outpaint": dict(init_image=init, outpaint=f"right={grow}", outpaint_mode="pad")}[kind]
+            generate(model, GenerationConfig(prompts=(f"a photo of object {seed}",), seed=seed, steps=steps,
+                                             **fields), progress=False)
+
+        rows = {"hires x2 (Latent), diffusers by hand": (by_hand, "hires"), "hires x2 (Latent), t2i": (ours, "hires"),
+                "outpaint right, diffusers by hand": (by_hand, "outpaint"), "outpaint right, t2i": (ours, "outpaint"),
+                "txt2img at the outpainted size": (by_hand, "txt2img")}
+        for fn, kind in rows.values():  # warm-up
+            fn(kind, 0)
+        times: dict[str, list[float]] = {name: [] for name in rows}
+        names = list(rows)
+        for repeat in range(args.repeats):
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                fn, kind = rows[name]
+                times[name].append(timed(fn, kind, 100 + repeat))
+        median = {name: statistics.median(values) for name, values in times.items()}
+        print(f"(d) canvases, {args.size} model, {side} px, {steps} steps (hires: {steps} + {steps} at 0.6), CPU "
+              f"{torch.get_num_threads()} threads, median of {args.repeats}")
+        print(f"{'row':<40}{'s/image':>10}{'ratio':>8}")
+        for name in names:
+            pair = name.replace(", t2i", ", diffusers by hand")
+            ratio = median[name] / median[pair] if name.endswith("t2i") else 1.0
+            print(f"{name:<40}{median[name]:>10.3f}{ratio:>8.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
@@ -145,9 +223,13 @@ def main() -> None:
     parser.add_argument("--options", nargs="+", choices=OPTIONS, default=list(OPTIONS)[:8],
                         help="rows of table (c); offload-model needs a GPU")
     parser.add_argument("--only-options", action="store_true", help="table (c) alone")
+    parser.add_argument("--only-canvas", action="store_true", help="table (d) alone")
+    parser.add_argument("--canvas-side", type=int, default=128, help="table (d): the hires and outpainted side")
     args = parser.parse_args()
     if args.only_options:
         return options_table(args)
+    if args.only_canvas:
+        return canvas_table(args)
 
     plain = StableDiffusionPipeline(**tiny_components(), safety_checker=None, feature_extractor=None,
                                     requires_safety_checker=False)
@@ -179,6 +261,7 @@ def main() -> None:
     print(f"{'t2i --help':<34}{help_s:>10.3f}{help_s / diffusers_s:>10.3f}")
     print(f"{'t2i samplers':<34}{samplers_s:>10.3f}{samplers_s / diffusers_s:>10.3f}")
     options_table(args)
+    canvas_table(args)
 
 
 if __name__ == "__main__":

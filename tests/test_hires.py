@@ -1,6 +1,8 @@
 """A1111's hires fix and img2img step count: the arithmetic against hand-computed cases, the pixels
 against the same chain done by hand with plain diffusers, the record, the CLI and the server."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import requests
@@ -198,3 +200,88 @@ def test_the_server_runs_a1111s_hires_fields_as_t2i_generate_does(demo_server, r
         "None", "Lanczos", "Nearest"]
     bad = requests.post(f"{demo_server.api}/txt2img", json={**body, "hr_upscaler": "R-ESRGAN 4x+"}, timeout=30)
     assert bad.status_code == 422 and "hr_upscaler" in bad.text
+
+
+def _text_parts():
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from t2i.models import SD1_CONFIG_DIR
+
+    tokenizer = CLIPTokenizer.from_pretrained(SD1_CONFIG_DIR, subfolder="tokenizer")
+    torch.manual_seed(0)
+    encoder = CLIPTextModel(CLIPTextConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=37,
+                                           num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                                           projection_dim=32, bos_token_id=tokenizer.bos_token_id,
+                                           eos_token_id=tokenizer.eos_token_id))
+    return encoder, tokenizer
+
+
+@pytest.fixture(scope="module")
+def upscaler_folders(tmp_path_factory):
+    """diffusers' SD x4 upscaler and latent (x2) upscaler pipelines on tiny random configs (diffusers'
+    own test shapes), saved as folders: their real weights cannot be had here, so this tests wiring."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        EulerDiscreteScheduler,
+        StableDiffusionLatentUpscalePipeline,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+
+    root = tmp_path_factory.mktemp("upscalers")
+    encoder, tokenizer = _text_parts()
+    torch.manual_seed(0)
+    x4 = StableDiffusionUpscalePipeline(
+        unet=UNet2DConditionModel(block_out_channels=(32, 32, 64), layers_per_block=1, sample_size=32, in_channels=7,
+                                  out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D",
+                                                                    "CrossAttnDownBlock2D"),
+                                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                                  cross_attention_dim=32, attention_head_dim=8, use_linear_projection=True,
+                                  num_class_embeds=100),
+        vae=AutoencoderKL(block_out_channels=[32, 32, 64], down_block_types=["DownEncoderBlock2D"] * 3,
+                          up_block_types=["UpDecoderBlock2D"] * 3, latent_channels=4),
+        text_encoder=encoder, tokenizer=tokenizer, low_res_scheduler=DDPMScheduler(),
+        scheduler=DDIMScheduler(prediction_type="v_prediction"), max_noise_level=350)
+    x4.save_pretrained(root / "x4")
+    torch.manual_seed(0)
+    latent = StableDiffusionLatentUpscalePipeline(
+        unet=UNet2DConditionModel(act_fn="gelu", attention_head_dim=8, norm_num_groups=None,
+                                  block_out_channels=[32, 32, 64, 64], time_cond_proj_dim=160, conv_in_kernel=1,
+                                  conv_out_kernel=1, cross_attention_dim=32, in_channels=8, mid_block_type=None,
+                                  only_cross_attention=False, out_channels=5, resnet_time_scale_shift="scale_shift",
+                                  time_embedding_type="fourier", timestep_post_act="gelu",
+                                  down_block_types=("KDownBlock2D", "KCrossAttnDownBlock2D", "KCrossAttnDownBlock2D",
+                                                    "KCrossAttnDownBlock2D"),
+                                  up_block_types=("KCrossAttnUpBlock2D", "KCrossAttnUpBlock2D", "KCrossAttnUpBlock2D",
+                                                  "KUpBlock2D")),
+        vae=AutoencoderKL(block_out_channels=[32, 32, 64, 64], down_block_types=["DownEncoderBlock2D"] * 4,
+                          up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4),
+        text_encoder=encoder, tokenizer=tokenizer, scheduler=EulerDiscreteScheduler(prediction_type="sample"))
+    latent.save_pretrained(root / "latent-x2")
+    return root
+
+
+# the latent upscaler's 8x VAE and 3 downsamples need 128 px to keep a latent pixel at the bottom
+@pytest.mark.parametrize("name, side", [("x4", 32), pytest.param("latent-x2", 128, marks=pytest.mark.slow)])
+def test_an_upscaler_pipeline_folder_upscales_before_the_second_pass(tiny, upscaler_folders, name, side, tmp_path):
+    from t2i.formats.png import save_png
+    from t2i.sampling.settings import configs_from_png
+
+    folder = str(upscaler_folders / name)
+    config = GenerationConfig(prompts=("a cat",), steps=1, seed=6, width=side, height=side, hires_scale=2,
+                              hires_upscaler=folder, hires_denoise=0.5)
+    made, = generate(tiny, config, progress=False)
+    lanczos, = generate(tiny, dataclasses.replace(config, hires_upscaler="Lanczos"), progress=False)
+    assert made.image.size == (2 * side, 2 * side) and not np.array_equal(pixels(made), pixels(lanczos))
+    assert made.settings.hires_upscaler == folder and folder in tiny.upscalers  # loaded once, kept
+    _, remade = configs_from_png(save_png(made.image, made.settings, tmp_path))
+    assert np.array_equal(pixels(generate(tiny, remade, progress=False)[0]), pixels(made))
+
+
+def test_folders_without_an_upscaler_pipeline_and_upscaler_files_are_refused(tmp_path, tiny_folder):
+    with pytest.raises(InvalidInput, match="holds no upscaler pipeline t2i runs .StableDiffusionPipeline."):
+        resolve_upscaler(str(tiny_folder))
+    with pytest.raises(InvalidInput, match="model upscaler files .ESRGAN and the like. are not supported"):
+        resolve_upscaler(str(tmp_path / "4x-UltraSharp.pth"))

@@ -125,3 +125,44 @@ def test_png_info_by_dropping_an_image(page, demo_server):
     }""", answer["images"][0])
     page.wait_for_function("document.getElementById('png-info').textContent.includes('Seed: 11')")
     assert page.inner_text("#png-info").startswith("a dropped cat\n")
+
+
+def test_hires_fix_from_the_page(page):
+    page.fill("#prompt", "a red circle")
+    settings(page, steps=6, width=32, height=32, seed=4)
+    page.check("#hires-on")
+    settings(page, **{"hires-scale": 2, "hires-steps": 4, "hires-denoise": 0.5})
+    page.select_option("#hires-upscaler", "Latent (bicubic antialiased)")
+    page.click("#generate")
+    page.wait_for_selector("#gallery figure img")
+    caption = page.locator("#gallery figcaption").first.inner_text()
+    assert "Size: 32x32" in caption and "Hires upscale: 2" in caption and "Hires steps: 4" in caption
+    assert "Hires upscaler: Latent (bicubic antialiased)" in caption and "Denoising strength: 0.5" in caption
+    from t2i import GenerationConfig, generate, load_model
+    from t2i.models.config import ModelConfig
+
+    expected, = generate(load_model(ModelConfig(model="demo", device="cpu")), GenerationConfig(
+        prompts=("a red circle",), steps=6, seed=4, guidance_scale=7, width=32, height=32, hires_scale=2,
+        hires_steps=4, hires_denoise=0.5, hires_upscaler="Latent (bicubic antialiased)"), progress=False)
+    assert image_pixels(page).shape == (64, 64, 3) and np.array_equal(image_pixels(page), np.asarray(expected.image))
+
+
+def test_outpainting_from_the_page_keeps_the_original(page, init_image):
+    page.check("input[name=mode][value=img2img]")
+    assert page.locator("#hires").is_hidden(), "hires fix is a txt2img setting"
+    page.set_input_files("#init-file", str(init_image))
+    page.wait_for_function("document.getElementById('mask-canvas').width === 32")
+    page.fill("#prompt", "a red circle")
+    settings(page, steps=5, seed=2, strength=0.9)
+    page.check("#outpaint-on")
+    settings(page, **{"outpaint-pixels": 16, "outpaint-blur": 1})
+    for side in ("up", "down"):
+        page.uncheck(f"input[name=outpaint-direction][value={side}]")
+    page.click("#generate")
+    page.wait_for_selector("#gallery figure img")
+    assert "Outpaint: " in page.locator("#gallery figcaption").first.inner_text()
+    got = image_pixels(page).astype(int)
+    original = np.asarray(Image.open(init_image).convert("RGB")).astype(int)
+    assert got.shape == (64, 64, 3)  # 32 + 16 + 16 wide, the height rounded to 64 as A1111 rounds it
+    assert np.array_equal(got[0:22, 16 + 10:16 + 22], original[0:22, 10:22]), "the original is kept byte for byte"
+    assert np.abs(got[:, :8] - 0).mean() > 5, "the new border is painted, not left black"

@@ -13,7 +13,7 @@ import logging
 import re
 import socket
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
@@ -51,6 +51,8 @@ class LoadedModel:
     name: str  # A1111's "Model:" field
     hash: str | None  # A1111's "Model hash": first 10 hex of the checkpoint file's SHA-256
     config: ModelConfig
+    # upscaler pipelines hires fix has loaded for this model, by folder (t2i.sampling.hires), loaded once
+    upscalers: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_inpainting_model(self) -> bool:

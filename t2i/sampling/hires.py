@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from t2i.errors import check
 
@@ -29,11 +30,32 @@ LATENT_MODES = {
 #: image as it is and its final resize is Lanczos, so it equals "Lanczos"
 PIXEL_UPSCALERS = {"None": "LANCZOS", "Lanczos": "LANCZOS", "Nearest": "NEAREST"}
 UPSCALERS = (*LATENT_MODES, *PIXEL_UPSCALERS)
+#: diffusers' upscaler pipelines a folder may hold (model_index.json's _class_name) -> their scale
+MODEL_UPSCALERS = {"StableDiffusionUpscalePipeline": 4, "StableDiffusionLatentUpscalePipeline": 2}
 MODEL_UPSCALER_WORDS = ("esrgan", "swinir", "scunet", "ldsr", "dat", "4x", "2x")
 
 
+def _pipeline_class(folder: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def resolve_upscaler(name: str) -> str:
-    """A1111's upscaler name, matched case-insensitively; model upscalers are refused by name."""
+    """A1111's upscaler name, matched case-insensitively, or a folder holding diffusers' SD x4 upscaler or
+    latent (x2) upscaler pipeline; model files of other kinds (ESRGAN and kin) are refused by name."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        kind = _pipeline_class(folder) or "no model_index.json"
+        check(kind in MODEL_UPSCALERS, "hires_upscaler", name, f"holds no upscaler pipeline t2i runs ({kind})",
+              choices=tuple(MODEL_UPSCALERS))
+        return name
+    if folder.suffix.lower() in (".pth", ".pt", ".safetensors", ".ckpt", ".bin"):
+        check(False, "hires_upscaler", name, "model upscaler files (ESRGAN and the like) are not supported: t2i runs "
+              "diffusers' upscaler pipelines, given as a folder", choices=UPSCALERS)
     found = {u.lower(): u for u in UPSCALERS}.get(name.strip().lower())
     if found is None and any(word in name.lower() for word in MODEL_UPSCALER_WORDS):
         check(False, "hires_upscaler", name, "model upscalers (ESRGAN and the like) are not supported: t2i uses "
@@ -118,10 +140,23 @@ def check_hires(width: int | None, height: int | None, scale: float, resize_x: i
 # ---- the second pass (torch from here on, imported when a hires image is made) ---------------------
 
 
-def upscale_latents(pipe, latents, size: HiresSize, upscaler: str):
-    """First-pass latents at the hires size: interpolated in latent space, or decoded, resized and
-    encoded again (the posterior's mean: no random draw to collide with the second pass's noise);
-    then the resize's excess cut off, centred, as A1111 cuts it."""
+def _upscaler_pipeline(model, folder: str):
+    """diffusers' upscaler pipeline in `folder`, loaded once per model (safetensors only, never online)."""
+    if folder not in model.upscalers:
+        import diffusers
+
+        cls = getattr(diffusers, _pipeline_class(Path(folder).expanduser()) or "")
+        pipe = cls.from_pretrained(str(Path(folder).expanduser()), local_files_only=True, use_safetensors=True)
+        pipe.set_progress_bar_config(disable=True)
+        model.upscalers[folder] = pipe.to(model.device, model.pipe.unet.dtype)
+    return model.upscalers[folder]
+
+
+def upscale_latents(pipe, latents, size: HiresSize, upscaler: str, model_upscale=None):
+    """First-pass latents at the hires size: interpolated in latent space, or decoded, resized (by PIL,
+    or first by an upscaler pipeline: `model_upscale`) and encoded again (the posterior's mean: no
+    random draw to collide with the second pass's noise); then the resize's excess cut off, centred,
+    as A1111 cuts it."""
     import torch
     import torch.nn.functional as F
     from PIL import Image
@@ -134,9 +169,11 @@ def upscale_latents(pipe, latents, size: HiresSize, upscaler: str):
     else:
         from t2i.sampling.generate import decode
 
-        resample = getattr(Image.Resampling, PIXEL_UPSCALERS[upscaler])
+        resample = getattr(Image.Resampling, PIXEL_UPSCALERS.get(upscaler, "LANCZOS"))
         with torch.no_grad():
             images, _ = decode(pipe, latents, None)
+            if model_upscale is not None:  # a model's 2x or 4x, then PIL's exact size
+                images = model_upscale(images)
             pixels = pipe.image_processor.preprocess([im.resize((width * factor, height * factor), resample)
                                                       for im in images]).to(pipe.vae.device, pipe.vae.dtype)
             encoded = [pipe.vae.encode(pixels[i:i + 1]).latent_dist.mode() for i in range(len(pixels))]
@@ -160,8 +197,18 @@ def second_pass(model, config, loras, prompts: list[str], seeds: list[int], late
     factor = pipe.vae_scale_factor
     size = hires_size(latents.shape[3] * factor, latents.shape[2] * factor, config.hires_scale or 1,
                       config.hires_resize_x, config.hires_resize_y, factor)
-    upscaled = upscale_latents(pipe, latents, size, resolve_upscaler(config.hires_upscaler))
-    total, strength = second_pass_schedule(config.hires_steps or config.steps, config.hires_denoise)
+    upscaler = resolve_upscaler(config.hires_upscaler)
+    steps = config.hires_steps or config.steps
+    model_upscale = None
+    if upscaler not in UPSCALERS:  # an upscaler pipeline's folder: it runs the hires steps too
+        pipeline = _upscaler_pipeline(model, upscaler)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+        def model_upscale(images):
+            return pipeline(prompt=[config.hires_prompt or p for p in prompts], image=images, num_inference_steps=steps,
+                            generator=generators, output_type="pil").images
+    upscaled = upscale_latents(pipe, latents, size, upscaler, model_upscale)
+    total, strength = second_pass_schedule(steps, config.hires_denoise)
     negative = config.negative_prompt if config.hires_negative_prompt is None else config.hires_negative_prompt
     text = text_inputs(pipe, [config.hires_prompt or p for p in prompts], negative, config.clip_skip,
                        config.emphasis, embeddings)

@@ -25,8 +25,10 @@ function fill(select, entries, selected) {
 }
 
 async function loadLists() {
-  const [samplers, schedulers, models, options] = await Promise.all(
-    [api("/samplers"), api("/schedulers"), api("/sd-models"), api("/options")]);
+  const [samplers, schedulers, models, options, latentModes, upscalers] = await Promise.all(
+    [api("/samplers"), api("/schedulers"), api("/sd-models"), api("/options"), api("/latent-upscale-modes"),
+     api("/upscalers")]);
+  fill($("hires-upscaler"), [...latentModes, ...upscalers].map((u) => [u.name, u.name]), "Latent");
   fill($("sampler"), samplers.map((s) => [s.name, s.name]), "DPM++ 2M");
   fill($("scheduler"), schedulers.map((s) => [s.name, s.label]), "automatic");
   fill($("model"), models.map((m) => [m.title, m.title]), options.sd_model_checkpoint);
@@ -62,11 +64,22 @@ function request() {
   for (const side of ["width", "height"]) {
     if (number(side) !== null) body[side] = number(side);
   }
+  if (mode() === "txt2img" && $("hires-on").checked) {
+    Object.assign(body, {enable_hr: true, hr_scale: number("hires-scale"), hr_upscaler: $("hires-upscaler").value,
+                         hr_second_pass_steps: number("hires-steps"), denoising_strength: number("hires-denoise")});
+  }
   if (mode() === "img2img") {
     if (!initDataUrl) throw new Error("img2img: choose an init image first");
     body.init_images = [initDataUrl];
     body.denoising_strength = number("strength");
-    if (maskPainted) {
+    if ($("outpaint-on").checked) {  // A1111's script: the canvas is the image grown, so no width or height
+      const directions = [...document.querySelectorAll("input[name=outpaint-direction]:checked")].map((d) => d.value);
+      if (directions.length === 0) throw new Error("Outpaint: tick at least one direction");
+      delete body.width;
+      delete body.height;
+      Object.assign(body, {script_name: "Poor man's outpainting", script_args: [
+        number("outpaint-pixels"), number("outpaint-blur"), Number($("outpaint-fill").value), directions]});
+    } else if (maskPainted) {
       Object.assign(body, {mask: maskDataUrl(), mask_blur: 0, inpainting_fill: 1, inpaint_full_res: false});
     }
   }
@@ -198,10 +211,16 @@ function setUp() {
       generate();
     }
   });
+  for (const [box, section] of [["hires-on", "hires"], ["outpaint-on", "outpaint"]]) {
+    $(box).addEventListener("change", () => { if ($(box).checked) $(section).open = true; });  // its settings show
+  }
   $("random-seed").addEventListener("click", () => { $("seed").value = -1; });
   $("reuse-seed").addEventListener("click", () => { if (lastSeed !== null) $("seed").value = lastSeed; });
   for (const radio of document.querySelectorAll("input[name=mode]")) {
-    radio.addEventListener("change", () => { $("img2img").hidden = mode() !== "img2img"; });
+    radio.addEventListener("change", () => {
+      $("img2img").hidden = mode() !== "img2img";
+      $("hires").hidden = mode() !== "txt2img";  // A1111's hires fix is a txt2img setting
+    });
   }
   $("model").addEventListener("change", async () => {
     $("error").textContent = "Loading checkpoint...";
