@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from typing import TYPE_CHECKING
 
 from t2i.errors import check
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 MODES = ("poor-man", "pad")
 SIDES = ("left", "right", "up", "down")
@@ -50,8 +51,13 @@ def parse_sides(text: str, field: str = "outpaint") -> dict[str, int]:
     return sides
 
 
+# numpy and PIL are imported where a canvas is made: GenerationConfig checks the sides with no heavy import
+
+
 def poor_man_canvas(init: Image.Image, sides: dict[str, int], mask_blur: int) -> Canvas:
     """A1111's "Poor man's outpainting" canvas and mask (its script's arithmetic, one tile)."""
+    from PIL import Image, ImageDraw
+
     left, right, up, down = (sides[s] for s in SIDES)
     width = math.ceil((init.width + left + right) / 64) * 64
     height = math.ceil((init.height + up + down) / 64) * 64
@@ -79,6 +85,9 @@ def poor_man_canvas(init: Image.Image, sides: dict[str, int], mask_blur: int) ->
 
 def pad_canvas(init: Image.Image, sides: dict[str, int], feather: int) -> Canvas:
     """ComfyUI's ImagePadForOutpaint: grey border, and a mask that fades into the original."""
+    import numpy as np
+    from PIL import Image
+
     left, right, up, down = (sides[s] for s in SIDES)
     # the canvas a whole number of latents: what is missing goes to a side that grows
     if (extra := -(init.width + left + right) % 8):
@@ -107,5 +116,3 @@ def make_canvas(init: Image.Image, sides: dict[str, int], mode: str, mask_blur: 
     return pad_canvas(init, sides, feather=mask_blur)
 
 
-def blurred(mask: Image.Image, radius: int) -> Image.Image:
-    return mask.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else mask
