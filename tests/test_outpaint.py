@@ -144,10 +144,83 @@ def test_a1111s_poor_mans_outpainting_script_runs_over_the_api(demo_server, run_
     expected = Image.open(out.split()[0])
     assert image.size == (64, 64) and np.array_equal(pixels(image), pixels(expected))
     listed = requests.get(f"{demo_server.api}/scripts", timeout=30).json()
-    assert listed["img2img"] == ["poor man's outpainting"]
+    assert listed["img2img"] == ["poor man's outpainting", "outpainting mk2"]
     for script, args, words in (("Poor man's outpainting", [16, 2, 1], "script_args"),
                                 ("Poor man's outpainting", [16, 2, 2, ["left"]], "latent noise acts on latents"),
-                                ("Outpainting mk2", [None, 16, 8, ["left"], 1.0, 0.05], "Outpainting mk2 is not built")):
+                                ("Outpainting mk2", [16, 8, ["left"], 1.0, 0.05], "Outpainting mk2 takes 6"),
+                                ("Outpainting mk2", [None, 16, 8, ["left"], 9, 0.05], "script_args.noise_q 9"),
+                                ("SD upscale", [], "not a script t2i runs")):
         bad = requests.post(f"{demo_server.api}/img2img", json={**body, "script_name": script, "script_args": args},
                             timeout=30)
         assert bad.status_code == 422 and words in bad.text, bad.text
+
+
+def test_histogram_matching_gives_the_reference_distribution():
+    from t2i.sampling.outpaint import match_histogram
+
+    rng = np.random.default_rng(0)
+    source, reference = rng.random(500), rng.normal(3, 2, 500)
+    matched = match_histogram(source, reference)
+    assert np.allclose(np.sort(matched), np.sort(reference))
+    assert np.array_equal(np.argsort(matched), np.argsort(source)), "the order of the source is kept"
+
+
+def test_matched_noise_keeps_the_kept_part_and_takes_its_colours():
+    from t2i.sampling.outpaint import matched_noise
+
+    image = np.asarray(_picture(48, 40), dtype=np.float64) / 255
+    mask = np.zeros((40, 48))
+    mask[:, 32:] = 1
+    noised = matched_noise(image, mask)
+    assert np.array_equal(noised[:, :32], image[:, :32]) and np.array_equal(noised, matched_noise(image, mask))
+    for channel in range(3):  # the new part's values are drawn from the kept part's distribution
+        kept, new = image[:, :32, channel].ravel(), noised[:, 32:, channel].ravel()
+        assert np.allclose(np.quantile(new, [0.1, 0.5, 0.9]), np.quantile(kept, [0.1, 0.5, 0.9]), atol=0.02)
+    assert noised[:, 32:].std() > 0.05, "noise, not a flat fill"
+
+
+@pytest.mark.parametrize("side, size, keep", [
+    ("left", (56, 32), (24, 0, 55, 31)), ("right", (56, 32), (0, 0, 31, 31)),
+    ("up", (40, 48), (0, 24, 39, 47)), ("down", (40, 48), (0, 0, 39, 23)),
+])
+def test_mk2_grows_one_side_on_a_canvas_of_64s(side, size, keep):
+    from t2i.sampling.outpaint import mk2_step
+
+    step = mk2_step(_picture(40, 32), side, 16, 8, 1.0, 0.05)
+    assert step.size == size and step.canvas.size == (64, 64)
+    mask = np.asarray(step.mask)
+    x1, y1, x2, y2 = keep  # the original inset by the blur on the side that grows
+    assert mask[y1:y2 + 1, x1:x2 + 1].max() == 0 and (mask == 0).sum() == (x2 - x1 + 1) * (y2 - y1 + 1)
+
+
+def test_mk2_outpainting_keeps_the_original_and_remakes(tiny, tmp_path):
+    from t2i.formats.png import save_png
+    from t2i.sampling.settings import configs_from_png
+
+    init = tmp_path / "init.png"
+    _picture(40, 32).save(init)
+    made, = generate(tiny, GenerationConfig(prompts=("x",), steps=3, seed=4, init_image=str(init),
+                                            outpaint="left=16,down=8", outpaint_mode="mk2", mask_blur=0),
+                     progress=False)
+    got = pixels(made)
+    assert made.image.size == (56, 40) and np.array_equal(got[:32, 16:], np.asarray(_picture(40, 32), dtype=np.int16))
+    assert "Outpaint mode: mk2" in made.settings.infotext() and "Fall-off exponent: 1.0" in made.settings.infotext()
+    _, config = configs_from_png(save_png(made.image, made.settings, tmp_path))
+    assert np.array_equal(pixels(generate(tiny, config, progress=False)[0]), got)
+
+
+def test_a1111s_outpainting_mk2_script_equals_the_cli(demo_server, run_cli, tmp_path):
+    init = tmp_path / "init.png"
+    _picture(32, 32).save(init)
+    body = {"prompt": "a red circle", "seed": 3, "steps": 4, "sampler_name": "Euler", "denoising_strength": 0.8,
+            "init_images": [base64.b64encode(init.read_bytes()).decode()], "script_name": "Outpainting mk2",
+            "script_args": ["<p>note</p>", 16, 2, ["right"], 1.5, 0.1]}
+    answer = requests.post(f"{demo_server.api}/img2img", json=body, timeout=300)
+    assert answer.status_code == 200, answer.text
+    image = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
+    code, out, err = run_cli("generate", "a red circle", "--model", "demo", "--seed", "3", "--steps", "4",
+                             "--sampler", "euler", "--guidance-scale", "7", "--init-image", init, "--strength", "0.8",
+                             "--outpaint", "right=16", "--outpaint-mode", "mk2", "--mask-blur", "2",
+                             "--outpaint-noise-q", "1.5", "--outpaint-color-variation", "0.1", "--out", tmp_path / "c")
+    assert code == 0, err
+    assert image.size == (48, 32) and np.array_equal(pixels(image), pixels(Image.open(out.split()[0])))

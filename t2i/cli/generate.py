@@ -114,8 +114,13 @@ def generate(
                                        "every N steps, its outer level alone between (faster, a little off; 1: off)."),
     outpaint: Optional[str] = typer.Option(None, help="Outpaint --init-image: SIDE=PIXELS pairs, e.g. "
                                            "left=128,right=128 (left, right, up, down, all)."),
-    outpaint_mode: str = typer.Option(_default("outpaint_mode"), help="poor-man (A1111's canvas, rounded to 64) or "
-                                      "pad (ComfyUI's: exactly the pixels asked, a grey border)."),
+    outpaint_mode: str = typer.Option(_default("outpaint_mode"), help="poor-man (A1111's canvas, rounded to 64), "
+                                      "mk2 (A1111's Outpainting mk2: a side at a time from matched noise) or pad "
+                                      "(ComfyUI's: exactly the pixels asked, a grey border)."),
+    outpaint_noise_q: float = typer.Option(_default("outpaint_noise_q"), help="mk2's fall-off exponent (lower: "
+                                           "more detail)."),
+    outpaint_color_variation: float = typer.Option(_default("outpaint_color_variation"), help="mk2's colour "
+                                                   "variation of the starting noise, 0 to 1."),
     mask_blur: int = typer.Option(_default("mask_blur"), help="Outpainting's seam in pixels (pad: the feathering)."),
     fill: str = typer.Option(_default("fill"), help="What the new border starts from: fill (nearby colours) or "
                              "original (the canvas)."),

@@ -56,6 +56,8 @@ class GenerationConfig:
     outpaint_mode: str = "poor-man"  # A1111's Poor man's outpainting canvas, or "pad" (ComfyUI's)
     mask_blur: int = 4  # outpainting's seam, in pixels (A1111's Mask blur; pad: the feathering)
     fill: str = "fill"  # what the new border starts from: fill (the colours around it) or original (the canvas)
+    outpaint_noise_q: float = 1.0  # mk2: the matched noise's fall-off exponent (lower: more detail)
+    outpaint_color_variation: float = 0.05  # mk2: how colourful the starting noise is
     # A1111's hires fix (txt2img): upscale the first pass by hires_scale, or to hires_resize_x x hires_resize_y
     # (0 for one side: it follows the aspect), with hires_upscaler, then refine it with an img2img pass
     hires_scale: float | None = None  # None (and no resize): off
@@ -129,6 +131,10 @@ class GenerationConfig:
               choices=OUTPAINT_MODES)
         check(self.fill in FILLS, "fill", self.fill, "unknown masked content", choices=FILLS)
         check(0 <= self.mask_blur <= 64, "mask_blur", self.mask_blur, "must be from 0 to 64 pixels")
+        check(math.isfinite(self.outpaint_noise_q) and 0 <= self.outpaint_noise_q <= 4, "outpaint_noise_q",
+              self.outpaint_noise_q, "must be from 0 to 4")
+        check(math.isfinite(self.outpaint_color_variation) and 0 <= self.outpaint_color_variation <= 1,
+              "outpaint_color_variation", self.outpaint_color_variation, "must be from 0 to 1")
         if self.outpaint is None:
             return
         parse_sides(self.outpaint)

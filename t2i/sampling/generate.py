@@ -166,6 +166,7 @@ def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, se
         embeddings_dir=config.embeddings_dir,
         embeddings=tuple(EmbeddingUse(e.name, str(e.path), e.hash) for e in embeddings),
         outpaint=config.outpaint, outpaint_mode=config.outpaint_mode, mask_blur=config.mask_blur, fill=config.fill,
+        outpaint_noise_q=config.outpaint_noise_q, outpaint_color_variation=config.outpaint_color_variation,
         cache_interval=config.cache_interval, vae_tile_size=vae_tile_size, vae=model.config.vae,
         **_hires_settings(config),
         dtype=model.dtype_name, device=model.device.type, model_name=model.name, model_hash=model.hash)
@@ -206,6 +207,11 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     the batches: every image is made once, by one process, in the batch one process puts it in,
     so it has the pixels a single-process run gives it.
     """
+    if config.outpaint is not None and config.outpaint_mode == "mk2":  # a generation a side, t2i.sampling.outpaint_mk2
+        from t2i.sampling.outpaint_mk2 import mk2_images
+
+        yield from mk2_images(model, config, on_step, progress)
+        return
     # read and check every input before any work, so a bad input fails before the first image
     init = load_image(config.init_image, "init_image") if config.init_image is not None else None
     if init is not None:

@@ -23,7 +23,7 @@ from t2i.errors import check
 if TYPE_CHECKING:
     from PIL import Image
 
-MODES = ("poor-man", "pad")
+MODES = ("poor-man", "mk2", "pad")
 SIDES = ("left", "right", "up", "down")
 FILLS = ("fill", "original")  # A1111's masked content 0 and 1 (its latent noise and nothing act on latents)
 
@@ -110,9 +110,96 @@ def pad_canvas(init: Image.Image, sides: dict[str, int], feather: int) -> Canvas
 
 
 def make_canvas(init: Image.Image, sides: dict[str, int], mode: str, mask_blur: int) -> Canvas:
-    check(mode in MODES, "outpaint_mode", mode, "unknown outpainting mode", choices=MODES)
+    check(mode in ("poor-man", "pad"), "outpaint_mode", mode, "makes its canvas a side at a time (mk2_step)")
     if mode == "poor-man":
         return poor_man_canvas(init, sides, mask_blur)
     return pad_canvas(init, sides, feather=mask_blur)
 
 
+
+
+# ---- "Outpainting mk2": one side at a time, the new border started from noise shaped like the image ----
+
+
+def _centred_fft(data):
+    import numpy as np
+
+    return np.fft.ifftshift(np.fft.fft2(np.fft.fftshift(data, axes=(0, 1)), axes=(0, 1), norm="ortho"), axes=(0, 1))
+
+
+def _centred_ifft(data):
+    import numpy as np
+
+    return np.fft.ifftshift(np.fft.ifft2(np.fft.fftshift(data, axes=(0, 1)), axes=(0, 1), norm="ortho"), axes=(0, 1))
+
+
+def match_histogram(source, reference):
+    """`source`'s values mapped so that their distribution is `reference`'s (quantile matching)."""
+    import numpy as np
+
+    values, index, counts = np.unique(source, return_inverse=True, return_counts=True)
+    ref_values, ref_counts = np.unique(reference, return_counts=True)
+    quantiles = np.cumsum(counts) / source.size
+    ref_quantiles = np.cumsum(ref_counts) / reference.size
+    return np.interp(quantiles, ref_quantiles, ref_values)[index].reshape(source.shape)
+
+
+def matched_noise(image, mask, noise_q: float = 1.0, color_variation: float = 0.05):
+    """The masked part of `image` (H x W x 3 in [0, 1]; `mask` H x W, 1 = new) replaced by noise whose
+    spectrum follows the kept part's (raised to `noise_q`: lower keeps more detail) and whose colours
+    follow the kept part's histograms; `color_variation` is how colourful the starting noise is. A
+    fixed generator: the result depends on the image alone, as in A1111's script (from g-diffuser)."""
+    import numpy as np
+
+    rgb_mask = mask[..., None]
+    windowed = image * (1 - rgb_mask)
+    windowed = windowed / max(float(windowed.max()), 1e-12) + image.mean() * rgb_mask  # masked: the mean colour
+    source = _centred_fft(windowed)
+    magnitude = np.abs(source)
+    phase = np.divide(source, magnitude, out=np.zeros_like(source), where=magnitude > 0)
+    noise = np.random.default_rng(0).random(image.shape)
+    noise = noise * color_variation + (1 - color_variation) * noise.mean(axis=2, keepdims=True)
+    height, width = mask.shape
+    scale = min(height, width)
+    ys = (np.arange(height) / height * 2 - 1) * (height / scale)
+    xs = (np.arange(width) / width * 2 - 1) * (width / scale)
+    falloff = 1 / ((ys[:, None] ** 2 + 1) * (xs[None, :] ** 2 + 1))  # low frequencies first
+    noise = np.real(_centred_ifft(_centred_fft(noise) * falloff[..., None]))
+    shaped = np.real(_centred_ifft(np.abs(_centred_fft(noise)) ** 2 * magnitude ** noise_q * phase))
+    shaped = (shaped - shaped.min()) / max(float(np.ptp(shaped)), 1e-12)
+    new, kept = mask > 1e-6, mask < 1e-3
+    if new.any() and kept.any():
+        for channel in range(image.shape[2]):
+            shaped[..., channel][new] = match_histogram(shaped[..., channel][new], image[..., channel][kept])
+    return np.clip(image * (1 - rgb_mask) + shaped * rgb_mask, 0, 1)
+
+
+@dataclass(frozen=True)
+class Mk2Step:
+    canvas: Image.Image  # the image so far, grown on one side, the new part matched noise (processing size)
+    mask: Image.Image  # L: white is repainted (before the 4 x blur A1111's script sets)
+    size: tuple[int, int]  # what the result is cut to: the image so far plus the pixels
+
+
+def mk2_step(image: Image.Image, side: str, pixels: int, mask_blur: int, noise_q: float,
+             color_variation: float) -> Mk2Step:
+    """One side of A1111's "Outpainting mk2": a canvas of whole multiples of 64, the image at the far
+    side, a mask inset by the blur, the new part started from matched noise."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    horizontal = side in ("left", "right")
+    size = (image.width + (pixels if horizontal else 0), image.height + (0 if horizontal else pixels))
+    process = (math.ceil(size[0] / 64) * 64, math.ceil(size[1] / 64) * 64)
+    canvas = Image.new("RGB", process)
+    canvas.paste(image, (pixels if side == "left" else 0, pixels if side == "up" else 0))
+    mask = Image.new("L", process, 255)
+    # A1111's rectangle, measured from the grown image's edge: A1111 measures it from the canvas's, the
+    # same when the image is a whole number of 64s (else part of a right or bottom border stays noise)
+    ImageDraw.Draw(mask).rectangle((pixels + mask_blur if side == "left" else 0,
+                                    pixels + mask_blur if side == "up" else 0,
+                                    size[0] - pixels - mask_blur - 1 if side == "right" else size[0] - 1,
+                                    size[1] - pixels - mask_blur - 1 if side == "down" else size[1] - 1), fill=0)
+    noised = matched_noise(np.asarray(canvas, dtype=np.float64) / 255, np.asarray(mask, dtype=np.float64) / 255,
+                           noise_q, color_variation)
+    return Mk2Step(Image.fromarray(np.rint(noised * 255).astype(np.uint8)), mask, size)

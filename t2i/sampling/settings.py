@@ -71,6 +71,8 @@ class ImageSettings:
     outpaint_mode: str = _setting((str,), "generation", "poor-man", since="poor-man")
     mask_blur: int = _setting((int,), "generation", 4, since=4)
     fill: str = _setting((str,), "generation", "fill", since="fill")
+    outpaint_noise_q: float = _setting((int, float), "generation", 1.0, since=1.0)
+    outpaint_color_variation: float = _setting((int, float), "generation", 0.05, since=0.05)
     # the hires fix (t2i.sampling.hires); width and height above are the first pass's, as in A1111's Size
     hires_scale: float | None = _setting((int, float, NONE), "generation", None, since=None)
     hires_resize_x: int = _setting((int,), "generation", 0, since=0)
@@ -175,7 +177,9 @@ class ImageSettings:
             # t2i's own keys (A1111's outpainting scripts write none): what `--from-image` and people read
             "Outpaint": self.outpaint, "Outpaint mode": self.outpaint_mode if self.outpaint else None,
             "Mask blur": self.mask_blur if self.outpaint else None,
-            "Masked content": self.fill if self.outpaint else None,
+            "Masked content": self.fill if self.outpaint and self.outpaint_mode != "mk2" else None,
+            "Fall-off exponent": self.outpaint_noise_q if self.outpaint_mode == "mk2" and self.outpaint else None,
+            "Color variation": self.outpaint_color_variation if self.outpaint_mode == "mk2" and self.outpaint else None,
             **self._hires_fields(),
             "Version": f"t2i {self.version}",
         }

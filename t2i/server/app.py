@@ -23,7 +23,6 @@ from t2i.errors import InvalidInput, NotFound, T2IError, first_line
 from t2i.sampling.hires import LATENT_MODES, PIXEL_UPSCALERS
 from t2i.server.jobs import QueueFull, Stopped
 from t2i.server.schemas import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
-from t2i.server.scripts import IMG2IMG_SCRIPTS
 from t2i.server.service import Service
 from t2i.server.settings import ServerSettings
 from t2i.server.translate import api_field
@@ -171,7 +170,7 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Guar
                 "upscalers": lambda: [{"name": name, "model_name": None, "model_path": None, "model_url": None,
                                        "scale": 4} for name in PIXEL_UPSCALERS],
                 "latent-upscale-modes": lambda: [{"name": name} for name in LATENT_MODES],
-                "scripts": lambda: {"txt2img": [], "img2img": list(IMG2IMG_SCRIPTS)},
+                "scripts": lambda: {"txt2img": [], "img2img": ["poor man's outpainting", "outpainting mk2"]},
                 "embeddings": service.embeddings, "prompt-styles": lambda: [],
                 "face-restorers": lambda: [], "hypernetworks": lambda: []}
     for path, answer in listings.items():

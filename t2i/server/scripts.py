@@ -29,14 +29,29 @@ def _poor_mans_outpainting(args: list[Any]) -> dict[str, Any]:
             "outpaint_mode": "poor-man", "mask_blur": blur, "fill": A1111_FILLS[fill]}
 
 
-#: lower-case title -> script_args -> GenerationConfig fields (the init image goes in unresized)
+def _outpainting_mk2(args: list[Any]) -> dict[str, Any]:
+    """[info placeholder, pixels, mask_blur, directions, noise_q, color_variation]: A1111's "Outpainting mk2"
+    (the first value stands for the script's HTML note and is ignored, as A1111 ignores it)."""
+    check(len(args) == 6, "script_args", f"{len(args)} values", "Outpainting mk2 takes 6: a placeholder, pixels, "
+          "mask_blur, direction, noise_q, color_variation")
+    _, pixels, blur, directions, noise_q, variation = args
+    fields = _poor_mans_outpainting([pixels, blur, 1, directions])
+    for name, value, high in (("noise_q", noise_q, 4), ("color_variation", variation, 1)):
+        check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= high,
+              f"script_args.{name}", value, f"must be a number from 0 to {high}")
+    return {**fields, "outpaint_mode": "mk2", "outpaint_noise_q": float(noise_q),
+            "outpaint_color_variation": float(variation)}
+
+
+#: lower-case title -> script_args -> GenerationConfig fields (the init image goes in unresized); older
+#: A1111 versions title mk2 "Outpainting"
 IMG2IMG_SCRIPTS: dict[str, Callable[[list[Any]], dict[str, Any]]] = {
-    "poor man's outpainting": _poor_mans_outpainting,
+    "poor man's outpainting": _poor_mans_outpainting, "outpainting mk2": _outpainting_mk2,
+    "outpainting": _outpainting_mk2,
 }
 
 
 def script_fields(name: str, args: list[Any]) -> dict[str, Any]:
     script = IMG2IMG_SCRIPTS.get(name.strip().lower())
-    check(script is not None, "script_name", name, "not a script t2i runs", choices=list(IMG2IMG_SCRIPTS),
-          hint="Outpainting mk2 is not built yet")
+    check(script is not None, "script_name", name, "not a script t2i runs", choices=list(IMG2IMG_SCRIPTS))
     return script(args)  # type: ignore[misc]

@@ -158,8 +158,12 @@ def _img2img_fields(request: Img2ImgRequest, fields: dict) -> tuple[dict, Callab
     if request.script_name:  # the script makes the canvas from the image as sent (A1111's scripts do)
         check(not request.mask, "mask", None, f"does not combine with the {request.script_name} script")
         script = script_fields(request.script_name, request.script_args)
-        canvas = make_canvas(init, parse_sides(script["outpaint"]), script["outpaint_mode"], script["mask_blur"])
-        return {**fields, **script, "width": canvas.image.width, "height": canvas.image.height, "init_image": init,
+        sides = parse_sides(script["outpaint"])
+        if script["outpaint_mode"] == "mk2":  # its image grows by exactly the pixels
+            size = (init.width + sides["left"] + sides["right"], init.height + sides["up"] + sides["down"])
+        else:
+            size = make_canvas(init, sides, script["outpaint_mode"], script["mask_blur"]).image.size
+        return {**fields, **script, "width": size[0], "height": size[1], "init_image": init,
                 "strength": request.denoising_strength}, _identity
     mask = img2img.decode_image(request.mask, "mask") if request.mask else None
     width = fields["width"] or init.width // 8 * 8
