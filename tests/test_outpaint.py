@@ -224,3 +224,15 @@ def test_a1111s_outpainting_mk2_script_equals_the_cli(demo_server, run_cli, tmp_
                              "--outpaint-noise-q", "1.5", "--outpaint-color-variation", "0.1", "--out", tmp_path / "c")
     assert code == 0, err
     assert image.size == (48, 32) and np.array_equal(pixels(image), pixels(Image.open(out.split()[0])))
+
+
+@pytest.mark.parametrize("mode", ["poor-man", "mk2"])
+def test_outpainting_with_an_inpainting_unet_keeps_the_original(tiny_inpaint_folder, mode):
+    model = load_model(ModelConfig(model=str(tiny_inpaint_folder), device="cpu"))
+    assert model.is_inpainting_model
+    init = _picture(40, 32)
+    made, = generate(model, GenerationConfig(prompts=("x",), steps=3, seed=2, init_image=init, outpaint="right=24",
+                                             outpaint_mode=mode, mask_blur=0), progress=False)
+    assert made.image.size == ((64, 64) if mode == "poor-man" else (64, 32))
+    assert np.array_equal(pixels(made)[:32, :40], np.asarray(init, dtype=np.int16))
+    assert np.abs(pixels(made)[:32, 44:].astype(int)).mean() > 5, "the new border is painted"
