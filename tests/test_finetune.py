@@ -318,7 +318,7 @@ def test_two_cpu_processes_train_in_sync_and_only_rank_0_writes(shapes, tmp_path
                *_cli(shapes, tmp_path)[3:], "--max-steps", "3"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    digests = dict(re.findall(r"rank (\d) of 2: trained weights sha256 (\w+)", result.stderr))
+    digests = dict(re.findall(r"rank (\d) of 2: trained weights sha256 ([0-9a-f]{16})", result.stderr))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
     out = tmp_path / "run"
     assert [int(r["step"]) for r in read_csv(out / "loss.csv")] == [1, 2, 3]  # one writer, no doubled rows

@@ -86,7 +86,10 @@ class _StderrHandler(logging.Handler):
     """Writes to whatever sys.stderr is at the time (it is replaced under test runners)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(self.format(record), file=sys.stderr)
+        # one write a line: processes of a launch share stderr, and print's separate newline write let
+        # another process's line land in the middle of this one
+        sys.stderr.write(self.format(record) + "\n")
+        sys.stderr.flush()
 
 
 # the commands register themselves on `app` when imported
