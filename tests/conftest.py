@@ -17,6 +17,13 @@ for _name in [n for n in os.environ if n.startswith(CALLER_VARIABLES)]:
     del os.environ[_name]
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="t2i-tests-hf-")
 atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
+# t2i's own caches (training latents, Inception weights, real images' statistics) in a folder of the run's own
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="t2i-tests-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+
+from reference_fidelity import register_namespace  # noqa: E402
+
+register_namespace()  # before torchmetrics, whose FID imports torch-fidelity's Inception module
 
 import numpy as np
 import pytest

@@ -138,5 +138,8 @@ def test_the_report_clips_fid_at_0():
 
     rng = np.random.default_rng(3)
     real, fake = rng.normal(size=(128, 4)), rng.normal(size=(128, 4))
-    scores = run._scores(run.EvalConfig(data="d", metrics=("shapes-fid",)), [], real, fake, None)
+    seen = lambda features: {"shapes": run.Seen(features, np.zeros((len(features), 36)))}  # noqa: E731
+    scores = run._scores(run.EvalConfig(data="d", metrics=("shapes-fid", "shapes-kid")), [], seen(real), seen(fake),
+                         None)
     assert scores["shapes_fid"].low == 0
+    assert scores["shapes_kid"].low < 0 < scores["shapes_kid"].high

@@ -65,7 +65,21 @@ def test_a_report_with_intervals_and_resume_that_makes_only_what_is_missing(shap
 @pytest.mark.parametrize("args, message", [
     (["--num-samples", "200"], "--num-samples 200: the held-out split of"),
     (["--num-samples", "16"], "--num-samples 16: must be at least 128"),
-    (["--num-samples", "128", "--metric", "inception-fid"], "--metric inception-fid: unknown metric"),
+    (["--num-samples", "128", "--metric", "fid"], "--metric fid: unknown metric; choose one of"),
+    (["--num-samples", "128", "--metric", "inception-fid"], "no Inception weights at "),
+    (["--num-samples", "128", "--metric", "inception-fid", "--inception-weights", "/no/inception.pth"],
+     "--inception-weights /no/inception.pth: no Inception weights at /no/inception.pth; download https://"),
+    (["--num-samples", "128", "--metric", "inception-fid", "--inception-weights", "DATA/metadata.jsonl"],
+     "bytes; the published Inception weights are 95,628,359; download the file again, or pass "
+     "--inception-unchecked"),
+    (["--num-samples", "128", "--metric", "shapes-is"], "--is-splits 10: does not divide --num-samples 128 into "
+     "equal splits"),
+    (["--num-samples", "128", "--metric", "shapes-is", "--is-splits", "32"], "--is-splits 32: leaves 4 images a "
+     "split"),
+    (["--num-samples", "128", "--inception-preprocessing", "tf2"], "--inception-preprocessing tf2: unknown"),
+    (["--num-samples", "128", "--reference-stats", "x.npz"], "--reference-stats x.npz: is used by inception-fid "
+     "only"),
+    (["--protocol", "fid-50k"], "--protocol fid-50k: unknown protocol; choose one of fid-10k"),
     (["--num-samples", "128", "--guidance-scale", "nan"], "--guidance-scale nan: must be a finite number"),
     (["--num-samples", "128", "--lora", "/no/such.safetensors"], "--lora /no/such.safetensors: no such LoRA file"),
     (["--num-samples", "128", "--run", "DATA"], "has no loss.png"),
@@ -76,10 +90,18 @@ def test_a_report_with_intervals_and_resume_that_makes_only_what_is_missing(shap
      "--clip-model nobody/no-clip: no CLIP weights (model.safetensors) in the Hugging Face cache"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(run_cli, shapes_data, tmp_path, args, message):
-    args = [shapes_data if arg == "DATA" else arg for arg in args]
+    args = [arg.replace("DATA", str(shapes_data)) for arg in map(str, args)]
     code, _, err = run_cli("evaluate", "--data", shapes_data, "--output", tmp_path / "out", *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_not_inception_weights_is_a_runtime_error_and_writes_nothing(run_cli, shapes_data, tmp_path):
+    code, _, err = run_cli("evaluate", "--data", shapes_data, "--output", tmp_path / "out", "--num-samples", "128",
+                           "--metric", "inception-fid", "--inception-unchecked",
+                           "--inception-weights", shapes_data / "metadata.jsonl")
+    assert code == 1 and "metadata.jsonl: is not an Inception-v3 FID weight file" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
@@ -128,3 +150,27 @@ def test_clip_score_is_reported_with_its_interval(shapes_data, tmp_path, tiny_cl
     low, high = score["ci"]
     assert 0 < low < score["value"] < high < 100 and score["n"] == 128
     assert "clip_score" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_protocol_on_the_shapes_world_scores_every_metric_over_guidance(run_cli, shapes_data, tmp_path):
+    """`--protocol fid-10k` on `demo`: N is what the held-out split holds (140 of 1,400, a multiple of the
+    10 IS splits), the shapes network's FID/KID/IS/precision-recall and accuracy, over two guidance
+    scales (the SD paper's eight are the default, shortened here for time), with the FID curve."""
+    out = tmp_path / "protocol"
+    code, _, err = run_cli("evaluate", "--data", shapes_data, "--output", out, "--protocol", "fid-10k", "--steps", "4",
+                           "--guidance-scale", "1.5", "--guidance-scale", "7.5", "--stats-dir", tmp_path / "stats")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 140 and report["protocol"]["asked"] == 10_000
+    assert report["extractors"]["shapes"]["dims"] == 64 and len(report["extractors"]["shapes"]["weights_sha256"]) == 64
+    scores = report["results"]["base"]
+    for name in ("shapes_fid", "shapes_kid", "shapes_is", "precision", "recall", "density", "coverage", "accuracy"):
+        assert name in scores["7.5"] and name in scores["1.5"], name
+    assert "split_std" in scores["7.5"]["shapes_is"]
+    # the shapes network's 36 classes: real renders spread over them, so their IS is far above 1
+    assert 10 < report["floor"]["shapes_is"]["value"] <= 36
+    assert "sweep.png" in report["pictures"] and (out / "sweep.png").is_file()
+    assert set(report["timing"]["metric_s"]) >= {"shapes-fid", "shapes-kid", "shapes-is", "shapes-pr"}
+    text = (out / "report.md").read_text()
+    assert "Protocol fid-10k: N = 140 (asked 10000" in text and "preprocessing bicubic to 32x32" in text
+    assert len(list((tmp_path / "stats").glob("shapes-32-*.npz"))) == 2, "held-out and floor images cached"

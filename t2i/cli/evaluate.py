@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from t2i.cli import app, default_of, given, log, prepare_environment
-from t2i.eval.config import METRICS, EvalConfig
+from t2i.eval.config import METRICS, PROTOCOLS, EvalConfig
 
 _default = partial(default_of, EvalConfig)
 
@@ -33,6 +33,22 @@ def evaluate(
                                                "shapes metrics."),
     clip_model: Optional[str] = typer.Option(None, help="For clip-score: a local CLIP folder or a cached hub id "
                                              "(e.g. openai/clip-vit-base-patch16); never downloaded."),
+    protocol: Optional[str] = typer.Option(None, help=f"{', '.join(PROTOCOLS)}: up to 10,000 held-out images, FID, "
+                                           "KID, IS (10 splits), precision/recall, CLIP score with --clip-model, "
+                                           "over guidance 1.5-8; on Inception, or the shapes network for demo. "
+                                           "Options given beside it win."),
+    is_splits: int = typer.Option(_default("is_splits"), help="Inception Score splits (N must divide evenly)."),
+    inception_weights: Optional[str] = typer.Option(None, help="The FID Inception-v3 weights (.pth or "
+                                                    ".safetensors). Default: ~/.cache/t2i/inception/"
+                                                    "weights-inception-2015-12-05-6726825d.pth; never downloaded."),
+    inception_preprocessing: str = typer.Option(_default("inception_preprocessing"),
+                                                help="tf1 (torch-fidelity, the default) or pytorch-fid."),
+    inception_unchecked: bool = typer.Option(False, help="Use Inception weights whose size or SHA-256 is not the "
+                                             "published file's (the report says so)."),
+    reference_stats: Optional[str] = typer.Option(None, help="An .npz with mu and sigma (pytorch-fid / clean-fid "
+                                                  "style) to measure inception-fid against."),
+    stats_dir: Optional[str] = typer.Option(None, help="Cache of real images' features. Default: "
+                                            "~/.cache/t2i/eval-stats."),
     run: Optional[Path] = typer.Option(None, help="The LoRA's training folder: its loss curve joins the report."),
     resume: bool = typer.Option(False, help="Continue a run in OUTPUT with the same settings."),
     offline: bool = typer.Option(False, help="Never touch the network."),
@@ -41,8 +57,8 @@ def evaluate(
     prepare_environment(offline)
     options = {("loras" if k == "lora" else "guidance_scales" if k == "guidance_scale" else
                 "metrics" if k == "metric" else k): v for k, v in given(ctx).items()
-               if k not in ("output", "resume", "offline", "run")}
-    config = EvalConfig(**options)
+               if k not in ("output", "resume", "offline", "run", "protocol")}
+    config = EvalConfig.for_protocol(protocol, **options) if protocol else EvalConfig(**options)
     from t2i.eval.run import evaluate as run_evaluation
 
     report = run_evaluation(config, output, resume=resume, log=lambda line: log.info("%s", line), run=run)

@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from t2i.errors import InvalidInput, check, require_extra
-from t2i.eval.config import EvalConfig
-from t2i.eval.metrics import Estimate, bootstrap, bootstrap_many, frechet_distance, kernel_distance, manifold_metrics
+from t2i.eval.config import MIN_SAMPLES, EvalConfig, extractor_of
+from t2i.eval.extractors import Extractor, Seen
+from t2i.eval.metrics import Estimate, bootstrap, fid_estimate, is_estimate, kid_estimate, manifold_estimates
 from t2i.files import atomic_write, write_text
 from t2i.processes import process_state, share
 
@@ -38,21 +39,26 @@ def _variants(config: EvalConfig) -> dict[str, tuple[str, ...]]:
 
 
 def _held_out(config: EvalConfig):
-    """(prompts, held-out real samples, other real samples): N of each, drawn with a fixed seed."""
+    """(prompts, held-out real samples, other real samples): N of each, drawn with a fixed seed. Under
+    a protocol N is the largest multiple of the IS splits up to num_samples that both sets hold."""
     from t2i.data.sources import read_collection, select_split
 
     _, samples = read_collection(config.data)
     held = select_split(samples, config.split, config.val_fraction, config.data_seed)
     if not held and config.split == "test":  # no test split in this layout: the seeded validation share
         held = select_split(samples, "val", config.val_fraction, config.data_seed)
-    check(len(held) >= config.num_samples, "num_samples", config.num_samples,
-          f"the held-out split of {config.data} has only {len(held)} images", hint="lower it, or give more data")
     held_keys = {s.key for s in held}
     others = [s for s in samples if s.key not in held_keys]
-    check(len(others) >= config.num_samples, "num_samples", config.num_samples,
-          f"the floor needs {config.num_samples} other real images; {config.data} has {len(others)}")
+    n = config.num_samples
+    if config.protocol:
+        n = min(n, len(held), len(others)) // config.is_splits * config.is_splits
+        check(n >= MIN_SAMPLES, "data", config.data, f"holds {len(held)} held-out and {len(others)} other images; "
+              f"the protocol needs at least {MIN_SAMPLES} of each")
+    check(len(held) >= n, "num_samples", n, f"the held-out split of {config.data} has only {len(held)} images",
+          hint="lower it, or give more data")
+    check(len(others) >= n, "num_samples", n, f"the floor needs {n} other real images; {config.data} has {len(others)}")
     rng = random.Random(config.data_seed)
-    chosen, floor = rng.sample(held, config.num_samples), rng.sample(others, config.num_samples)
+    chosen, floor = rng.sample(held, n), rng.sample(others, n)
     prompts = [rng.choice(sample.captions) for sample in chosen]
     return prompts, chosen, floor
 
@@ -63,9 +69,12 @@ def _check_folder(out: Path, config: EvalConfig, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InvalidInput("is a file, not a folder", field="output", value=out)
     if settings_file.exists():
-        recorded = json.loads(settings_file.read_text())
-        if recorded != json.loads(json.dumps(asdict(config))):
-            changed = sorted(k for k in recorded if recorded.get(k) != json.loads(json.dumps(asdict(config))).get(k))
+        # a setting added since the folder was written stands at its default there
+        defaults = {f.name: f.default for f in fields(EvalConfig) if f.default is not MISSING}
+        recorded = {**json.loads(json.dumps(defaults)), **json.loads(settings_file.read_text())}
+        wanted = json.loads(json.dumps(asdict(config)))
+        if recorded != wanted:
+            changed = sorted(k for k in {*recorded, *wanted} if recorded.get(k) != wanted.get(k))
             raise InvalidInput(f"holds a run with other settings ({', '.join(changed)})", field="output", value=out,
                                hint="choose a new folder")
         if not resume:
@@ -124,28 +133,45 @@ def _generate_missing(model, config: EvalConfig, prompts, loras, guidance: float
     return made
 
 
-def _scores(config: EvalConfig, prompts, real_features, fake_features, fake_images,
-            clip: tuple | None = None) -> dict[str, Estimate]:
-    scores = {}
-    if "shapes-fid" in config.metrics:
-        # FID is a squared distance: its interval is clipped at 0, as a proportion's is at 0 and 1. KID's
-        # unbiased estimate is not: near 0 it is negative about half the time, and clipping would bias it
-        scores["shapes_fid"] = bootstrap(frechet_distance, real_features, fake_features, bounds=(0, np.inf))
-    if "shapes-kid" in config.metrics:
-        scores["shapes_kid"] = bootstrap(lambda a, b: kernel_distance(a, b, subsets=10)[0], real_features,
-                                         fake_features, rounds=50)
-    if "shapes-pr" in config.metrics:
-        unit = (0, 1)
-        scores.update(bootstrap_many(manifold_metrics, real_features, fake_features, rounds=50,
-                                     bounds={"precision": unit, "recall": unit, "density": (0, np.inf),
-                                             "coverage": unit}))
+def _scores(config: EvalConfig, prompts, real: dict[str, Seen], fake: dict[str, Seen], fake_images,
+            clip: tuple | None = None, reference: dict | None = None,
+            seconds: dict | None = None) -> dict[str, Estimate]:
+    """Every asked metric of `fake` against `real` (both as each extractor sees them); `seconds`
+    adds up the time each metric takes."""
+    scores: dict[str, Estimate] = {}
+
+    def timed(metric: str, compute):
+        started = time.perf_counter()
+        found = compute()
+        if seconds is not None:
+            seconds[metric] = seconds.get(metric, 0.0) + time.perf_counter() - started
+        return found
+
+    for metric in config.metrics:
+        name = extractor_of(metric)
+        if name is None:
+            continue
+        key, real_seen, fake_seen = metric.replace("-", "_"), real[name], fake[name]
+        if metric.endswith("-fid"):
+            given = (reference["mu"], reference["sigma"]) if reference is not None and name == "inception" else None
+            scores[key] = timed(metric, lambda: fid_estimate(real_seen.features, fake_seen.features,
+                                                             real_moments=given))
+        elif metric.endswith("-kid"):
+            scores[key] = timed(metric, lambda: kid_estimate(real_seen.features, fake_seen.features))
+        elif metric.endswith("-is"):
+            scores[key] = timed(metric, lambda: is_estimate(fake_seen.logits, config.is_splits))
+        else:  # -pr: the shapes world's four keep their old names
+            prefix = "" if name == "shapes" else f"{name}_"
+            found = timed(metric, lambda: manifold_estimates(real_seen.features, fake_seen.features))
+            scores.update({prefix + k: v for k, v in found.items()})
     if "accuracy" in config.metrics and fake_images is not None:
-        scores.update(_accuracy(prompts, fake_images))
+        scores.update(timed("accuracy", lambda: _accuracy(prompts, fake_images)))
     if "clip-score" in config.metrics and fake_images is not None and clip is not None:
         from t2i.eval.clip_score import clip_scores
 
         model, processor = clip
-        scores["clip_score"] = bootstrap(np.mean, clip_scores(model, processor, fake_images, prompts))
+        scores["clip_score"] = timed("clip-score", lambda: bootstrap(np.mean, clip_scores(model, processor,
+                                                                                          fake_images, prompts)))
     return scores
 
 
@@ -172,7 +198,11 @@ def _pictures(report: dict, out: Path, config: EvalConfig, run: Path | None) -> 
     from t2i.eval.plots import comparison_grid, sweep_plot
 
     made = []
-    if len(config.guidance_scales) > 1 and sweep_plot(report, out / "sweep.png"):
+    # the documents' curve: FID against CLIP score over guidance; the shapes world's own: against accuracy
+    first = next(iter(next(iter(report["results"].values())).values()))
+    pairs = [(x, y) for x in ("inception_fid", "shapes_fid") for y in ("clip_score", "accuracy")
+             if x in first and y in first]
+    if len(config.guidance_scales) > 1 and pairs and sweep_plot(report, out / "sweep.png", *pairs[0]):
         made.append("sweep.png")
     guidance = f"{config.guidance_scales[-1]:g}"
     rows = {name: [out / "images" / name / f"g{guidance}" / f"{i:05d}.png" for i in range(GRID_PROMPTS)]
@@ -197,31 +227,36 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
     """
     from accelerate.utils import gather_object
 
-    from t2i.data.training_set import read_rgb
     from t2i.models.config import ModelConfig
     from t2i.models.loading import load_model
-    from t2i.shapes.features import extract, load_features
 
     require_extra("eval", "matplotlib")
     state = process_state()
     rank, world, main = state.process_index, state.num_processes, state.is_main_process
     if main:  # the others would find the settings the main process has just written
         _check_folder(out, config, resume)
-    clip = None
-    if main and "clip-score" in config.metrics:  # a missing CLIP model fails before any image is made
-        from t2i.eval.clip_score import load_clip
+    clip, extractors, reference = None, {}, None
+    if main:  # a missing CLIP model, Inception file or statistics file fails before any image is made
+        extractors = _extractors(config)
+        if "clip-score" in config.metrics:
+            from t2i.eval.clip_score import load_clip
 
-        clip = load_clip(config.clip_model or "")  # EvalConfig requires a model with clip-score
+            clip = load_clip(config.clip_model or "")  # EvalConfig requires a model with clip-score
     check(run is None or (run / "loss.png").is_file(), "run", run, "has no loss.png (is it a t2i finetune output?)")
     variants = _variants(config)
     prompts, real, other_real = _held_out(config)  # samples: only the main process reads their images
+    n = len(prompts)
+    # under a launcher each process has its own device (accelerate makes it the current one)
+    model = load_model(ModelConfig(model=config.model, device=state.device.type if world > 1 else "auto"))
+    size = model.pipe.unet.config.sample_size * model.pipe.vae_scale_factor
+    if main and config.reference_stats:  # checked against this run's extractor and size before anything is written
+        reference = _reference(config, extractors["inception"], size)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "settings.json", json.dumps(asdict(config), indent=2) + "\n")
     state.wait_for_everyone()
-    # under a launcher each process has its own device (accelerate makes it the current one)
-    model = load_model(ModelConfig(model=config.model, device=state.device.type if world > 1 else "auto"))
-    timing = {"generation_s": 0.0, "images_made": 0, "metrics_s": 0.0, "images_scored": 0, "processes": world}
+    timing: dict[str, Any] = {"generation_s": 0.0, "images_made": 0, "features_s": 0.0, "metrics_s": 0.0,
+                              "images_scored": 0, "processes": world}
     started = time.perf_counter()
     for name, loras in variants.items():
         for guidance in config.guidance_scales:
@@ -231,35 +266,89 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
             timing["images_made"] += made_everywhere
             if main:
                 log(f"{name} @ guidance {guidance:g}: {made_everywhere} image(s) made, "
-                    f"{len(prompts) - made_everywhere} kept from before")
+                    f"{n - made_everywhere} kept from before")
     state.wait_for_everyone()
     timing["generation_s"] = time.perf_counter() - started
     if not main:
         return None
 
-    network = load_features()
-    size = model.pipe.unet.config.sample_size * model.pipe.vae_scale_factor
-    def features(samples):  # real images at the generated size, as both sets are compared with generated ones
-        return extract(network, [read_rgb(s).resize((size, size), Image.Resampling.BICUBIC) for s in samples])
-
-    real_features = features(real)
-    floor = _scores(config, prompts, real_features, features(other_real), None)
+    started = time.perf_counter()
+    real_seen = _real_seen(config, extractors, real, size)
+    floor_seen = _real_seen(config, extractors, other_real, size)
+    timing["features_s"] += time.perf_counter() - started
+    seconds: dict[str, float] = {}
+    floor = _scores(config, prompts, real_seen, floor_seen, None, reference=reference)
     results: dict[str, Any] = {}
     for name in variants:
         for guidance in config.guidance_scales:
             folder = out / "images" / name / f"g{guidance:g}"
+            images = [Image.open(folder / f"{i:05d}.png").convert("RGB") for i in range(n)]
             started = time.perf_counter()
-            images = [Image.open(folder / f"{i:05d}.png").convert("RGB") for i in range(len(prompts))]
-            scores = _scores(config, prompts, real_features, extract(network, images), images, clip)
+            fake_seen = {key: extractor.see(images) for key, extractor in extractors.items()}
+            timing["features_s"] += time.perf_counter() - started
+            started = time.perf_counter()
+            scores = _scores(config, prompts, real_seen, fake_seen, images, clip, reference, seconds)
             timing["metrics_s"] += time.perf_counter() - started
             timing["images_scored"] += len(images)
             results.setdefault(name, {})[f"{guidance:g}"] = {k: v.as_dict() for k, v in scores.items()}
-    report = {"settings": asdict(config), "n": config.num_samples, "floor": {k: v.as_dict() for k, v in floor.items()},
-              "results": results, "prompts": prompts, "timing": timing}
+    timing["metric_s"] = {metric: round(value, 3) for metric, value in seconds.items()}
+    report = {"settings": asdict(config), "n": n, "extractors": {k: e.identity for k, e in extractors.items()},
+              "real_images": f"the held-out images, centred square crop, resized (bicubic) to {size}x{size}",
+              "floor": {k: v.as_dict() for k, v in floor.items()}, "results": results, "prompts": prompts,
+              "timing": timing}
+    if config.protocol:
+        report["protocol"] = {"name": config.protocol, "asked": config.num_samples, "n": n,
+                              "why": "the largest multiple of the IS splits up to the asked N that the held-out "
+                                     "split and the other real images both hold"}
+    if reference is not None:
+        report["reference_stats"] = {"file": config.reference_stats, "made_by": reference["made_by"]}
     report["pictures"] = _pictures(report, out, config, run)
     write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     write_text(out / "report.md", _markdown(report))
     return report
+
+
+def _extractors(config: EvalConfig) -> dict[str, Extractor]:
+    from t2i.eval.extractors import InceptionExtractor, ShapesExtractor
+
+    found: dict[str, Extractor] = {}
+    for name in config.extractors:
+        found[name] = ShapesExtractor() if name == "shapes" else InceptionExtractor(
+            config.inception_weights, config.inception_preprocessing, config.inception_unchecked)
+    return found
+
+
+def _made_by(extractor, size: int, images: str) -> dict[str, str]:
+    from t2i.eval.reference_stats import describe
+
+    return describe(extractor.identity, size, images)
+
+
+def _reference(config: EvalConfig, extractor, size: int) -> dict:
+    """The published statistics file, checked against this run's extractor where it says how it was made."""
+    from t2i.eval.reference_stats import CHECKED, read_stats
+
+    path = Path(config.reference_stats or "")
+    check(path.is_file(), "reference_stats", path, "no such file")
+    arrays = read_stats(path, _made_by(extractor, size, ""), extractor.identity["dims"])
+    return {"mu": arrays["mu"], "sigma": arrays["sigma"],
+            "made_by": {k: str(arrays[k]) for k in CHECKED if k in arrays} or "not recorded in the file"}
+
+
+def _real_seen(config: EvalConfig, extractors: dict, samples, size: int) -> dict[str, Seen]:
+    """Each extractor's view of real samples, from the statistics cache when it holds them."""
+    from t2i.data.training_set import read_rgb
+    from t2i.eval.extractors import fit_square
+    from t2i.eval.reference_stats import cached_seen, default_stats_dir, images_hash
+
+    folder = Path(config.stats_dir).expanduser() if config.stats_dir else default_stats_dir()
+    images = images_hash([(sample.path, sample.member) for sample in samples])
+
+    def seen_by(extractor) -> Callable[[], Seen]:
+        return lambda: extractor.see([fit_square(read_rgb(sample), size) for sample in samples])
+
+    return {name: cached_seen(folder, _made_by(extractor, size, images), extractor.identity["dims"], seen_by(extractor))
+            for name, extractor in extractors.items()}
 
 
 def _markdown(report: dict) -> str:
@@ -269,7 +358,24 @@ def _markdown(report: dict) -> str:
     lines = [f"# t2i evaluate: {report['settings']['model']} on {report['settings']['data']}", "",
              f"N = {report['n']} held-out prompts, the same seeds for every row; [95% bootstrap interval, centred "
              "on the value; clipped to each metric's range: FID at 0 (a squared distance), proportions at 0 and "
-             "1; KID's unbiased estimate is not clipped and can be below 0 when the sets match].", "",
+             "1; KID's unbiased estimate is not clipped and can be below 0 when the sets match]. IS: "
+             f"{report['settings']['is_splits']} splits, its std over them in the JSON. Real images: "
+             f"{report['real_images']}.", ""]
+    if "protocol" in report:
+        protocol = report["protocol"]
+        lines += [f"Protocol {protocol['name']}: N = {protocol['n']} (asked {protocol['asked']}; "
+                  f"{protocol['why']}).", ""]
+    for name, identity in report["extractors"].items():
+        weights = identity["weights_sha256"][:16] + ("..." if identity.get("weights_published", True) else
+                                                     "... (not the published file)")
+        lines.append(f"- {name}: {identity['network']}, weights SHA-256 {weights}, preprocessing "
+                     f"{identity['preprocessing']}, {identity['dims']} features")
+    if "reference_stats" in report:
+        lines.append(f"- inception_fid against {report['reference_stats']['file']} "
+                     f"(made by: {report['reference_stats']['made_by']})")
+    timing = report["timing"]
+    lines += [f"- time: generation {timing['generation_s']:.1f} s, features {timing['features_s']:.1f} s, "
+              + ", ".join(f"{m} {v:.1f} s" for m, v in timing["metric_s"].items()), "",
              "| variant | guidance | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|",
              "| floor: real vs other real | - | " + " | ".join(show(floor[m]) if m in floor else "-" for m in metrics)
              + " |"]
