@@ -280,7 +280,13 @@ def test_evaluate_on_inception_reports_every_metric_and_reuses_the_real_images_s
     assert seen == [130] and again["results"] == report["results"]
 
     # published statistics: mu and sigma only, measured against as they are
-    stats = next((tmp_path / "stats").glob("inception-32-*.npz"))
+    from t2i.eval.reference_stats import images_hash
+    from t2i.eval.run import _held_out
+
+    held_out = images_hash([(sample.path, sample.member) for sample in _held_out(config)[1]])
+    files = sorted((tmp_path / "stats").glob("inception-32-*.npz"))  # the held-out images' and the floor's
+    assert len(files) == 2
+    (stats,) = [f for f in files if str(np.load(f)["images"]) == held_out]
     with np.load(stats) as arrays:
         np.savez(tmp_path / "published.npz", mu=arrays["mu"], sigma=arrays["sigma"])
         np.savez(tmp_path / "other.npz", **{**{k: arrays[k] for k in arrays.files},
