@@ -203,6 +203,8 @@ BAD_INPUTS = [  # (arguments, exit code, what the message must say)
     (["--guidance-scale", "inf"], 2, "--guidance-scale inf: must be a finite number"),
     (["--guidance-scale", "nan"], 2, "--guidance-scale nan: must be a finite number"),
     (["--lora", "{f}/lora.safetensors:nan"], 2, "--lora {f}/lora.safetensors:nan: the scale must be a finite number"),
+    (["--lora", "{f}/lora.safetensors:1e308"], 2, "--lora {f}/lora.safetensors:1e+308: the scale must lie within "
+     "-100..100"),
     (["--seed", "9223372036854775807", "--num-images", "2"], 2, "the last image would get seed 9223372036854775808"),
     (["--out", "{f}/notes.txt"], 2, "notes.txt is a file, not a folder"),
     (["--out", "{f}/notes.txt/sub"], 2, "notes.txt is a file, not a folder"),

@@ -42,6 +42,7 @@ def test_axes_parse_as_a1111_writes_them(spec, name, values):
     ("steps", "is not AXIS=V1,V2"),
     ("steps=10,many", "'many' is not a number"),
     ("cfg=nan", "'nan' is not a number"),
+    ("lora-weight=0.5,1e308", "'1e308': the scale must lie within -100..100"),
     ("steps=", "has no values"),
 ])
 def test_bad_axes_name_the_choices(spec, message):

@@ -207,3 +207,6 @@ def test_lora_tags_load_from_the_lora_folder_per_prompt(tmp_path):
         generate(model, GenerationConfig(prompts=("x <lora:../cross:1>",), steps=2, lora_dir=str(folder)))
     with pytest.raises(InvalidInput, match="has no usable weight"):
         GenerationConfig(prompts=("x <lora:cross:nan>",))
+    for weight in ("1e308", "-101"):  # finite, but far past any LoRA's range: the UNet overflows to black
+        with pytest.raises(InvalidInput, match=r"no usable weight \(the scale must lie within -100..100\)"):
+            GenerationConfig(prompts=(f"x <lora:cross:{weight}>",))

@@ -30,6 +30,9 @@ BAD = [  # (endpoint, body, status, words the message must hold)
     ("txt2img", {"width": 100000, "height": 100000}, 422, "over this server's limit"),
     ("txt2img", {"batch_size": 64}, 422, "batch_size"),
     ("txt2img", {"n_iter": 0}, 422, "n_iter 0"),
+    ("txt2img", {"batch_size": 0}, 422, "batch_size 0: must be at least 1"),
+    ("txt2img", {"steps": True}, 422, "steps: Value error, must be a number, not true or false"),
+    ("txt2img", {"cfg_scale": False}, 422, "cfg_scale: Value error, must be a number"),
     ("txt2img", {"seed": -7}, 422, "seed -7"),
     ("txt2img", {"seed": 2**70}, 422, "seed"),
     ("txt2img", {"sampler_name": "Warp Drive"}, 404, "sampler_name Warp Drive: unknown sampler"),
@@ -50,12 +53,13 @@ BAD = [  # (endpoint, body, status, words the message must hold)
     ("txt2img", {"override_settings": {"CLIP_stop_at_last_layers": 9}}, 422, "CLIP_stop_at_last_layers 9"),
     ("txt2img", {"prompt": "a cat <lora:../cross:1>"}, 422, "prompt <lora:../cross>: a LoRA tag names a file"),
     ("txt2img", {"prompt": "a cat <lora:missing:1>"}, 404, "prompt <lora:missing>: no LoRA named 'missing'"),
+    ("txt2img", {"prompt": "a cat <lora:cross:1e308>"}, 422, "no usable weight (the scale must lie within -100..100)"),
     ("txt2img", {"prompt": "(cat:1e9)"}, 422, "prompt"),
     ("img2img", {"prompt": "x"}, 422, "init_images: img2img needs an init image"),
     ("img2img", {**INIT, "init_images": ["not base64 at all!"]}, 422, "init_images: is not valid base64"),
     ("img2img", {**INIT, "init_images": ["https://example.com/cat.png"]}, 422, "init_images https://example.com/cat"),
     ("img2img", {**INIT, "init_images": [base64.b64encode(b"GIF89a not really").decode()]}, 422,
-     "init_images (uploaded image): not a readable image"),
+     "init_images (uploaded image): not a readable image (cannot identify image file)"),
     ("img2img", {**INIT, "mask": b64_png((16, 16))}, 422, "mask 16x16: must be the init image's size, 32x32"),
     ("img2img", {**INIT, "mask": b64_png(colour=(0, 0, 0))}, 422, "mask: is empty"),
     ("img2img", {**INIT, "denoising_strength": 0}, 422, "denoising_strength 0"),
@@ -76,7 +80,14 @@ def test_bad_requests_get_the_status_and_a_message_naming_the_field(demo_server,
     answer = response.json()
     assert set(answer) == {"error", "detail", "body", "errors"}, "A1111's error shape"
     assert words in answer["detail"]
-    assert "Traceback" not in response.text
+    assert "Traceback" not in response.text and " at 0x" not in response.text, "no Python repr"
+
+
+@pytest.mark.parametrize("body, field", [({"cfg_scale": -1}, "cfg_scale"), ({"batch_size": 5, "n_iter": 0}, "n_iter"),
+                                         ({"batch_size": 0}, "batch_size")])
+def test_errors_name_the_request_field_not_t2is(demo_server, body, field):
+    answer = requests.post(f"{demo_server.api}/txt2img", json=body, timeout=60).json()
+    assert answer["errors"]["field"] == field and answer["detail"].startswith(field), answer
 
 
 @pytest.mark.parametrize("data, words", [(b"{not json", "JSON decode error"), (b"[1, 2]", "valid dictionary")])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,11 +78,17 @@ def checked_image(path: str | Path | BinaryIO, field: str) -> Iterator[Image.Ima
                            value=path) from exc
     except ValueError as exc:
         if "Decompressed" not in str(exc):
-            raise InvalidInput(f"not a readable image ({exc})", field=field, value=path) from exc
+            raise InvalidInput(f"not a readable image ({_reason(exc)})", field=field, value=path) from exc
         raise InvalidInput(f"a text chunk inflates past the {PngImagePlugin.MAX_TEXT_CHUNK:,}-byte limit",
                            field=field, value=path) from exc
     except (UnidentifiedImageError, OSError, zipfile.BadZipFile) as exc:
-        raise InvalidInput(f"not a readable image ({exc})", field=field, value=path) from exc
+        raise InvalidInput(f"not a readable image ({_reason(exc)})", field=field, value=path) from exc
+
+
+def _reason(exc: Exception) -> str:
+    """PIL's message without the Python object it names ("cannot identify image file <_io.BytesIO
+    object at 0x7f...>"): a reader of the error cannot use an address."""
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)) or type(exc).__name__
 
 
 def decode_reduced(image: Image.Image, field: str) -> Image.Image:

@@ -18,6 +18,18 @@ from t2i.errors import InvalidInput, LoadError, NotFound, check, first_line
 from t2i.files import atomic_write
 
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
+# ComfyUI's LoRA loader takes strengths in [-100, 100]; beyond that a finite weight still overflows the
+# UNet's activations (1e308 gave an all-black image), so every front end refuses it
+LORA_SCALE_LIMIT = 100.0
+
+
+def lora_scale_problem(scale: float) -> str | None:
+    """Why a LoRA weight cannot be used, or None."""
+    if not math.isfinite(scale):
+        return "the scale must be a finite number"
+    if abs(scale) > LORA_SCALE_LIMIT:
+        return f"the scale must lie within -{LORA_SCALE_LIMIT:g}..{LORA_SCALE_LIMIT:g}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -37,7 +49,8 @@ class LoraRef:
         return cls(text)
 
     def __post_init__(self):
-        check(math.isfinite(self.scale), "loras", f"{self.path}:{self.scale}", "the scale must be a finite number")
+        problem = lora_scale_problem(self.scale)
+        check(problem is None, "loras", f"{self.path}:{self.scale:g}", problem or "")
 
     @classmethod
     def from_tag(cls, name: str, scale: float, lora_dir: str | Path) -> "LoraRef":

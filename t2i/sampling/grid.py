@@ -16,7 +16,7 @@ from typing import Any, Callable
 from PIL import Image, ImageDraw, ImageFont
 
 from t2i.errors import InvalidInput, check
-from t2i.formats.lora import LoraRef
+from t2i.formats.lora import LoraRef, lora_scale_problem
 from t2i.sampling.config import GenerationConfig
 
 MAX_CELLS = 400  # images in one run (all Z values); --max-cells raises it
@@ -29,6 +29,14 @@ def _number(kind: type) -> Callable[[str], Any]:
             raise ValueError(text)
         return value
     return parse
+
+
+def _lora_weight(text: str) -> float:
+    value = _number(float)(text)
+    problem = lora_scale_problem(value)
+    if problem:
+        raise InvalidInput(f"{text!r}: {problem}", field="lora-weight", value=None)
+    return value
 
 
 def _with_lora_weight(config: GenerationConfig, value: float) -> GenerationConfig:
@@ -51,7 +59,7 @@ AXES: dict[str, Axis] = {
     "sampler": Axis("Sampler", str, lambda c, v: replace(c, sampler=v)),
     "schedule": Axis("Schedule type", str, lambda c, v: replace(c, schedule=v)),
     "prompt-sr": Axis("Prompt S/R", str, None),  # applied with the axis's first value: see `_search_replace`
-    "lora-weight": Axis("LoRA weight", _number(float), _with_lora_weight),
+    "lora-weight": Axis("LoRA weight", _lora_weight, _with_lora_weight),
     "clip-skip": Axis("Clip skip", _number(int), lambda c, v: replace(c, clip_skip=None if v == 1 else v)),
     "strength": Axis("Denoising", _number(float), lambda c, v: replace(c, strength=v)),
 }
@@ -86,6 +94,8 @@ def parse_axis(spec: str, option: str) -> AxisValues:
             values.append(AXES[key].parse(text))
         except ValueError:
             raise InvalidInput(f"{text!r} is not a number", field=option, value=spec) from None
+        except InvalidInput as error:  # a number out of the axis's range
+            raise InvalidInput(error.problem, field=option, value=spec) from None
     return AxisValues(key, tuple(values), texts)
 
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from t2i.errors import InvalidInput
+from t2i.formats.lora import lora_scale_problem
 
 ROUND, SQUARE = 1.1, 1 / 1.1
 MAX_WEIGHT = 100.0  # a weight past this turns a token's embedding into noise; refused rather than drawn
@@ -129,8 +130,9 @@ def split_lora_tags(prompt: str) -> tuple[str, tuple[tuple[str, float], ...]]:
             value = float(weight)
         except ValueError:
             value = math.nan
-        if not math.isfinite(value):
-            raise InvalidInput(f"the LoRA tag {match.group(0)!r} has no usable weight", field="prompts",
+        problem = lora_scale_problem(value)
+        if problem:
+            raise InvalidInput(f"the LoRA tag {match.group(0)!r} has no usable weight ({problem})", field="prompts",
                                value=prompt, hint="write e.g. <lora:name:0.8>")
         tags.append((name, value))
     return _LORA_TAG.sub("", prompt), tuple(tags)

@@ -100,7 +100,9 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Guar
 
     @app.exception_handler(T2IError)
     async def library_error(_request, exc: T2IError):
-        return error_body(_status(exc), type(exc).__name__, exc.render(api_field), exc.to_dict())
+        details = exc.to_dict()  # the request's own names, as the message uses them
+        details["field"] = api_field(exc.field) if exc.field else None
+        return error_body(_status(exc), type(exc).__name__, exc.render(api_field), details)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request, exc: RequestValidationError):

@@ -5,11 +5,24 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _no_booleans(value):
+    """JSON true is not a number: pydantic's lax mode would read `steps: true` as 1 step."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
 
 
 class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value, info):
+        annotation = cls.model_fields[info.field_name].annotation
+        return _no_booleans(value) if annotation in (int, float, Optional[int], Optional[float]) else value
 
     prompt: str = ""
     negative_prompt: str = ""

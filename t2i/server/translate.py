@@ -97,6 +97,8 @@ def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: 
     options = {**options, **overrides}
     check(request.steps <= settings.max_steps, "steps", request.steps,
           f"over this server's limit of {settings.max_steps}")
+    for name in ("batch_size", "n_iter"):  # each named by itself: 0 x 4 is not "n_iter 0"
+        check(getattr(request, name) >= 1, name, getattr(request, name), "must be at least 1")
     images = request.batch_size * request.n_iter
     check(images <= settings.max_images, "batch_size", f"{request.batch_size} x n_iter {request.n_iter}",
           f"asks for {images} images; this server's limit is {settings.max_images} a request")
