@@ -127,6 +127,17 @@ def test_switching_the_model_through_options(api):
     assert api.get_options()["sd_model_checkpoint"] == "demo"
 
 
+def test_options_round_trip_and_unknown_ones_are_kept_without_effect(api):
+    before = api.get_options()
+    api.set_options(before)  # what A1111 clients do: GET, change a value, POST the whole body back
+    api.set_options({"jpeg_quality": 80, "show_progress_every_n_steps": 5})
+    after = api.get_options()
+    assert after["jpeg_quality"] == 80 and after["show_progress_every_n_steps"] == 5
+    assert {k: after[k] for k in before} == before, "nothing t2i acts on changed"
+    result = api.txt2img(prompt="x", seed=1, steps=2, **SMALL)
+    assert f"Model: {before['sd_model_checkpoint']}" in result.info["infotexts"][0]
+
+
 def test_embeddings_in_the_embeddings_folder_are_used_and_recorded(api):
     styled = api.txt2img(prompt="a red circle, shapestyle", seed=4, steps=4, sampler_name="DDIM", **SMALL)
     plain = api.txt2img(prompt="a red circle, ", seed=4, steps=4, sampler_name="DDIM", **SMALL)

@@ -132,6 +132,15 @@ def test_limits_are_checked_before_any_work(strict_server):
     big = {"prompt": "x", "init_images": [base64.b64encode(b"\0" * 100_000).decode()]}
     response = requests.post(f"{strict_server.api}/img2img", json=big, auth=auth)
     assert response.status_code == 413 and "0.05 MB (--max-body-mb)" in response.json()["detail"]
+    # the same body chunked, with no Content-Length: counted as it arrives, the same 413
+    data = json.dumps(big).encode()
+    response = requests.post(f"{strict_server.api}/img2img", data=(data[i:i + 4096] for i in range(0, len(data), 4096)),
+                             headers={"Content-Type": "application/json"}, auth=auth)
+    assert response.status_code == 413 and "0.05 MB (--max-body-mb)" in response.json()["detail"]
+    small = json.dumps({"prompt": "x", "steps": 2, "seed": 3, **SMALL}).encode()  # and a small chunked body works
+    response = requests.post(f"{strict_server.api}/txt2img", data=iter([small[:10], small[10:]]),
+                             headers={"Content-Type": "application/json"}, auth=auth)
+    assert response.status_code == 200 and response.json()["parameters"]["seed"] == 3
     response = requests.post(f"{strict_server.api}/txt2img", json={"steps": 201}, auth=auth)
     assert response.status_code == 422 and "steps 201: over this server's limit of 200" in response.json()["detail"]
     response = requests.post(f"{strict_server.api}/txt2img", json={"batch_size": 2, "n_iter": 3}, auth=auth)

@@ -57,23 +57,31 @@ class Guard:
             response.headers["WWW-Authenticate"] = 'Basic realm="t2i"'
             return await response(scope, receive, send)
         limit = self.settings.max_body_bytes
-        declared = headers.get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > limit:
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await self._too_large(scope, receive, send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
+        # the body is read here, whole, before any route sees it: a chunked body has no length to
+        # check up front, and an error raised inside FastAPI's body parsing becomes its 400
+        parts, seen, more = [], 0, True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] == "http.disconnect":
+                return
+            parts.append(message.get("body", b""))
+            seen += len(parts[-1])
             if seen > limit:
-                raise _BodyTooLarge()
-            return message
+                return await self._too_large(scope, receive, send)
+            more = message.get("more_body", False)
+        body, delivered = b"".join(parts), False
 
-        try:
-            await self.app(scope, counted, send)
-        except _BodyTooLarge:
-            await self._too_large(scope, receive, send)
+        async def replay():
+            nonlocal delivered
+            if delivered:  # the app waits for a disconnect after the body: pass the real stream on
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
     def _authorised(self, header: bytes) -> bool:
         scheme, _, encoded = header.partition(b" ")
@@ -87,10 +95,6 @@ class Guard:
         response = error_body(413, "PayloadTooLarge", f"request body: over this server's limit of "
                               f"{self.settings.max_body_mb:g} MB (--max-body-mb)")
         await response(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def create_app(settings: ServerSettings, service: Service | None = None) -> Guard:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from t2i import __version__
-from t2i.errors import InvalidInput
+from t2i.errors import InvalidInput, check
 from t2i.formats.embeddings import embedding_shape
 from t2i.formats.infotext import parse_infotext
 from t2i.formats.png import JSON_CHUNK, png_bytes, save_png
@@ -28,6 +28,7 @@ from t2i.server.settings import ServerSettings
 from t2i.server.translate import OPTIONS, Plan, check_options, plan
 
 log = logging.getLogger("t2i")
+MAX_OTHER_OPTIONS = 2000  # A1111 has about 500 options; more is a client filling memory
 
 
 class Service:
@@ -38,6 +39,7 @@ class Service:
         start = self.catalog.checkpoints()[0]
         self.options: dict[str, Any] = {"sd_model_checkpoint": start.title, "sd_vae": "Automatic",
                                         "CLIP_stop_at_last_layers": 1}
+        self.other_options: dict[str, Any] = {}  # A1111 options t2i does not act on, kept for GET
 
     # ---- generation ------------------------------------------------------------------------
 
@@ -109,7 +111,13 @@ class Service:
     # ---- options and listings ---------------------------------------------------------------
 
     async def set_options(self, options: dict[str, Any]) -> None:
-        """POST options: switching the checkpoint loads it in the queue, so no running job sees it change."""
+        """POST options: switching the checkpoint loads it in the queue, so no running job sees it change.
+        Options t2i does not know are kept and answered back, as A1111 does, so a client can post back
+        the body it got from GET; they change nothing."""
+        others = {k: v for k, v in options.items() if k not in OPTIONS}
+        check(len({**self.other_options, **others}) <= MAX_OTHER_OPTIONS, "options", None,
+              f"holds more than {MAX_OTHER_OPTIONS} options t2i does not know")
+        options = {k: v for k, v in options.items() if k in OPTIONS}
         check_options(options, "options")
         checkpoint = self.catalog.checkpoint(options.get("sd_model_checkpoint", self.options["sd_model_checkpoint"]))
         vae_name = options.get("sd_vae", self.options["sd_vae"])
@@ -118,11 +126,13 @@ class Service:
             raise InvalidInput("must be 1 or more", field="CLIP_stop_at_last_layers",
                                value=options["CLIP_stop_at_last_layers"])
         await self.queue.run(Job("load model"), lambda job: self.catalog.load(checkpoint, vae))
-        self.options.update({k: v for k, v in options.items() if k in OPTIONS}, sd_model_checkpoint=checkpoint.title)
+        self.options.update(options, sd_model_checkpoint=checkpoint.title)
+        self.other_options.update(others)
 
     def get_options(self) -> dict[str, Any]:
         checkpoint = self.catalog.checkpoint(self.options["sd_model_checkpoint"])
-        return {**self.options, "sd_checkpoint_hash": None, "samples_format": "png", "sd_model_checkpoint":
+        return {**self.other_options, **self.options, "sd_checkpoint_hash": None, "samples_format": "png",
+                "sd_model_checkpoint":
                 checkpoint.title, "outdir_samples": self.settings.output_dir}
 
     def sd_models(self) -> list[dict[str, Any]]:
