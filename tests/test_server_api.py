@@ -1,6 +1,7 @@
 """`t2i serve` driven by `webuiapi`, the A1111 client from PyPI, unmodified: what a client gets
 equals `t2i generate` with the same settings, pixel for pixel and infotext for infotext."""
 
+import base64
 import threading
 import time
 
@@ -89,6 +90,28 @@ def test_png_info_reads_the_infotext_back(api):
     assert info.info == result.info["infotexts"][0]
     assert info.parameters["Prompt"] == "a cat, (cute:1.2)"
     assert info.parameters["Seed"] == "3" and info.parameters["Sampler"] == "Euler a"  # webuiapi's default
+
+
+def test_png_info_reads_a1111s_jpeg_and_webp_exif(api, tmp_path, run_cli):
+    """A1111 saves JPEG and WebP with the infotext in EXIF UserComment, through piexif: written here
+    the same way, read back by the API, `t2i info` and the page's chooser (which posts to the API)."""
+    import piexif
+    import piexif.helper
+
+    result = api.txt2img(prompt="<lora:cross:0.5> a café", seed=3, steps=2, **SMALL)
+    text = result.info["infotexts"][0]
+    exif = piexif.dump({"Exif": {piexif.ExifIFD.UserComment: piexif.helper.UserComment.dump(text,
+                                                                                              encoding="unicode")}})
+    jpeg, webp = tmp_path / "a.jpg", tmp_path / "a.webp"
+    result.image.save(jpeg, format="JPEG", quality=90)
+    piexif.insert(exif, str(jpeg))  # A1111's JPEG path
+    result.image.save(webp, format="WEBP", exif=exif)  # and its WebP one
+    for path in (jpeg, webp):  # the file's own bytes, as the page sends them (webuiapi re-encodes as PNG)
+        data = base64.b64encode(path.read_bytes()).decode()
+        info = requests.post(f"{api.baseurl}/png-info", json={"image": data}, timeout=60).json()
+        assert info["info"] == text and info["parameters"]["Seed"] == "3", path
+        code, out, err = run_cli("info", path)
+        assert code == 0 and out.rstrip("\n") == text, err
 
 
 def test_listings(api):

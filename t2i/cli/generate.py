@@ -200,7 +200,7 @@ def samplers():
 
 
 @app.command()
-def info(image: str = typer.Argument(..., help="A PNG written by t2i (or A1111).")):
+def info(image: str = typer.Argument(..., help="A PNG written by t2i or A1111, or a JPEG or WebP from A1111.")):
     """Print the generation settings stored in a PNG."""
     from t2i.formats.png import read_png_text
 

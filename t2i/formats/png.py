@@ -73,10 +73,36 @@ def save_grid_png(image: Image.Image, text: str, out_dir: Path) -> Path:
     return write_new(out_dir, _names(out_dir, "grid"), lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
+# the EXIF spec's 8-byte character-code prefixes of a UserComment
+_COMMENT_CODES = {b"UNICODE\0": "utf-16", b"ASCII\0\0\0": "ascii", b"\0" * 8: "utf-8"}
+
+
+def parameters_text(image: Image.Image) -> str | None:
+    """A1111's infotext stored in an image: the PNG `parameters` text chunk, or for JPEG and WebP the
+    EXIF UserComment A1111 writes there (piexif's "UNICODE" comment: UTF-16, big-endian unless a BOM
+    says otherwise)."""
+    text = image.info.get("parameters")  # PIL puts a PNG's text chunks in `info`, copies included
+    if isinstance(text, str):
+        return text
+    comment = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    if isinstance(comment, str):
+        return comment or None
+    if not isinstance(comment, bytes) or len(comment) < 8:
+        return None
+    encoding = _COMMENT_CODES.get(comment[:8], "utf-8")
+    body = comment[8:]
+    if encoding == "utf-16":
+        encoding = "utf-16" if body[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-16-be"
+    return body.decode(encoding, errors="replace").rstrip("\0") or None
+
+
 def read_png_text(path: str | Path) -> tuple[str | None, dict[str, Any] | None]:
-    """(infotext, t2i settings) stored in a PNG; either may be None for images from other tools."""
+    """(infotext, t2i settings) stored in an image; either may be None for images from other tools.
+    The infotext is read from JPEG and WebP EXIF too (A1111's UserComment); the t2i record is PNG's."""
     with checked_image(path, "image") as image:
         chunks = dict(getattr(image, "text", {}))
+        parameters = parameters_text(image)
     try:
         settings = json.loads(chunks[JSON_CHUNK]) if JSON_CHUNK in chunks else None
     except ValueError as exc:
@@ -84,4 +110,4 @@ def read_png_text(path: str | Path) -> tuple[str | None, dict[str, Any] | None]:
                            value=path) from exc
     if settings is not None and not isinstance(settings, dict):
         raise InvalidInput(f"its {JSON_CHUNK!r} settings chunk is not a JSON object", field="image", value=path)
-    return chunks.get("parameters"), settings
+    return parameters, settings

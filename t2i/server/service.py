@@ -17,7 +17,7 @@ from t2i import __version__
 from t2i.errors import InvalidInput, check
 from t2i.formats.embeddings import embedding_shape
 from t2i.formats.infotext import parse_infotext
-from t2i.formats.png import JSON_CHUNK, png_bytes, save_png
+from t2i.formats.png import JSON_CHUNK, parameters_text, png_bytes, save_png
 from t2i.sampling.samplers import SAMPLERS, SCHEDULES
 from t2i.sampling.settings import ImageSettings
 from t2i.server import img2img
@@ -174,8 +174,9 @@ class Service:
     def png_info(image_b64: str) -> dict[str, Any]:
         image = img2img.decode_image(image_b64, "image")
         items = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
-        text = items.pop("parameters", "")
+        items.pop("parameters", None)
         items.pop(JSON_CHUNK, None)
+        text = parameters_text(image) or ""  # PNG's text chunk, or JPEG's and WebP's EXIF UserComment
         return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
 
 
