@@ -98,6 +98,8 @@ def test_bodies_that_are_not_json_objects(demo_server, data, words):
 
 def test_unknown_routes_and_keys(demo_server):
     assert requests.get(f"{demo_server.api}/nothing-here").status_code == 404
+    assert requests.get(f"{demo_server.url}/docs").status_code == 404, "no page that needs a CDN"
+    assert requests.get(f"{demo_server.url}/openapi.json").json()["info"]["title"] == "t2i"
     # unknown keys are ignored, as A1111's models do
     response = requests.post(f"{demo_server.api}/txt2img", json={"prompt": "x", "steps": 2, "my_extension": 1, **SMALL})
     assert response.status_code == 200
@@ -157,6 +159,7 @@ def test_a_full_queue_answers_429_and_the_rest_complete(strict_server):
         busy = [f.result().json() for f in futures if f.result().status_code == 429]
     assert statuses.count(200) >= 2 and 429 in statuses and set(statuses) <= {200, 429}
     assert all("busy" in answer["detail"] and "--max-queue" in answer["detail"] for answer in busy)
+    assert all(f.result().headers["Retry-After"] == "5" for f in futures if f.result().status_code == 429)
 
 
 def test_concurrent_requests_never_mix_settings_and_memory_returns(demo_server):

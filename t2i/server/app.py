@@ -30,6 +30,7 @@ from t2i.server.translate import api_field
 log = logging.getLogger("t2i")
 STATIC = resources.files("t2i.server") / "static"
 PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+RETRY_AFTER_S = 5  # a 429's hint: about one small job on a CPU; clients with a backoff of their own keep it
 
 
 def error_body(status: int, error: str, detail: str, errors: Any = "") -> JSONResponse:
@@ -99,7 +100,9 @@ class Guard:
 
 def create_app(settings: ServerSettings, service: Service | None = None) -> Guard:
     service = service or Service(settings)
-    app = FastAPI(title="t2i", version="1", docs_url="/docs", redoc_url=None)
+    # no /docs: FastAPI's Swagger page loads its scripts from a CDN, which an offline server cannot
+    # reach; the schema itself stays at /openapi.json
+    app = FastAPI(title="t2i", version="1", docs_url=None, redoc_url=None)
     app.state.service = service
 
     @app.exception_handler(T2IError)
@@ -119,7 +122,9 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Guar
 
     @app.exception_handler(QueueFull)
     async def queue_full(_request, exc: QueueFull):
-        return error_body(429, "QueueFull", f"the server is busy: {exc}; try again later")
+        response = error_body(429, "QueueFull", f"the server is busy: {exc}; try again later")
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(_request, exc: Exception):
