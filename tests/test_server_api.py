@@ -241,6 +241,41 @@ def test_a_client_that_disconnects_leaves_no_work_running(demo_server):
         raise AssertionError("the abandoned job kept running")
 
 
+def test_waiting_clients_that_leave_free_their_queue_slots_at_once(demo_server):
+    """One long job runs; 4 clients queue behind it and give up after 1.5 s. Their slots are free
+    within a second of their leaving, while the long job still runs; then it is interrupted."""
+    import threading
+
+    def leave_after(seconds, body=None):
+        try:
+            requests.post(f"{demo_server.api}/txt2img", json=body or {"prompt": "waits", "steps": 2, **SMALL},
+                          timeout=seconds)
+        except requests.Timeout:
+            pass
+
+    long_body = {"prompt": "long", "steps": 150, "n_iter": 8, "width": 96, "height": 96}
+    long = threading.Thread(target=leave_after, args=(120, long_body))
+    long.start()
+    try:
+        deadline = time.monotonic() + 10
+        while requests.get(f"{demo_server.api}/progress").json()["state"]["job_count"] == 0:
+            assert time.monotonic() < deadline, "the long job never started"
+            time.sleep(0.05)
+        waiters = [threading.Thread(target=leave_after, args=(1.5,)) for _ in range(4)]
+        for waiter in waiters:
+            waiter.start()
+        time.sleep(0.8)
+        assert requests.get(f"{demo_server.api}/progress").json()["state"]["queued"] == 4
+        for waiter in waiters:
+            waiter.join()
+        time.sleep(1.0)  # the server polls for disconnects every 0.25 s
+        state = requests.get(f"{demo_server.api}/progress").json()["state"]
+        assert state["queued"] == 0 and state["job_count"] > 0, state
+    finally:
+        requests.post(f"{demo_server.api}/interrupt")
+        long.join()
+
+
 def test_save_images_writes_into_the_output_folder_and_send_images_false_sends_none(api, server_files):
     folder = server_files / "outputs" / "txt2img-images"
     before = set(folder.glob("*.png")) if folder.exists() else set()

@@ -88,7 +88,7 @@ class JobQueue:
         try:
             self.waiting += 1
             try:
-                await self._turn.acquire()
+                await self._wait_for_turn(job, watcher)
             finally:
                 self.waiting -= 1
             try:
@@ -102,6 +102,24 @@ class JobQueue:
         finally:
             if watcher is not None:
                 watcher.cancel()
+
+    async def _wait_for_turn(self, job: Job, watcher: asyncio.Task | None) -> None:
+        """Take the turn; a client that leaves while waiting gives up its place in the line at once
+        (Stopped), so abandoned requests do not hold queue slots until the running job ends."""
+        assert self._turn is not None
+        acquire = asyncio.ensure_future(self._turn.acquire())
+        if watcher is None:
+            return await acquire
+        await asyncio.wait({acquire, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if acquire.done():
+            return  # its turn came (a disconnect seen meanwhile is handled by the caller's check)
+        acquire.cancel()
+        try:
+            await acquire
+        except asyncio.CancelledError:
+            raise Stopped(job.name) from None
+        self._turn.release()  # acquired just as it was cancelled: the turn goes to the next in line
+        raise Stopped(job.name)
 
     async def _watch(self, job: Job, is_disconnected) -> None:
         while True:
