@@ -109,7 +109,8 @@ class JobQueue:
         assert self._turn is not None
         acquire = asyncio.ensure_future(self._turn.acquire())
         if watcher is None:
-            return await acquire
+            await acquire
+            return
         await asyncio.wait({acquire, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if acquire.done():
             return  # its turn came (a disconnect seen meanwhile is handled by the caller's check)
