@@ -33,7 +33,7 @@ from t2i.sampling.prompts import split_lora_tags
 from t2i.sampling.samplers import SAMPLERS, schedule_arguments
 from t2i.sampling.settings import EmbeddingUse, ImageSettings, LoraUse
 from t2i.sampling.text import context_length, embeddings_used, text_inputs
-from t2i.sampling.view import call_view
+from t2i.sampling.view import call_view, serialised_tokenizer
 
 log = logging.getLogger("t2i")
 # torchsde compares diffusers' float32 sigmas with its float64 interval ends and warns when one
@@ -239,7 +239,7 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
               config.cache_interval, f"does not combine with {{{option}}}", hint="leave one of them off")
     seed = config.seed if config.seed is not None else secrets.randbelow(2**32)
     tagged = {prompt: _lora_tags(prompt, config) for prompt in config.prompts}  # files resolved before work
-    tokenizer = model.pipe.tokenizer
+    tokenizer = serialised_tokenizer(model.pipe.tokenizer)  # other threads encode with it too
     embeddings = None
     if config.embeddings_dir is not None:  # every embedding the prompts name is read and checked now
         check(Path(config.embeddings_dir).expanduser().is_dir(), "embeddings_dir", config.embeddings_dir,
