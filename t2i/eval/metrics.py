@@ -48,7 +48,7 @@ def moments(features: np.ndarray, weights: np.ndarray | None = None) -> tuple[np
 
 def fid_from_moments(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray) -> float:
     """|mu_a - mu_b|^2 + tr(A + B - 2 (A B)^1/2). The trace of (A B)^1/2 is the sum of square roots of
-    the eigenvalues of A^1/2 B A^1/2 (symmetric, so `eigh` applies): 15x faster than `sqrtm(A @ B)`
+    the eigenvalues of A^1/2 B A^1/2 (symmetric, so `eigh` applies): 6x faster than `sqrtm(A @ B)`
     at 2,048 dimensions and free of its complex round-off."""
     values, vectors = np.linalg.eigh(cov_a)
     root = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
