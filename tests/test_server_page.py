@@ -150,6 +150,25 @@ def test_a_jpeg_from_a1111_dropped_shows_its_settings(page):
     assert page.inner_text("#png-info").startswith("a jpeg cat\n")
 
 
+def test_a_failed_checkpoint_switch_puts_the_dropdown_back_on_the_servers_model(page):
+    current = page.input_value("#model")
+    other = next(v for v in page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") if v != current)
+
+    def refuse(route):  # as a checkpoint that fails to load answers
+        if route.request.method == "POST":
+            route.fulfill(status=500, content_type="application/json",
+                          body='{"error": "LoadError", "detail": "junk.safetensors: not a checkpoint", "body": "", '
+                               '"errors": ""}')
+        else:
+            route.continue_()
+
+    page.route("**/sdapi/v1/options", refuse)
+    page.select_option("#model", other)
+    page.wait_for_function("document.getElementById('error').textContent.includes('not a checkpoint')")
+    page.wait_for_function(f"document.getElementById('model').value === {current!r}")
+    page.unroute("**/sdapi/v1/options")
+
+
 def test_loading_the_page_requests_nothing_that_fails(browser, demo_server):
     context = browser.new_context()
     page = context.new_page()

@@ -229,6 +229,10 @@ function setUp() {
       $("error").textContent = "";
     } catch (error) {
       $("error").textContent = error.message;
+      // the server stays on its model: show that one, or the next image would seem to use the failed one
+      try {
+        $("model").value = (await api("/options")).sd_model_checkpoint;
+      } catch (_) { /* the error above is already shown */ }
     }
   });
   const drop = $("drop");
