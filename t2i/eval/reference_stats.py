@@ -1,4 +1,5 @@
-"""Real images' features, computed once per image set, extractor and resolution, then reused.
+"""Real images' features, computed once per image set, extractor and resolution, then reused; and
+the extractors and statistics files a `t2i evaluate` run measures real images with.
 
 A statistics file is an `.npz` holding `mu` and `sigma` as pytorch-fid and clean-fid write them
 (so t2i's files can be used by those tools, and published files by t2i), plus, when t2i wrote it,
@@ -13,14 +14,17 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from t2i.errors import InvalidInput, LoadError
-from t2i.eval.extractors import Seen
+from t2i.errors import InvalidInput, LoadError, check
+from t2i.eval.extractors import Extractor, Seen
 from t2i.eval.metrics import moments
 from t2i.files import atomic_write
+
+if TYPE_CHECKING:
+    from t2i.eval.config import EvalConfig
 
 CHECKED = ("extractor", "weights_sha256", "preprocessing", "resolution")
 
@@ -92,3 +96,39 @@ def cached_seen(cache_dir: Path, made_by: dict[str, str], dims: int, compute: Ca
     cache_dir.mkdir(parents=True, exist_ok=True)
     write_stats(path, seen, made_by)
     return seen
+
+
+# ---- what `t2i evaluate` measures real images with, and where it finds their statistics ----------
+
+def build_extractors(config: EvalConfig) -> dict[str, Extractor]:
+    from t2i.eval.extractors import InceptionExtractor, ShapesExtractor
+
+    found: dict[str, Extractor] = {}
+    for name in config.extractors:
+        found[name] = ShapesExtractor() if name == "shapes" else InceptionExtractor(
+            config.inception_weights, config.inception_preprocessing, config.inception_unchecked)
+    return found
+
+
+def published_reference(config: EvalConfig, extractor, size: int) -> dict:
+    """The published statistics file, checked against this run's extractor where it says how it was made."""
+    path = Path(config.reference_stats or "")
+    check(path.is_file(), "reference_stats", path, "no such file")
+    arrays = read_stats(path, describe(extractor.identity, size, ""), extractor.identity["dims"])
+    return {"mu": arrays["mu"], "sigma": arrays["sigma"],
+            "made_by": {k: str(arrays[k]) for k in CHECKED if k in arrays} or "not recorded in the file"}
+
+
+def real_images_seen(config: EvalConfig, extractors: dict, samples, size: int) -> dict[str, Seen]:
+    """Each extractor's view of real samples, from the statistics cache when it holds them."""
+    from t2i.data.training_set import read_rgb
+    from t2i.eval.extractors import fit_square
+
+    folder = Path(config.stats_dir).expanduser() if config.stats_dir else default_stats_dir()
+    images = images_hash([(sample.path, sample.member) for sample in samples])
+
+    def seen_by(extractor) -> Callable[[], Seen]:
+        return lambda: extractor.see([fit_square(read_rgb(sample), size) for sample in samples])
+
+    return {name: cached_seen(folder, describe(extractor.identity, size, images), extractor.identity["dims"],
+                              seen_by(extractor)) for name, extractor in extractors.items()}

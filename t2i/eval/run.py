@@ -13,15 +13,16 @@ import random
 import time
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from t2i.errors import InvalidInput, check, require_extra
 from t2i.eval.config import MIN_SAMPLES, EvalConfig, extractor_of
-from t2i.eval.extractors import Extractor, Seen
+from t2i.eval.extractors import Seen
 from t2i.eval.metrics import Estimate, bootstrap, fid_estimate, is_estimate, kid_estimate, manifold_estimates
+from t2i.eval.reference_stats import build_extractors, published_reference, real_images_seen
 from t2i.files import atomic_write, write_text
 from t2i.processes import process_state, share
 
@@ -237,7 +238,7 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
         _check_folder(out, config, resume)
     clip, extractors, reference = None, {}, None
     if main:  # a missing CLIP model, Inception file or statistics file fails before any image is made
-        extractors = _extractors(config)
+        extractors = build_extractors(config)
         if "clip-score" in config.metrics:
             from t2i.eval.clip_score import load_clip
 
@@ -250,7 +251,7 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
     model = load_model(ModelConfig(model=config.model, device=state.device.type if world > 1 else "auto"))
     size = model.pipe.unet.config.sample_size * model.pipe.vae_scale_factor
     if main and config.reference_stats:  # checked against this run's extractor and size before anything is written
-        reference = _reference(config, extractors["inception"], size)
+        reference = published_reference(config, extractors["inception"], size)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "settings.json", json.dumps(asdict(config), indent=2) + "\n")
@@ -273,8 +274,8 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
         return None
 
     started = time.perf_counter()
-    real_seen = _real_seen(config, extractors, real, size)
-    floor_seen = _real_seen(config, extractors, other_real, size)
+    real_seen = real_images_seen(config, extractors, real, size)
+    floor_seen = real_images_seen(config, extractors, other_real, size)
     timing["features_s"] += time.perf_counter() - started
     seconds: dict[str, float] = {}
     floor = _scores(config, prompts, real_seen, floor_seen, None, reference=reference)
@@ -306,49 +307,6 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
     write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     write_text(out / "report.md", _markdown(report))
     return report
-
-
-def _extractors(config: EvalConfig) -> dict[str, Extractor]:
-    from t2i.eval.extractors import InceptionExtractor, ShapesExtractor
-
-    found: dict[str, Extractor] = {}
-    for name in config.extractors:
-        found[name] = ShapesExtractor() if name == "shapes" else InceptionExtractor(
-            config.inception_weights, config.inception_preprocessing, config.inception_unchecked)
-    return found
-
-
-def _made_by(extractor, size: int, images: str) -> dict[str, str]:
-    from t2i.eval.reference_stats import describe
-
-    return describe(extractor.identity, size, images)
-
-
-def _reference(config: EvalConfig, extractor, size: int) -> dict:
-    """The published statistics file, checked against this run's extractor where it says how it was made."""
-    from t2i.eval.reference_stats import CHECKED, read_stats
-
-    path = Path(config.reference_stats or "")
-    check(path.is_file(), "reference_stats", path, "no such file")
-    arrays = read_stats(path, _made_by(extractor, size, ""), extractor.identity["dims"])
-    return {"mu": arrays["mu"], "sigma": arrays["sigma"],
-            "made_by": {k: str(arrays[k]) for k in CHECKED if k in arrays} or "not recorded in the file"}
-
-
-def _real_seen(config: EvalConfig, extractors: dict, samples, size: int) -> dict[str, Seen]:
-    """Each extractor's view of real samples, from the statistics cache when it holds them."""
-    from t2i.data.training_set import read_rgb
-    from t2i.eval.extractors import fit_square
-    from t2i.eval.reference_stats import cached_seen, default_stats_dir, images_hash
-
-    folder = Path(config.stats_dir).expanduser() if config.stats_dir else default_stats_dir()
-    images = images_hash([(sample.path, sample.member) for sample in samples])
-
-    def seen_by(extractor) -> Callable[[], Seen]:
-        return lambda: extractor.see([fit_square(read_rgb(sample), size) for sample in samples])
-
-    return {name: cached_seen(folder, _made_by(extractor, size, images), extractor.identity["dims"], seen_by(extractor))
-            for name, extractor in extractors.items()}
 
 
 def _markdown(report: dict) -> str:
