@@ -169,7 +169,7 @@ def test_the_validation_loss_is_held_out_fixed_and_logged(shapes, tmp_path):
 
     scheduler = DDPMScheduler.from_config(model.scheduler_config)
     held = held_out_set(settings, model.pipe, scheduler, "cpu")
-    assert len(held) == 3 and held.timesteps.tolist() == [166, 500, 833]  # 3 of 12 held out, t spread evenly
+    assert len(held) == 3 and held.groups[0].timesteps.tolist() == [166, 500, 833]  # 3 of 12 held out, t spread evenly
     from contextlib import nullcontext
 
     assert validation_loss(model.pipe.unet, held, scheduler, nullcontext) == pytest.approx(held_out[0], rel=1e-5)
@@ -394,6 +394,17 @@ def test_only_the_newest_checkpoints_are_kept(shapes, tmp_path):
     (["--export", "ckpt"], "--export ckpt: the only extra format is kohya"),
     (["--mixed-precision", "fp8"], "--mixed-precision fp8"),
     (["--rank", "0"], "--rank 0: must be at least 1"),
+    (["--optimizer", "sgd"], "--optimizer sgd: unknown optimizer; choose one of adamw, adamw8bit, prodigy"),
+    (["--optimizer-args", "weight_decay"], "--optimizer-args weight_decay: must be key=value"),
+    (["--optimizer-args", "momentum=0.9"], "--optimizer-args momentum=0.9: AdamW takes no argument 'momentum'"),
+    (["--optimizer", "adamw8bit"], "--optimizer adamw8bit: bitsandbytes's 8-bit optimizers run on CUDA GPUs only"),
+    (["--buckets", "--bucket-min", "512", "--bucket-max", "256"], "--bucket-min 512: is more than --bucket-max 256"),
+    (["--buckets", "--bucket-step", "6", "--bucket-min", "16", "--bucket-max", "64"],
+     "--bucket-step 6: this model's downsampling needs bucket sides in multiples of 4"),
+    (["--bucket-no-upscale"], "--bucket-no-upscale: applies to bucketed training; add --buckets"),
+    (["--train-text-encoder", "--text-encoder-lr", "inf"], "--text-encoder-lr inf: must be a finite number"),
+    (["--text-encoder-lr", "1e-4"], "--text-encoder-lr 0.0001: applies only when the text encoder is trained; "
+                                    "add --train-text-encoder"),
 ])
 def test_bad_finetune_input_is_one_line_exit_2(shapes, tmp_path, run_cli, extra, message):
     code, _, stderr = run_cli("finetune", "--data", shapes, "--output", tmp_path / "run", "--model", "tiny",

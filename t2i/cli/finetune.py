@@ -14,6 +14,7 @@ from t2i.cli import Interrupted, app, default_of, given, log, prepare_environmen
 from t2i.errors import InvalidInput
 from t2i.models.config import DEFAULT_MODEL
 from t2i.train.config import LORA_TARGETS, LR_SCHEDULERS, MIXED_PRECISION, FinetuneConfig
+from t2i.train.optimizers import OPTIMIZERS
 
 _tuning = partial(default_of, FinetuneConfig)
 
@@ -25,7 +26,9 @@ def build_config(options: dict) -> FinetuneConfig:
         raise InvalidInput("the only extra format is kohya", field="export_kohya",
                            value=", ".join(sorted(exports - {"kohya"})))
     prompts = tuple(options.pop("validation_prompt", None) or ())
-    return FinetuneConfig(**options, validation_prompts=prompts, export_kohya="kohya" in exports)
+    optimizer_args = tuple(options.pop("optimizer_arg", None) or ())
+    return FinetuneConfig(**options, validation_prompts=prompts, export_kohya="kohya" in exports,
+                          optimizer_args=optimizer_args)
 
 
 @app.command()
@@ -75,6 +78,22 @@ def finetune(
     validation_split: str = typer.Option(_tuning("validation_split"), help="Its held-out split: val or test."),
     validation_images: int = typer.Option(_tuning("validation_images"), help="Held-out images it uses, at most."),
     export: Optional[List[str]] = typer.Option(None, help="'kohya': also write an A1111/ComfyUI LoRA file."),
+    buckets: bool = typer.Option(_tuning("buckets"), "--buckets", help="kohya's aspect-ratio buckets of area "
+                                 "resolution^2 instead of square crops."),
+    bucket_min: int = typer.Option(_tuning("bucket_min"), help="Smallest bucket side (pixels)."),
+    bucket_max: int = typer.Option(_tuning("bucket_max"), help="Largest bucket side (pixels)."),
+    bucket_step: int = typer.Option(_tuning("bucket_step"), help="Bucket sides are multiples of this (64 for SD 1.x)."),
+    bucket_no_upscale: bool = typer.Option(_tuning("bucket_no_upscale"), "--bucket-no-upscale",
+                                           help="Never enlarge an image: its bucket is its own size, cropped to "
+                                                "the step (min/max then do not apply)."),
+    train_text_encoder: bool = typer.Option(_tuning("train_text_encoder"), "--train-text-encoder",
+                                            help="A LoRA on CLIP too (its embeddings are then not cached)."),
+    text_encoder_lr: Optional[float] = typer.Option(None, help="The text encoder's learning rate. Default: the "
+                                                    "UNet's."),
+    optimizer: str = typer.Option(_tuning("optimizer"), help=" | ".join(OPTIMIZERS)),
+    optimizer_arg: Optional[List[str]] = typer.Option(None, "--optimizer-args", "--optimizer-arg",
+                                                      help="key=value for the optimizer, e.g. weight_decay=0.01; "
+                                                           "repeatable."),
     offline: bool = typer.Option(False, help="Never touch the network."),
     allow_pickle: bool = typer.Option(False, help="Allow a pickled base checkpoint (it can run code)."),
 ):

@@ -70,60 +70,73 @@ class TensorCache:
         atomic_write(final, lambda tmp: save_file(tensors, str(tmp)))
 
 
-def _latent_keys(sample, augment, vae_id: str) -> list[tuple[str, bool]]:
+def _latent_keys(sample, augment, vae_id: str, placements=None) -> list[tuple[str, bool]]:
     flips = (False, True) if augment.flip else (False,)
-    return [(image_key(sample, augment, CENTRE, flip, vae_id), flip) for flip in flips]
+    placement = placements[sample.key] if placements is not None else None
+    return [(image_key(sample, augment, CENTRE, flip, vae_id, placement), flip) for flip in flips]
 
 
 @torch.no_grad()
 def build_cache(samples, augment, cache: TensorCache, vae, text_encoder, tokenizer, vae_id: str, text_id: str,
-                rank: int = 0, world: int = 1, progress=None, batch_size: int = 32) -> dict[str, str]:
-    """Encode this rank's share of the missing latents and caption embeddings, once.
+                rank: int = 0, world: int = 1, progress=None, batch_size: int = 32,
+                placements=None) -> dict[str, str]:
+    """Encode this rank's share of the missing latents and (when `text_id` is set) caption embeddings, once.
 
-    Entries already cached under the same key are reused. Returns {key: reason} for the images
+    Entries already cached under the same key are reused. With `placements`, each image is encoded
+    in its bucket (images of one size are encoded together). Returns {key: reason} for the images
     this rank could not read; which samples are usable is then read off the cache by
     `cached_samples`, the same on every rank.
     """
     unreadable = {}
     device, dtype = vae.device, vae.dtype
-    pending: list[tuple[str, torch.Tensor]] = []  # (key, pixels), encoded in batches
+    pending: dict[tuple, list[tuple[str, torch.Tensor]]] = {}  # image shape -> (key, pixels), encoded in batches
 
-    def encode_pending() -> None:
-        dist = vae.encode(torch.stack([p for _, p in pending]).to(device, dtype)).latent_dist
-        for (key, _), mean, std in zip(pending, dist.mean, dist.std):
+    def encode(group: list[tuple[str, torch.Tensor]]) -> None:
+        dist = vae.encode(torch.stack([p for _, p in group]).to(device, dtype)).latent_dist
+        for (key, _), mean, std in zip(group, dist.mean, dist.std):
             cache.put(key, {"mean": mean, "std": std})
-        pending.clear()
+        group.clear()
 
     for position, sample in enumerate(samples):
         if position % world == rank:
+            placement = placements[sample.key] if placements is not None else None
             try:
-                pending += [(key, pixels(sample, augment, CENTRE, flip))
-                            for key, flip in _latent_keys(sample, augment, vae_id) if key not in cache]
+                for key, flip in _latent_keys(sample, augment, vae_id, placements):
+                    if key not in cache:
+                        image = pixels(sample, augment, CENTRE, flip, placement)
+                        pending.setdefault(tuple(image.shape), []).append((key, image))
             except UNREADABLE as exc:
                 unreadable[sample.key] = f"{type(exc).__name__}: {exc}"
-            if len(pending) >= batch_size:
-                encode_pending()
+            for group in pending.values():
+                if len(group) >= batch_size:
+                    encode(group)
         if progress:
             progress()
-    if pending:
-        encode_pending()
+    for group in pending.values():
+        if group:
+            encode(group)
+    if text_id:
+        _cache_captions(samples, cache, text_encoder, tokenizer, text_id, rank, world)
+    return unreadable
+
+
+def _cache_captions(samples, cache: TensorCache, text_encoder, tokenizer, text_id: str, rank: int, world: int):
     captions = sorted({""} | {c for s in samples for c in s.captions})
     todo = [c for i, c in enumerate(captions) if i % world == rank and text_key(c, text_id) not in cache]
     for start in range(0, len(todo), 64):
         chunk = todo[start:start + 64]
         ids = tokenizer(chunk, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
+                        return_tensors="pt").input_ids.to(text_encoder.device)
         for caption, embedding in zip(chunk, text_encoder(ids)[0]):
             cache.put(text_key(caption, text_id), {"text": embedding})
-    return unreadable
 
 
-def cached_samples(samples, augment, cache: TensorCache, vae_id: str) -> list:
+def cached_samples(samples, augment, cache: TensorCache, vae_id: str, placements=None) -> list:
     """The samples whose every latent is in the cache."""
     good = []
     for sample in samples:
         try:
-            if all(key in cache for key, _ in _latent_keys(sample, augment, vae_id)):
+            if all(key in cache for key, _ in _latent_keys(sample, augment, vae_id, placements)):
                 good.append(sample)
         except UNREADABLE:
             pass

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from t2i.data.buckets import Placement, Size
 from t2i.data.sources import Sample
 from t2i.formats.images import UNREADABLE, open_image, to_rgb
 
@@ -43,9 +44,28 @@ def read_rgb(sample: Sample) -> Image.Image:
     return to_rgb(open_image(sample.path, sample.member))
 
 
-def pixels(sample: Sample, augment: Augment, centering: tuple[float, float], flip: bool) -> torch.Tensor:
-    """The sample as a (3, R, R) tensor in [-1, 1]: the largest square at `centering`, resized."""
-    image = ImageOps.fit(read_rgb(sample), (augment.resolution,) * 2, Image.Resampling.BICUBIC, centering=centering)
+# EXIF orientations that turn the stored image a quarter turn: its upright size is the stored one swapped
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def upright_size(sample: Sample) -> Size:
+    """(width, height) as the image is trained on (EXIF orientation applied), from its header alone."""
+    with open_image(sample.path, sample.member) as image:
+        width, height = image.size
+        turned = image.getexif().get(0x0112) in QUARTER_TURNS
+    return (height, width) if turned else (width, height)
+
+
+def pixels(sample: Sample, augment: Augment, centering: tuple[float, float], flip: bool,
+           placement: Placement | None = None) -> torch.Tensor:
+    """The sample as a (3, H, W) tensor in [-1, 1]: without a bucket, the largest square at `centering`
+    resized to the resolution; in a bucket, resized to cover it and cropped to it as kohya does."""
+    if placement is None:
+        image = ImageOps.fit(read_rgb(sample), (augment.resolution,) * 2, Image.Resampling.BICUBIC,
+                             centering=centering)
+    else:
+        resized = read_rgb(sample).resize(placement.resized, Image.Resampling.BICUBIC)
+        image = resized.crop(placement.crop_box(centering))
     if flip:
         image = ImageOps.mirror(image)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
@@ -56,10 +76,14 @@ def cache_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
 
-def image_key(sample: Sample, augment: Augment, centering: tuple[float, float], flip: bool, vae_id: str) -> str:
+def image_key(sample: Sample, augment: Augment, centering: tuple[float, float], flip: bool, vae_id: str,
+              placement: Placement | None = None) -> str:
     stat = sample.path.stat()
-    return cache_key("latent", vae_id, str(sample.path), sample.member, stat.st_size, stat.st_mtime_ns,
-                           augment.resolution, centering, flip)
+    parts = ["latent", vae_id, str(sample.path), sample.member, stat.st_size, stat.st_mtime_ns, augment.resolution,
+             centering, flip]
+    if placement is not None:  # a bucket's latent differs from the square one (square keys stay as they were)
+        parts += [placement.bucket, placement.resized]
+    return cache_key(*parts)
 
 
 def text_key(caption: str, text_id: str) -> str:
@@ -69,14 +93,20 @@ def text_key(caption: str, text_id: str) -> str:
 class TrainingSet(torch.utils.data.Dataset):
     """Indexed by (epoch, index) pairs from `EpochSampler`; returns one training example.
 
-    With a cache (`vae_id`/`text_id` set), examples hold `latent_mean`/`latent_std` and `text`
-    embeddings read from disk; without one, `pixels` and `input_ids` for the frozen models.
+    With a cache, examples hold `latent_mean`/`latent_std` read from disk, and `text` embeddings
+    too when `text_id` is set; otherwise `pixels` and `input_ids` for the models to encode (a trained
+    text encoder must see the tokens). With `placements` (sample key -> bucket), each image is
+    trained in its bucket.
     """
 
     def __init__(self, samples: list[Sample], augment: Augment, seed: int, tokenizer,
-                 cache: TensorCache | None = None, vae_id: str = "", text_id: str = ""):
+                 cache: TensorCache | None = None, vae_id: str = "", text_id: str = "",
+                 placements: dict[str, Placement] | None = None):
         self.samples, self.augment, self.seed, self.tokenizer = samples, augment, seed, tokenizer
-        self.cache, self.vae_id, self.text_id = cache, vae_id, text_id
+        self.cache, self.vae_id, self.text_id, self.placements = cache, vae_id, text_id, placements
+
+    def placement(self, index: int) -> Placement | None:
+        return self.placements[self.samples[index].key] if self.placements is not None else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -92,13 +122,20 @@ class TrainingSet(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         sample, caption, centering, flip = self.draw(*item)
+        placement = self.placement(item[1])
+        example: dict[str, torch.Tensor] = {}
         if self.cache is None:
-            ids = self.tokenizer(caption, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids[0]
-            return {"pixels": pixels(sample, self.augment, centering, flip), "input_ids": ids}
-        latent = self.cache.get(image_key(sample, self.augment, centering, flip, self.vae_id))
-        return {"latent_mean": latent["mean"], "latent_std": latent["std"],
-                "text": self.cache.get(text_key(caption, self.text_id))["text"]}
+            example["pixels"] = pixels(sample, self.augment, centering, flip, placement)
+        else:
+            latent = self.cache.get(image_key(sample, self.augment, centering, flip, self.vae_id, placement))
+            example |= {"latent_mean": latent["mean"], "latent_std": latent["std"]}
+        if self.cache is not None and self.text_id:
+            example["text"] = self.cache.get(text_key(caption, self.text_id))["text"]
+        else:
+            example["input_ids"] = self.tokenizer(caption, padding="max_length", truncation=True,
+                                                  max_length=self.tokenizer.model_max_length,
+                                                  return_tensors="pt").input_ids[0]
+        return example
 
 
 def _readable(sample: Sample) -> str | None:

@@ -173,9 +173,25 @@ def apply_loras(pipe, refs: tuple[LoraRef, ...]) -> list[dict]:
 # ---- writing: the training side -------------------------------------------------------------
 
 
-def save_diffusers_lora(unet, folder: Path, lora_config: dict) -> Path:
-    """`pytorch_lora_weights.safetensors` in diffusers keys, with the LoraConfig in its header so
-    that diffusers keeps alpha (without it, alpha is taken to be the rank)."""
+def text_encoder_prefix(text_encoder) -> str:
+    """What CLIP's module paths lack against the names LoRA files use: transformers 5's CLIPTextModel
+    has `encoder.layers...` where files (and transformers 4) say `text_model.encoder.layers...`."""
+    return "" if hasattr(text_encoder, "text_model") else "text_model."
+
+
+def text_encoder_layers(text_encoder) -> dict:
+    """The text encoder's peft LoRA tensors under the names LoRA files use (`text_model.encoder...`)."""
+    from peft import get_peft_model_state_dict
+
+    prefix = text_encoder_prefix(text_encoder)
+    return {prefix + k: v for k, v in get_peft_model_state_dict(text_encoder).items()}
+
+
+def save_diffusers_lora(unet, folder: Path, lora_config: dict, text_encoder=None,
+                        text_lora_config: dict | None = None) -> Path:
+    """`pytorch_lora_weights.safetensors` in diffusers keys (`unet.*`, and `text_encoder.*` when the
+    text encoder was trained), with each LoraConfig in its header so that diffusers keeps alpha
+    (without it, alpha is taken to be the rank)."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import get_peft_model_state_dict
@@ -184,46 +200,61 @@ def save_diffusers_lora(unet, folder: Path, lora_config: dict) -> Path:
     # diffusers 0.42 renames only Linear LoRA keys; conv ones (proj_in/out in SD 1) keep peft's names, and a
     # file of mixed names loads wrongly (the loader reads the format off the first key): use one naming
     layers = {k.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up."): v for k, v in layers.items()}
+    text_layers = text_encoder_layers(text_encoder) if text_encoder is not None else None
 
     def write(tmp: Path) -> None:
         with tempfile.TemporaryDirectory(dir=tmp.parent) as scratch:
             StableDiffusionPipeline.save_lora_weights(scratch, unet_lora_layers=layers,
-                                                      unet_lora_adapter_metadata=lora_config)
+                                                      unet_lora_adapter_metadata=lora_config,
+                                                      text_encoder_lora_layers=text_layers,
+                                                      text_encoder_lora_adapter_metadata=text_lora_config)
             os.replace(Path(scratch) / DIFFUSERS_LORA_FILE, tmp)
 
     return atomic_write(folder / DIFFUSERS_LORA_FILE, write)
 
 
-def load_diffusers_lora_into(unet, file: Path) -> None:
-    """Put the weights of a t2i LoRA file back into the unet's peft adapter (checkpoint resume)."""
+def load_diffusers_lora_into(unet, file: Path, text_encoder=None) -> None:
+    """Put the weights of a t2i LoRA file back into the unet's (and text encoder's) peft adapter
+    (checkpoint resume)."""
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = {k.removeprefix("unet."): v for k, v in load_file(file).items()}
-    result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(state), adapter_name="default")
-    unexpected = getattr(result, "unexpected_keys", None)
-    if unexpected:
-        raise LoadError(f"{len(unexpected)} LoRA tensors do not fit this model (e.g. {unexpected[0]})",
-                        field="resume", value=file)
+    tensors = load_file(file)
+    state = {k.removeprefix("unet."): v for k, v in tensors.items() if k.startswith("unet.")}
+    parts = [(unet, convert_unet_state_dict_to_peft(state))]
+    if text_encoder is not None:
+        cut = "text_encoder." + text_encoder_prefix(text_encoder)
+        parts.append((text_encoder, {k.removeprefix(cut): v for k, v in tensors.items() if k.startswith(cut)}))
+    for module, module_state in parts:
+        if not module_state:
+            raise LoadError(f"holds no LoRA tensors for the {type(module).__name__}", field="resume", value=file)
+        result = set_peft_model_state_dict(module, module_state, adapter_name="default")
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise LoadError(f"{len(unexpected)} LoRA tensors do not fit this model (e.g. {unexpected[0]})",
+                            field="resume", value=file)
 
 
-def kohya_state_dict(unet, alpha: float) -> dict:
-    """peft LoRA tensors under kohya's names (`lora_unet_<module path with _>`), with true alpha."""
+def kohya_state_dict(module, alpha: float, prefix: str = "lora_unet_", paths: str = "") -> dict:
+    """peft LoRA tensors under kohya's names (`lora_unet_<module path with _>`, `lora_te_text_model_...`),
+    with true alpha; `paths` is put before each module path (the text encoder's `text_model.`)."""
     import torch
     from peft import get_peft_model_state_dict
 
     out = {}
-    for key, tensor in get_peft_model_state_dict(unet).items():
-        module, _, kind = key.rpartition(".lora_")  # "...attn2.to_q", "A.weight"
-        name = "lora_unet_" + module.replace(".", "_")
+    for key, tensor in get_peft_model_state_dict(module).items():
+        path, _, kind = key.rpartition(".lora_")  # "...attn2.to_q", "A.weight"
+        name = prefix + (paths + path).replace(".", "_")
         out[f"{name}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = tensor.contiguous()
         out[f"{name}.alpha"] = torch.tensor(float(alpha))
     return out
 
 
-def save_kohya_lora(unet, file: Path, rank: int, alpha: float, base_model: str) -> Path:
-    """A LoRA file A1111, ComfyUI and kohya's tools load, with the metadata A1111's UI reads."""
+def save_kohya_lora(unet, file: Path, rank: int, alpha: float, base_model: str, text_encoder=None,
+                    training: dict[str, str] | None = None) -> Path:
+    """A LoRA file A1111, ComfyUI and kohya's tools load, with the metadata A1111's UI reads; `training`
+    adds kohya's `ss_*` record of how it was trained (buckets, optimizer, learning rates)."""
     from safetensors.torch import save_file
 
     from t2i.formats.hashes import kohya_hashes
@@ -232,7 +263,9 @@ def save_kohya_lora(unet, file: Path, rank: int, alpha: float, base_model: str) 
                 "ss_base_model_version": "sd_v1", "ss_output_name": file.stem, "ss_sd_model_name": base_model,
                 "ss_training_comment": "trained with t2i", "modelspec.architecture": "stable-diffusion-v1/lora",
                 "modelspec.implementation": "https://github.com/huggingface/diffusers",
-                "modelspec.title": file.stem, "modelspec.sai_model_spec": "1.0.0"}
+                "modelspec.title": file.stem, "modelspec.sai_model_spec": "1.0.0", **(training or {})}
     state = kohya_state_dict(unet, alpha)
+    if text_encoder is not None:
+        state |= kohya_state_dict(text_encoder, alpha, "lora_te_", text_encoder_prefix(text_encoder))
     metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = kohya_hashes(state, metadata)
     return atomic_write(file, lambda tmp: save_file(state, str(tmp), metadata=metadata))

@@ -109,9 +109,11 @@ def read_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / STATE_FILE).read_text())
 
 
-def check_same_settings(checkpoint: Path, state: dict, current: dict) -> None:
-    """A resumed run must draw the same batches and train the same way: refuse changed settings."""
-    changed = [k for k, value in current.items() if state["settings"].get(k) != value]
+def check_same_settings(checkpoint: Path, state: dict, current: dict, defaults: dict | None = None) -> None:
+    """A resumed run must draw the same batches and train the same way: refuse changed settings. A
+    setting the checkpoint does not record (it predates it) ran at its default."""
+    defaults = defaults or {}
+    changed = [k for k, value in current.items() if state["settings"].get(k, defaults.get(k)) != value]
     if changed:
         raise InvalidInput(f"the checkpoint was made with other {', '.join(changed)}", field="resume",
                            value=checkpoint, hint="resume with the same settings or start a new output folder")

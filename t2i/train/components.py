@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,14 +14,16 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel, cast_training_params
 from tqdm.auto import tqdm
 
+from t2i.data.buckets import BucketBatches, Bucketing, Placement, check_step, place_all, smallest_step
 from t2i.data.cache import TensorCache, build_cache, cached_samples, weights_fingerprint
-from t2i.data.sources import read_collection, select_split
-from t2i.data.training_set import Augment, EpochSampler, TrainingSet, check_images
+from t2i.data.sources import Sample, read_collection, select_split
+from t2i.data.training_set import Augment, EpochSampler, TrainingSet, check_images, upright_size
 from t2i.errors import InvalidInput
+from t2i.formats.images import UNREADABLE
 from t2i.models.config import ModelConfig
 from t2i.models.loading import LoadedModel, load_model
 from t2i.models.speed import check_compile_backend
-from t2i.train.config import LORA_TARGETS, FinetuneConfig
+from t2i.train.config import LORA_TARGETS, TEXT_ENCODER_TARGETS, FinetuneConfig
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -30,8 +33,17 @@ class Components:
     model: LoadedModel  # the base model; its UNet is the one being trained
     noise_scheduler: DDPMScheduler  # the model's own schedule: training and sampling agree
     lora_config: Any  # peft LoraConfig, or None for a whole-UNet fine-tune
-    params: list[torch.nn.Parameter]  # what the optimizer trains
+    params: list[torch.nn.Parameter]  # what the optimizer trains: the UNet's, then the text encoder's
     ema: EMAModel | None
+    text_lora_config: Any = None  # the text encoder's LoraConfig when it is trained too
+    text_params: list[torch.nn.Parameter] = dataclasses.field(default_factory=list)
+
+    def param_groups(self, config: FinetuneConfig) -> list[dict]:
+        """The optimizer's groups: the UNet's weights at --learning-rate, the text encoder's at its own."""
+        groups = [{"params": self.params[:len(self.params) - len(self.text_params)], "lr": config.lr}]
+        if self.text_params:
+            groups.append({"params": self.text_params, "lr": config.te_lr})
+        return groups
 
 
 COMPILE_BACKEND = "inductor"
@@ -61,6 +73,17 @@ def load_components(config: FinetuneConfig, device: torch.device, weight_dtype: 
     else:
         place(pipe.unet, torch.float32).requires_grad_(True)
     pipe.unet.train()
+    text_lora_config, text_params = None, []
+    if config.train_text_encoder:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        text_lora_config = LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
+                                      target_modules=list(TEXT_ENCODER_TARGETS))
+        # peft's own injection: transformers' add_adapter wants a newer peft than diffusers' range allows
+        inject_adapter_in_model(text_lora_config, pipe.text_encoder)
+        cast_training_params(pipe.text_encoder, dtype=torch.float32)
+        pipe.text_encoder.train()
+        text_params = [p for p in pipe.text_encoder.parameters() if p.requires_grad]
     if config.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     if config.channels_last:
@@ -68,9 +91,9 @@ def load_components(config: FinetuneConfig, device: torch.device, weight_dtype: 
     if config.compile:  # in place: the module keeps its type and state-dict keys, so saving and resuming are unchanged
         pipe.unet.compile(backend=COMPILE_BACKEND)  # inductor's default mode: autotuning would add minutes
     # a list, not a filter(): the optimizer would exhaust an iterator and clipping would see nothing
-    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    params = [p for p in pipe.unet.parameters() if p.requires_grad] + text_params
     return Components(model, DDPMScheduler.from_config(model.scheduler_config), lora_config, params,
-                      EMAModel(pipe.unet.parameters()) if config.ema else None)
+                      EMAModel(pipe.unet.parameters()) if config.ema else None, text_lora_config, text_params)
 
 
 @dataclass
@@ -79,39 +102,70 @@ class TrainData:
     dataset: TrainingSet
     skipped: dict[str, str]  # image key -> why it could not be read
     batches_per_epoch: int  # per rank
+    bucket_batches: BucketBatches | None = None  # with --buckets: each batch from one bucket
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "t2i" / "train-cache"
 
 
+def bucketing_of(config: FinetuneConfig, pipe) -> Bucketing:
+    """The run's bucket settings, its step checked against what the model's downsampling takes."""
+    down_blocks = len(pipe.unet.config.down_block_types)
+    check_step(config.bucket_step, smallest_step(pipe.vae_scale_factor, down_blocks))
+    return Bucketing((config.resolution, config.resolution), config.bucket_min, config.bucket_max,
+                     config.bucket_step, config.bucket_no_upscale)
+
+
+def place_samples(samples: list[Sample], bucketing: Bucketing) -> tuple[list[Sample], dict[str, Placement]]:
+    """The samples whose header reads, and the bucket of each (kohya's choice from its upright size)."""
+    sizes = {}
+    for sample in samples:
+        try:
+            sizes[sample.key] = upright_size(sample)
+        except UNREADABLE:
+            pass  # counted as skipped with the other unreadable images
+    return [s for s in samples if s.key in sizes], place_all(bucketing, sizes)
+
+
 def load_data(config: FinetuneConfig, parts: Components, accelerator, progress: bool) -> TrainData:
-    """The training split, readable images only; with the cache, every latent and caption encoded once."""
+    """The training split, readable images only; with the cache, every latent (and, unless the text
+    encoder is trained, every caption) encoded once; with buckets, each image placed in its bucket."""
     pipe, rank, world = parts.model.pipe, accelerator.process_index, accelerator.num_processes
     layout, samples = read_collection(config.data, config.data_format)
     train = select_split(samples, "train", config.val_fraction, config.seed)
     if not train:
         raise InvalidInput(f"the {layout} layout has no training images", field="data", value=config.data)
     augment = Augment(config.resolution, config.random_crop, config.flip, config.caption_dropout)
+    placements = None
+    candidates = train
+    if config.buckets:
+        candidates, placements = place_samples(train, bucketing_of(config, pipe))
     cache, vae_id, text_id = None, "", ""
     if config.cache:
         cache = TensorCache(Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir())
         dtype = pipe.vae.dtype
         vae_id = f"{weights_fingerprint(pipe.vae)}-{dtype}"
-        text_id = f"{weights_fingerprint(pipe.text_encoder)}-{len(pipe.tokenizer)}-{dtype}"
-        bar = tqdm(total=len(train), desc="caching latents", disable=not progress or rank != 0)
-        reasons = build_cache(train, augment, cache, pipe.vae, pipe.text_encoder, pipe.tokenizer, vae_id, text_id,
-                              rank, world, progress=bar.update)
+        if not config.train_text_encoder:  # a trained text encoder's embeddings change every step
+            text_id = f"{weights_fingerprint(pipe.text_encoder)}-{len(pipe.tokenizer)}-{dtype}"
+        bar = tqdm(total=len(candidates), desc="caching latents", disable=not progress or rank != 0)
+        reasons = build_cache(candidates, augment, cache, pipe.vae, pipe.text_encoder, pipe.tokenizer, vae_id,
+                              text_id, rank, world, progress=bar.update, placements=placements)
         bar.close()
         accelerator.wait_for_everyone()
-        good = cached_samples(train, augment, cache, vae_id)
+        good = cached_samples(candidates, augment, cache, vae_id, placements)
         kept = {s.key for s in good}
         skipped = {s.key: reasons.get(s.key, "unreadable") for s in train if s.key not in kept}
     else:
-        good, skipped = check_images(train)
+        good, skipped = check_images(candidates)
+        placed = {s.key for s in candidates}
+        skipped |= {s.key: "unreadable" for s in train if s.key not in placed}
     if not good:
         raise InvalidInput(f"none of the {len(train)} training images could be read", field="data", value=config.data)
-    dataset = TrainingSet(good, augment, config.seed, pipe.tokenizer, cache, vae_id, text_id)
+    dataset = TrainingSet(good, augment, config.seed, pipe.tokenizer, cache, vae_id, text_id, placements)
+    if placements is not None:
+        grouped = BucketBatches([placements[s.key].bucket for s in good], config.batch_size, config.seed, world)
+        return TrainData(layout, dataset, skipped, grouped.per_rank(), grouped)
     draws = EpochSampler.draws_per_rank(len(good), world, config.batch_size)
     return TrainData(layout, dataset, skipped, draws // config.batch_size)
 
@@ -120,8 +174,14 @@ def batches(data: TrainData, config: FinetuneConfig, rank: int, world: int, firs
     """The endless stream of this rank's batches, starting at global batch `first_batch` (resume)."""
     epoch, offset = divmod(first_batch, data.batches_per_epoch)
     while True:
-        sampler = EpochSampler(len(data.dataset), config.seed, epoch, rank, world, config.batch_size)
-        loader = torch.utils.data.DataLoader(data.dataset, batch_size=config.batch_size, sampler=sampler,
-                                             num_workers=config.num_workers)
-        yield from skip_first_batches(loader, offset) if offset else loader
+        if data.bucket_batches is not None:  # the epoch's batch list is known: a resume skips without loading
+            chosen = data.bucket_batches.for_rank(epoch, rank)[offset:]
+            loader = torch.utils.data.DataLoader(data.dataset, batch_sampler=[[(epoch, i) for i in b] for b in chosen],
+                                                 num_workers=config.num_workers)
+            yield from loader
+        else:
+            sampler = EpochSampler(len(data.dataset), config.seed, epoch, rank, world, config.batch_size)
+            loader = torch.utils.data.DataLoader(data.dataset, batch_size=config.batch_size, sampler=sampler,
+                                                 num_workers=config.num_workers)
+            yield from skip_first_batches(loader, offset) if offset else loader
         epoch, offset = epoch + 1, 0

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 
 from t2i.errors import check
 from t2i.models.config import DEFAULT_MODEL
+from t2i.train.optimizers import OPTIMIZERS, default_learning_rate, parse_optimizer_args
 
 LORA_TARGETS = {
     # peft target_modules (suffixes of module names) for each lora_targets choice
@@ -15,6 +16,9 @@ LORA_TARGETS = {
     # kohya's SD 1 default: every Linear and 1x1 conv of the transformer blocks (192 modules on SD 1.5)
     "full": ("proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
 }
+# peft target_modules of CLIP's text encoder with --train-text-encoder: kohya's (every Linear of its
+# attention and MLP blocks, 72 modules on SD 1.5's CLIP-L)
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -65,6 +69,15 @@ class FinetuneConfig:
     validation_split: str = "val"  # the held-out split it reads: the layout's own, or the seeded --val-fraction share
     validation_images: int = 64  # at most this many held-out images (the first by name)
     export_kohya: bool = False
+    buckets: bool = False  # kohya's aspect-ratio buckets of area resolution^2 (t2i.data.buckets)
+    bucket_min: int = 256
+    bucket_max: int = 1024
+    bucket_step: int = 64
+    bucket_no_upscale: bool = False
+    train_text_encoder: bool = False  # a LoRA on CLIP's attention and MLP layers beside the UNet's
+    text_encoder_lr: float | None = None  # None: the UNet's learning rate
+    optimizer: str = "adamw"
+    optimizer_args: tuple[str, ...] = ()  # "key=value", the value a Python literal (kohya's --optimizer_args)
 
     def __post_init__(self):
         for f in fields(self):  # a NaN or infinite hyperparameter would only show as a NaN loss later
@@ -96,6 +109,28 @@ class FinetuneConfig:
         check(not (self.cache and self.random_crop), "random_crop", None,
               "gives a new crop every epoch, so its latents cannot be cached", hint="turn {cache} off")
         check(not (self.ema and self.lora), "ema", None, "applies to the whole-UNet fine-tune", hint="turn {lora} off")
+        check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, "unknown optimizer", choices=tuple(OPTIMIZERS))
+        object.__setattr__(self, "optimizer_args", tuple(self.optimizer_args))
+        parse_optimizer_args(self.optimizer_args)  # a malformed pair is refused now, an unknown name at set-up
+        check(self.text_encoder_lr is None or self.text_encoder_lr > 0, "text_encoder_lr", self.text_encoder_lr,
+              "must be positive")
+        check(self.text_encoder_lr is None or self.train_text_encoder, "text_encoder_lr", self.text_encoder_lr,
+              "applies only when the text encoder is trained", hint="add {train_text_encoder}")
+        check(self.lora or not self.train_text_encoder, "train_text_encoder", None,
+              "trains a LoRA on the text encoder beside the UNet's LoRA", hint="turn {lora} on")
+        if self.buckets:
+            for name in ("bucket_min", "bucket_max", "bucket_step"):
+                check(getattr(self, name) >= 1, name, getattr(self, name), "must be positive")
+            check(self.bucket_min <= self.bucket_max, "bucket_min", self.bucket_min,
+                  f"is more than {{bucket_max}} {self.bucket_max}", hint="the smallest bucket side comes first")
+            check(self.bucket_max >= self.resolution, "bucket_max", self.bucket_max,
+                  f"is less than {{resolution}} {self.resolution}: the square bucket would not fit",
+                  hint="raise {bucket_max} or lower {resolution}")
+        else:
+            for name in ("bucket_min", "bucket_max", "bucket_step", "bucket_no_upscale"):
+                value, default = getattr(self, name), next(f.default for f in fields(self) if f.name == name)
+                check(value == default, name, None if isinstance(value, bool) else value,
+                      "applies to bucketed training", hint="add {buckets}")
 
     @property
     def lora_alpha(self) -> float:
@@ -103,4 +138,11 @@ class FinetuneConfig:
 
     @property
     def lr(self) -> float:
-        return self.learning_rate if self.learning_rate is not None else (1e-4 if self.lora else 1e-5)
+        """The UNet's learning rate: as given, else the optimizer's usual one (1.0 for Prodigy, which
+        finds its own step size; 1e-4 for a LoRA and 1e-5 for the whole UNet with the others)."""
+        return self.learning_rate if self.learning_rate is not None else default_learning_rate(self.optimizer,
+                                                                                                 self.lora)
+
+    @property
+    def te_lr(self) -> float:
+        return self.text_encoder_lr if self.text_encoder_lr is not None else self.lr

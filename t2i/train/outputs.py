@@ -89,22 +89,24 @@ def validation_grid(model, prompts, steps: int, seed: int, resolution: int) -> I
     return image_grid([result.image for result in generate(model, config, progress=False)])
 
 
-def save_weights(folder: Path, unet, lora_config, ema=None) -> None:
-    """A checkpoint's weights: the LoRA file, or the whole UNet (and its EMA)."""
-    if lora_config is not None:
-        save_diffusers_lora(unet, folder, lora_config.to_dict())
+def save_weights(folder: Path, parts, ema=None) -> None:
+    """A checkpoint's weights: the LoRA file (UNet and text encoder), or the whole UNet (and its EMA)."""
+    unet = parts.model.pipe.unet
+    if parts.lora_config is not None:
+        save_diffusers_lora(unet, folder, parts.lora_config.to_dict(), *_text_encoder_parts(parts))
     else:
         unet.save_pretrained(folder / "unet")
         if ema is not None:
             atomic_write(folder / "ema.pt", lambda tmp: torch.save(ema.state_dict(), tmp))
 
 
-def load_weights(folder: Path, unet, lora_config, ema=None) -> None:
+def load_weights(folder: Path, parts, ema=None) -> None:
     """Put a checkpoint's weights back (the inverse of `save_weights`)."""
     from t2i.formats.lora import DIFFUSERS_LORA_FILE, load_diffusers_lora_into
 
-    if lora_config is not None:
-        load_diffusers_lora_into(unet, folder / DIFFUSERS_LORA_FILE)
+    unet = parts.model.pipe.unet
+    if parts.lora_config is not None:
+        load_diffusers_lora_into(unet, folder / DIFFUSERS_LORA_FILE, _text_encoder_parts(parts)[0])
         return
     from diffusers import UNet2DConditionModel
 
@@ -113,12 +115,39 @@ def load_weights(folder: Path, unet, lora_config, ema=None) -> None:
         ema.load_state_dict(torch.load(folder / "ema.pt", weights_only=True))
 
 
-def save_final(out: Path, model, config, lora_config) -> None:
+def _text_encoder_parts(parts) -> tuple:
+    """(text encoder, its LoraConfig dict) when it is trained, else (None, None)."""
+    if parts.text_lora_config is None:
+        return None, None
+    return parts.model.pipe.text_encoder, parts.text_lora_config.to_dict()
+
+
+def kohya_training_metadata(config, bucket_placements: list | None, kohya_optimizer: str) -> dict[str, str]:
+    """kohya's `ss_*` record of how a LoRA was trained, as its train_network.py writes them (str values)."""
+    from t2i.data.buckets import bucket_info_json
+
+    bucketed = bucket_placements is not None
+    info = bucket_info_json(bucket_placements) if bucket_placements is not None else "null"
+    return {"ss_resolution": str((config.resolution, config.resolution)), "ss_enable_bucket": str(bucketed),
+            "ss_bucket_no_upscale": str(bucketed and config.bucket_no_upscale),
+            "ss_min_bucket_reso": str(config.bucket_min), "ss_max_bucket_reso": str(config.bucket_max),
+            "ss_bucket_info": info,
+            "ss_optimizer": kohya_optimizer, "ss_learning_rate": str(config.lr), "ss_unet_lr": str(config.lr),
+            "ss_text_encoder_lr": str(config.te_lr if config.train_text_encoder else None),
+            "ss_max_grad_norm": str(config.max_grad_norm), "ss_seed": str(config.seed),
+            "ss_lr_scheduler": config.lr_scheduler, "ss_gradient_accumulation_steps": str(config.gradient_accumulation),
+            "ss_caption_dropout_rate": str(config.caption_dropout), "ss_noise_offset": str(config.noise_offset),
+            "ss_min_snr_gamma": str(config.snr_gamma), "ss_flip_aug": str(config.flip),
+            "ss_random_crop": str(config.random_crop), "ss_cache_latents": str(config.cache)}
+
+
+def save_final(out: Path, parts, config, training_metadata: dict[str, str]) -> None:
     """The run's result: a LoRA (diffusers, and kohya for A1111/ComfyUI on request) or a whole model."""
-    unet = model.pipe.unet
+    model = parts.model
     if config.lora:
-        save_diffusers_lora(unet, out, lora_config.to_dict())
+        save_weights(out, parts)
         if config.export_kohya:
-            save_kohya_lora(unet, out / f"{out.name}.safetensors", config.rank, config.lora_alpha, config.model)
+            save_kohya_lora(model.pipe.unet, out / f"{out.name}.safetensors", config.rank, config.lora_alpha,
+                            config.model, _text_encoder_parts(parts)[0], training_metadata)
     else:
         model.pipe.to(torch.float32).save_pretrained(out)

@@ -20,7 +20,8 @@ def seed_for(*parts) -> int:
 
 
 def training_loss(unet, parts, config: FinetuneConfig, batch: dict, batch_index: int, rank: int,
-                  accelerator) -> torch.Tensor:
+                  accelerator, text_encoder=None) -> torch.Tensor:
+    """`text_encoder`: the (prepared) text encoder when it is trained; its gradients then flow."""
     pipe, scheduler = parts.model.pipe, parts.noise_scheduler
     device, dtype = accelerator.device, pipe.vae.dtype
     generator = torch.Generator().manual_seed(seed_for(config.seed, "noise", batch_index, rank))
@@ -28,10 +29,12 @@ def training_loss(unet, parts, config: FinetuneConfig, batch: dict, batch_index:
         if "pixels" in batch:  # no cache: encode now
             dist = pipe.vae.encode(batch["pixels"].to(device, dtype)).latent_dist
             mean, std = dist.mean, dist.std
-            text = pipe.text_encoder(batch["input_ids"].to(device))[0]
         else:
             mean, std = batch["latent_mean"].to(device), batch["latent_std"].to(device)
+        if "text" in batch:  # cached embeddings
             text = batch["text"].to(device)
+        elif text_encoder is None:  # frozen: encoded now, without a graph
+            text = pipe.text_encoder(batch["input_ids"].to(device))[0]
         eps = torch.randn(mean.shape, generator=generator).to(device, mean.dtype)
         latents = ((mean + std * eps) * pipe.vae.config.scaling_factor).float()
         noise = draw_noise(generator, latents.shape, config.noise_offset).to(device)
@@ -40,6 +43,8 @@ def training_loss(unet, parts, config: FinetuneConfig, batch: dict, batch_index:
         noisy = scheduler.add_noise(latents, noise, timesteps)
         target = prediction_target(scheduler, latents, noise, timesteps)
     with accelerator.autocast():
+        if text_encoder is not None:
+            text = text_encoder(batch["input_ids"].to(device))[0]
         prediction = unet(noisy.to(dtype), timesteps, text.to(dtype)).sample
     weights = min_snr_weights(scheduler, timesteps, config.snr_gamma) if config.snr_gamma else None
     return weighted_mse(prediction, target, weights)

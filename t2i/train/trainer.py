@@ -30,9 +30,26 @@ from t2i.train.checkpoints import (
     resume_candidates,
     save_checkpoint,
 )
-from t2i.train.components import WEIGHT_DTYPES, Components, TrainData, batches, load_components, load_data
+from t2i.train.components import (
+    WEIGHT_DTYPES,
+    Components,
+    TrainData,
+    batches,
+    bucketing_of,
+    load_components,
+    load_data,
+)
 from t2i.train.config import FinetuneConfig
-from t2i.train.outputs import LossLog, load_weights, plot_loss, save_final, save_weights, validation_grid
+from t2i.train.optimizers import kohya_name, make_optimizer, optimizer_class, optimizer_kwargs
+from t2i.train.outputs import (
+    LossLog,
+    kohya_training_metadata,
+    load_weights,
+    plot_loss,
+    save_final,
+    save_weights,
+    validation_grid,
+)
 from t2i.train.step import training_loss
 from t2i.train.validation import held_out_set, validation_loss
 
@@ -42,7 +59,9 @@ log = logging.getLogger("t2i")
 # optimizer's saved state carries the old one)
 RESUME_KEYS = ("data", "model", "lora", "lora_targets", "rank", "alpha", "batch_size", "gradient_accumulation",
                "seed", "resolution", "flip", "random_crop", "caption_dropout", "cache", "learning_rate",
-               "lr_scheduler", "lr_warmup_steps", "max_grad_norm", "snr_gamma", "noise_offset", "ema")
+               "lr_scheduler", "lr_warmup_steps", "max_grad_norm", "snr_gamma", "noise_offset", "ema",
+               "buckets", "bucket_min", "bucket_max", "bucket_step", "bucket_no_upscale", "train_text_encoder",
+               "text_encoder_lr", "optimizer", "optimizer_args")
 
 
 def _refuse_isolated_ranks(accelerator: Accelerator) -> None:
@@ -76,10 +95,18 @@ class Trainer:
         if self.main and not config.resume and (self.out / "train_config.json").exists():
             raise InvalidInput("already holds a training run", field="output", value=self.out,
                                hint="resume it ({resume} latest) or choose another output folder")
+        # the optimizer's package, device and argument names are known before any weight is read
+        optimizer_kwargs(config.optimizer, config.optimizer_args,
+                         optimizer_class(config.optimizer, self.accelerator.device.type))
 
     @property
     def trained_unet(self):
         return self.parts.model.pipe.unet  # the module itself; accelerate's DDP wrapper only wraps it
+
+    @property
+    def trained_modules(self) -> tuple:
+        """What backward reaches: the prepared UNet, and the prepared text encoder when it is trained."""
+        return (self.unet,) if self.text_encoder is None else (self.unet, self.text_encoder)
 
     # ---- set-up ---------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -88,22 +115,29 @@ class Trainer:
         self.data: TrainData = load_data(config, self.parts, self.accelerator, self.progress)
         steps_per_epoch = max(1, self.data.batches_per_epoch // config.gradient_accumulation)
         self.total_steps = config.max_steps or config.epochs * steps_per_epoch
-        self.optimizer = torch.optim.AdamW(self.parts.params, lr=config.lr)
+        self.optimizer = make_optimizer(config.optimizer, config.optimizer_args, self.parts.param_groups(config),
+                                        self.accelerator.device.type)
         # stepped once per optimizer step on every rank: not prepared, so accelerate does not scale it
         self.lr_scheduler = get_scheduler(config.lr_scheduler, self.optimizer, num_warmup_steps=config.lr_warmup_steps,
                                           num_training_steps=self.total_steps)
-        self.unet, self.optimizer = self.accelerator.prepare(self.parts.model.pipe.unet, self.optimizer)
+        self.text_encoder = None
+        if config.train_text_encoder:  # prepared too, so that its gradients are synced across processes
+            self.unet, self.text_encoder, self.optimizer = self.accelerator.prepare(
+                self.parts.model.pipe.unet, self.parts.model.pipe.text_encoder, self.optimizer)
+        else:
+            self.unet, self.optimizer = self.accelerator.prepare(self.parts.model.pipe.unet, self.optimizer)
         self.held_out = None
         if config.validation_loss_every and self.main:  # encoded once; other ranks never wait on it
+            bucketing = bucketing_of(config, self.parts.model.pipe) if config.buckets else None
             self.held_out = held_out_set(config, self.parts.model.pipe, self.parts.noise_scheduler,
-                                         self.accelerator.device)
+                                         self.accelerator.device, bucketing)
         parts = self.parts
-        install_weight_hooks(self.accelerator,
-                             lambda folder: save_weights(folder, self.trained_unet, parts.lora_config, parts.ema),
-                             lambda folder: load_weights(folder, self.trained_unet, parts.lora_config, parts.ema))
+        install_weight_hooks(self.accelerator, lambda folder: save_weights(folder, parts, parts.ema),
+                             lambda folder: load_weights(folder, parts, parts.ema))
 
     def _settings(self) -> dict:
-        return {k: getattr(self.config, k) for k in RESUME_KEYS}
+        """The resume keys as a checkpoint's JSON holds them (tuples as lists)."""
+        return json.loads(json.dumps({k: getattr(self.config, k) for k in RESUME_KEYS}))
 
     def _resume(self) -> int:
         """The step to go on from: the named checkpoint, or with 'latest' the newest intact one."""
@@ -111,7 +145,7 @@ class Trainer:
         for path in candidates:
             try:
                 state = read_state(path)
-                check_same_settings(path, state, self._settings())
+                check_same_settings(path, state, self._settings(), self._defaults())
                 self.accelerator.load_state(str(path))  # overwrites all it loads: a failed try leaves no trace
                 self.lr_scheduler.load_state_dict(state["lr_scheduler"])
             except InvalidInput:
@@ -128,6 +162,13 @@ class Trainer:
         log.warning("no intact checkpoint in %s: starting from step 0 in the same folder", self.out / "checkpoints")
         return 0
 
+    @staticmethod
+    def _defaults() -> dict:
+        """What a checkpoint written before a setting existed ran with: that setting's default."""
+        defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)
+                    if f.name in RESUME_KEYS and f.default is not dataclasses.MISSING}
+        return json.loads(json.dumps(defaults))
+
     def _checkpoint(self, step: int) -> None:
         state = {"step": step, "settings": self._settings(), "lr_scheduler": self.lr_scheduler.state_dict()}
         save_checkpoint(self.accelerator, self.out / "checkpoints", step, state, self.config.checkpoints_keep)
@@ -137,7 +178,11 @@ class Trainer:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
         record = {**dataclasses.asdict(self.config), "layout": self.data.layout, "images": len(self.data.dataset),
-                  "skipped_images": len(self.data.skipped), "processes": self.world, "total_steps": self.total_steps}
+                  "skipped_images": len(self.data.skipped), "processes": self.world, "total_steps": self.total_steps,
+                  "learning_rates": {"unet": self.config.lr, "text_encoder": self.config.te_lr
+                                     if self.config.train_text_encoder else None},
+                  "optimizer_class": kohya_name(self.config.optimizer, self.config.optimizer_args),
+                  "bucket_info": self._bucket_info()}
         write_text(self.out / "train_config.json", json.dumps(record, indent=2, default=str))
         self.accelerator.init_trackers("t2i-finetune", config={k: v for k, v in record.items()
                                                                if isinstance(v, (int, float, str, bool))})
@@ -146,14 +191,24 @@ class Trainer:
                         next(iter(self.data.skipped.items())))
         return LossLog(self.out / "loss.csv", resume_step=step)
 
+    def _bucket_placements(self) -> list | None:
+        placements = self.data.dataset.placements
+        return None if placements is None else [placements[s.key] for s in self.data.dataset.samples]
+
+    def _bucket_info(self) -> dict | None:
+        from t2i.data.buckets import bucket_info
+
+        placements = self._bucket_placements()
+        return None if placements is None else bucket_info(placements)
+
     # ---- one optimizer step ---------------------------------------------------------------
     def _step(self, step: int, stream) -> tuple[float, float, float]:
         """Accumulate, clip, step; returns (mean loss over ranks and micro-batches, grad norm, clipped norm)."""
         accumulation, losses = self.config.gradient_accumulation, []
         for micro in range(accumulation):
-            with self.accelerator.accumulate(self.unet):  # gradients are synced on the last micro-batch only
+            with self.accelerator.accumulate(*self.trained_modules):  # gradients synced on the last micro-batch
                 loss = training_loss(self.unet, self.parts, self.config, next(stream), step * accumulation + micro,
-                                     self.rank, self.accelerator)
+                                     self.rank, self.accelerator, self.text_encoder)
                 self.accelerator.backward(loss)
             losses.append(loss.detach())
         every_rank = self.accelerator.gather(torch.stack(losses))  # once a step, not once a micro-batch
@@ -176,7 +231,9 @@ class Trainer:
         every = self.config.validation_loss_every
         if self.held_out is None or not (step % every == 0 or step == self.total_steps):
             return ""
-        value = validation_loss(self.trained_unet, self.held_out, self.parts.noise_scheduler, self.accelerator.autocast)
+        text_encoder = self.parts.model.pipe.text_encoder if self.config.train_text_encoder else None
+        value = validation_loss(self.trained_unet, self.held_out, self.parts.noise_scheduler, self.accelerator.autocast,
+                                text_encoder)
         self.accelerator.log({"val_loss": value}, step=step)
         return value
 
@@ -184,12 +241,15 @@ class Trainer:
     def _validate(self, step: int) -> None:
         if not self.config.validation_prompts or not self.main:
             return
-        self.trained_unet.eval()
+        pipe = self.parts.model.pipe
+        for module in (pipe.unet, pipe.text_encoder):
+            module.eval()
         with self.accelerator.autocast():
             sheet = validation_grid(self.parts.model, self.config.validation_prompts, self.config.validation_steps,
                                     self.config.seed, self.config.resolution)
         atomic_write(self.out / "validation" / f"step-{step:06d}.png", lambda tmp: sheet.save(tmp, format="PNG"))
-        self.trained_unet.train()
+        pipe.unet.train()
+        pipe.text_encoder.train(self.config.train_text_encoder)
 
     def _check_ranks_agree(self) -> None:
         """Every rank must end with the same weights; a silent divergence would ship rank 0's alone."""
@@ -208,7 +268,9 @@ class Trainer:
         if self.main:
             if self.parts.ema is not None:
                 self.parts.ema.copy_to(self.trained_unet.parameters())
-            save_final(self.out, self.parts.model, self.config, self.parts.lora_config)
+            save_final(self.out, self.parts, self.config,
+                       kohya_training_metadata(self.config, self._bucket_placements(),
+                                               kohya_name(self.config.optimizer, self.config.optimizer_args)))
             if loss_log and loss_log.rows():
                 plot_loss(loss_log, self.out / "loss.png")
         # Tear down in step on every rank. Dropping the DDP wrapper after its process group is gone can
@@ -216,6 +278,7 @@ class Trainer:
         # the wrapper goes first, while the group and every rank are still there.
         self.accelerator.wait_for_everyone()
         self.unet = self.trained_unet
+        self.text_encoder = None
         self.accelerator.free_memory()
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()

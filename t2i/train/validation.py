@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from t2i.data.buckets import Bucketing
 from t2i.data.sources import read_collection, select_split
 from t2i.data.training_set import CENTRE, Augment, check_images, pixels
 from t2i.errors import InvalidInput
+from t2i.train.components import place_samples
 from t2i.train.config import FinetuneConfig
 from t2i.train.step import seed_for
 
@@ -26,19 +28,28 @@ NOISE_SEED = seed_for("t2i validation loss")  # never derived from --seed: runs 
 
 
 @dataclass(frozen=True)
-class HeldOut:
-    latents: torch.Tensor  # (N, 4, h, w), scaled as the UNet sees them
-    text: torch.Tensor  # (N, 77, width)
+class HeldOutGroup:
+    """Held-out images of one size (all of them without buckets; one bucket's with them)."""
+
+    latents: torch.Tensor  # (n, 4, h, w), scaled as the UNet sees them
+    input_ids: torch.Tensor  # (n, 77): a trained text encoder encodes them afresh each time
+    text: torch.Tensor  # (n, 77, width), from the frozen text encoder
     noise: torch.Tensor
-    timesteps: torch.Tensor  # (N,), spread evenly over the schedule
+    timesteps: torch.Tensor  # (n,)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    groups: list[HeldOutGroup]
 
     def __len__(self) -> int:
-        return len(self.latents)
+        return sum(len(g.latents) for g in self.groups)
 
 
 @torch.no_grad()
-def held_out_set(config: FinetuneConfig, pipe, scheduler, device) -> HeldOut:
-    """Encode the held-out images once, at set-up; the noise and timesteps are fixed with them."""
+def held_out_set(config: FinetuneConfig, pipe, scheduler, device, bucketing: Bucketing | None = None) -> HeldOut:
+    """Encode the held-out images once, at set-up; the noise and timesteps are fixed with them. With
+    buckets, each image is encoded in its own bucket, as it would have been trained."""
     layout, samples = read_collection(config.data, config.data_format)
     held = select_split(samples, config.validation_split, config.val_fraction, config.seed)
     readable, _ = check_images(held)
@@ -47,39 +58,55 @@ def held_out_set(config: FinetuneConfig, pipe, scheduler, device) -> HeldOut:
                            "validation loss", field="validation_split", value=config.validation_split,
                            hint="hold some out with {val_fraction} (e.g. 0.1), or name another split")
     chosen = sorted(readable, key=lambda s: s.key)[:config.validation_images]
-    augment = Augment(config.resolution)
-    latents, texts = [], []
-    for start in range(0, len(chosen), 8):
-        part = chosen[start:start + 8]
-        batch = torch.stack([pixels(s, augment, CENTRE, False) for s in part]).to(device, pipe.vae.dtype)
-        latents.append(pipe.vae.encode(batch).latent_dist.mean.float() * pipe.vae.config.scaling_factor)
-        ids = pipe.tokenizer([s.captions[0] for s in part], padding="max_length", truncation=True,
-                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
-        texts.append(pipe.text_encoder(ids.to(device))[0])
-    latent_batch = torch.cat(latents)
-    generator = torch.Generator().manual_seed(NOISE_SEED)
-    noise = torch.randn(latent_batch.shape, generator=generator).to(device)
+    placements = None
+    if bucketing is not None:
+        chosen, placements = place_samples(chosen, bucketing)
     steps = scheduler.config.num_train_timesteps
-    timesteps = ((torch.arange(len(latent_batch)) + 0.5) * steps / len(latent_batch)).long().clamp(max=steps - 1)
-    timesteps = timesteps.to(device)
-    return HeldOut(latent_batch, torch.cat(texts), noise, timesteps)
+    # timesteps spread evenly over the schedule across all the images, in name order
+    spread = ((torch.arange(len(chosen)) + 0.5) * steps / len(chosen)).long().clamp(max=steps - 1)
+    by_size: dict[tuple, list[int]] = {}
+    for index, sample in enumerate(chosen):
+        by_size.setdefault(placements[sample.key].bucket if placements else (), []).append(index)
+    generator = torch.Generator().manual_seed(NOISE_SEED)
+    augment = Augment(config.resolution)
+    groups = []
+    for members in by_size.values():
+        latents, ids, texts = [], [], []
+        for start in range(0, len(members), 8):
+            part = [chosen[i] for i in members[start:start + 8]]
+            batch = torch.stack([pixels(s, augment, CENTRE, False, placements[s.key] if placements else None)
+                                 for s in part]).to(device, pipe.vae.dtype)
+            latents.append(pipe.vae.encode(batch).latent_dist.mean.float() * pipe.vae.config.scaling_factor)
+            tokens = pipe.tokenizer([s.captions[0] for s in part], padding="max_length", truncation=True,
+                                    max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+            ids.append(tokens)
+            texts.append(pipe.text_encoder(tokens.to(device))[0])
+        latent_batch = torch.cat(latents)
+        noise = torch.randn(latent_batch.shape, generator=generator).to(device)
+        groups.append(HeldOutGroup(latent_batch, torch.cat(ids), torch.cat(texts), noise,
+                                   spread[members].to(device)))
+    return HeldOut(groups)
 
 
 @torch.no_grad()
-def validation_loss(unet, held: HeldOut, scheduler, autocast, batch_size: int = 8) -> float:
-    """The mean held-out MSE of `unet` (which is left in the mode it was in)."""
+def validation_loss(unet, held: HeldOut, scheduler, autocast, text_encoder=None, batch_size: int = 8) -> float:
+    """The mean held-out MSE of `unet` (which is left in the mode it was in); with `text_encoder` (a
+    trained one), the captions are encoded by it now."""
     training = unet.training
     unet.eval()
     total = 0.0
     dtype = next(unet.parameters()).dtype
-    for start in range(0, len(held), batch_size):
-        part = slice(start, start + batch_size)
-        latents, noise, timesteps = held.latents[part], held.noise[part], held.timesteps[part]
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        epsilon = scheduler.config.prediction_type == "epsilon"
-        target = noise if epsilon else scheduler.get_velocity(latents, noise, timesteps)
-        with autocast():
-            prediction = unet(noisy.to(dtype), timesteps, held.text[part].to(dtype)).sample
-        total += F.mse_loss(prediction.float(), target.float(), reduction="sum").item() / latents[0].numel()
+    epsilon = scheduler.config.prediction_type == "epsilon"
+    for group in held.groups:
+        for start in range(0, len(group.latents), batch_size):
+            part = slice(start, start + batch_size)
+            latents, noise, timesteps = group.latents[part], group.noise[part], group.timesteps[part]
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            target = noise if epsilon else scheduler.get_velocity(latents, noise, timesteps)
+            with autocast():
+                text = group.text[part] if text_encoder is None else \
+                    text_encoder(group.input_ids[part].to(latents.device))[0]
+                prediction = unet(noisy.to(dtype), timesteps, text.to(dtype)).sample
+            total += F.mse_loss(prediction.float(), target.float(), reduction="sum").item() / latents[0].numel()
     unet.train(training)
     return total / len(held)
