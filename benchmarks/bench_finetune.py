@@ -1,7 +1,7 @@
 """`t2i finetune --lora` against the per-step work of the diffusers LoRA example, same model and data.
 
     python benchmarks/bench_finetune.py [--steps 30] [--batch-size 4] [--size sd-shaped|tiny|full]
-        [--variants default channels-last compile]
+        [--variants default channels-last compile buckets text-encoder prodigy adafactor lion adamw8bit]
 
 --size full builds SD 1.5's exact architecture with random weights (no download) at 512 px: a GPU
 run. The default, sd-shaped, is SD 1.5 with every width divided by 8 at 256 px: the same blocks in
@@ -15,6 +15,10 @@ own process (peak memory is per process); the table shows steps/s, peak memory a
 t2i's one-time costs (the caching pass, compilation) are timed apart. Each --variants row is t2i
 with that training option. MFU: the UNet's forward and backward FLOPs per step (PyTorch's
 FlopCounterMode) over the GPU's bf16 dense peak, or on CPU over a measured large fp32 matmul.
+The data are wide and tall images (3:2 and 2:3), as photo collections are: `buckets` trains them in
+kohya's aspect-ratio buckets of the same area instead of square crops; `text-encoder` adds a LoRA on
+CLIP (its embeddings are then computed every step, not cached); the optimizer rows swap AdamW for
+that optimizer (adamw8bit on CUDA only).
 The last line is the limit: the share of a UNet step spent in the attention kernels (torch.profiler),
 which every loop runs alike, and so the most any t2i option can gain over the reference.
 The diffusers example itself needs torchvision and datasets; torchvision's build for torch 2.13 does
@@ -38,12 +42,17 @@ from PIL import Image, ImageDraw
 
 from t2i.train.config import FinetuneConfig
 
+OPTIMIZER_ROWS = ("prodigy", "adafactor", "lion", "adamw8bit")
+VARIANTS = ("default", "channels-last", "compile", "buckets", "text-encoder", *OPTIMIZER_ROWS)
+
 
 def make_data(folder: Path, count: int, size: int) -> None:
+    """Half wide, half tall images (3:2 and 2:3), a circle in each."""
     colours = ["red", "blue", "green", "yellow", "purple", "orange"]
     for i in range(count):
-        image = Image.new("RGB", (size + 8, size), "white")
-        ImageDraw.Draw(image).ellipse((4 + i % 5, 4, size - 4, size - 8), fill=colours[i % 6])
+        frame = (size * 3 // 2, size) if i % 2 else (size, size * 3 // 2)
+        image = Image.new("RGB", frame, "white")
+        ImageDraw.Draw(image).ellipse((4 + i % 5, 4, frame[0] - 4, frame[1] - 8), fill=colours[i % 6])
         image.save(folder / f"{i:04d}.png")
         (folder / f"{i:04d}.txt").write_text(f"a {colours[i % 6]} circle\na round {colours[i % 6]} shape")
 
@@ -51,7 +60,12 @@ def make_data(folder: Path, count: int, size: int) -> None:
 def run_t2i(args) -> dict:
     from t2i.train.trainer import Trainer
 
-    options = {"default": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True}}[args.variant]
+    step = 8 if args.model == "tiny" else 64  # the bucket step the model's downsampling takes
+    options = {"default": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True},
+               "buckets": {"buckets": True, "bucket_min": args.resolution // 2, "bucket_max": args.resolution * 2,
+                           "bucket_step": step},
+               "text-encoder": {"train_text_encoder": True},
+               **{name: {"optimizer": name} for name in OPTIMIZER_ROWS}}[args.variant]
     config = FinetuneConfig(data=args.data, output=args.output, model=args.model, resolution=args.resolution,
                             batch_size=args.batch_size, max_steps=args.steps, checkpoint_every=0,
                             cache_dir=args.cache_dir, mixed_precision=args.mixed_precision, caption_dropout=0.1,
@@ -140,7 +154,7 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default="no")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating")
     parser.add_argument("--variants", nargs="+", default=["default", "channels-last", "compile"],
-                        choices=("default", "channels-last", "compile"), help="t2i rows")
+                        choices=VARIANTS, help="t2i rows (adamw8bit: CUDA only)")
     parser.add_argument("--child", choices=("t2i", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -159,7 +173,8 @@ def main() -> None:
             make_model(scratch / "model", SIZES[args.size][0])
             args.model = str(scratch / "model")
         make_data(scratch / "data", args.images, args.resolution)
-        sides = [("reference", "default"), *(("t2i", variant) for variant in args.variants)]
+        variants = [v for v in args.variants if v != "adamw8bit" or torch.cuda.is_available()]
+        sides = [("reference", "default"), *(("t2i", variant) for variant in variants)]
         runs = {side: [] for side in sides}
         for repeat in range(args.repeats):  # the sides alternate, in a rotated order each repeat
             for side, variant in sides[repeat % len(sides):] + sides[:repeat % len(sides)]:

@@ -132,3 +132,27 @@ def test_batches_are_one_bucket_each_every_image_once_and_seeded(world):
     assert {len(s) for s in shards} == {batches.per_rank()}  # every rank steps the same number of times
     drawn = Counter(i for shard in shards for batch in shard for i in batch)
     assert set(drawn) == set(range(len(buckets)))  # padding repeats a batch, never drops an image
+
+
+def test_square_crops_cut_the_objects_that_buckets_keep(tmp_path):
+    """The shapes world's measure (t2i.shapes.bucket_proofs) on 300 wide and tall images with the shape near a
+    long side's end. Measured at 400 images: square crops cut 100% of the objects and the analyser misreads
+    10.3% [7.3, 13.5]; in kohya's buckets none is cut and 0.5% [0, 1.5] are misread (small shapes resized 0.83x)."""
+    from t2i.shapes.bucket_proofs import lost_objects
+    from t2i.shapes.world import make_dataset
+
+    data = make_dataset(tmp_path / "edge", 300, seed=3, frames=((48, 32), (32, 48)))
+    square = lost_objects(str(data), 32)
+    bucketed = lost_objects(str(data), 32, Bucketing((32, 32), 16, 64, 8))
+    assert square["cut"].value >= 0.95 and bucketed["cut"].value == 0.0
+    assert square["misread"].value >= 0.05 and bucketed["misread"].high < square["misread"].low
+
+
+def test_make_dataset_frames_are_checked(tmp_path, run_cli):
+    code, _, stderr = run_cli("shapes", "make-dataset", tmp_path / "d", "--count", "2", "--frame", "48by32")
+    assert code == 2 and "--frame 48by32: must be WIDTHxHEIGHT" in stderr
+    code, _, stderr = run_cli("shapes", "make-dataset", tmp_path / "d", "--count", "4", "--frame", "48x32")
+    assert code == 0, stderr
+    from PIL import Image
+
+    assert {Image.open(p).size for p in (tmp_path / "d").glob("*.png")} == {(48, 32)}

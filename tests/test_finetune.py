@@ -312,10 +312,12 @@ def test_run_killed_mid_way_resumes_to_the_same_weights(shapes, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_in_sync_and_only_rank_0_writes(shapes, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--buckets", "--bucket-min", "16", "--bucket-max", "64", "--bucket-step", "8",
+                                         "--train-text-encoder", "--optimizer", "lion"]], ids=["plain", "kohya"])
+def test_two_cpu_processes_train_in_sync_and_only_rank_0_writes(shapes, tmp_path, extra):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "t2i",
-               *_cli(shapes, tmp_path)[3:], "--max-steps", "3"]
+               *_cli(shapes, tmp_path)[3:], "--max-steps", "3", *extra]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     digests = dict(re.findall(r"rank (\d) of 2: trained weights sha256 ([0-9a-f]{16})", result.stderr))

@@ -284,3 +284,35 @@ def test_no_upscale_refuses_an_image_smaller_than_the_step(tmp_path):
     with pytest.raises(InvalidInput, match=r"image thin.png is 6x20, smaller than the smallest bucket \(8x8\)"):
         finetune(config(data, tmp_path, bucket_no_upscale=True, **BUCKETS), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+# ---- the proof in the shapes world ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_lora_trained_in_buckets_follows_prompts_at_a_wide_size_where_square_crops_fail(tmp_path, run_cli):
+    """Two LoRAs from the shipped demo on 1024 wide and tall images (48x32, 32x48) whose shapes sit near a long
+    side's end, the same recipe but square crops vs kohya's buckets; `t2i evaluate` at 40x24 (the wide bucket),
+    256 held-out prompts, the same seeds. Measured (accuracy, colour and shape both right): base 92.6%
+    [89.0, 95.3], crops 68.0% [63.0, 72.7], buckets 93.4% [90.5, 96.4]; at 24x40 96.9 / 73.4 / 94.1, at 32x32
+    95.3 / 74.2 / 93.8. The crop-trained LoRA learned objects cut by the frame, as its captions never said."""
+    from t2i.eval.run import EvalConfig, evaluate
+
+    for name, count, seed in (("data", 1024, 7), ("eval", 2800, 11)):
+        code, _, stderr = run_cli("shapes", "make-dataset", tmp_path / name, "--count", str(count), "--seed",
+                                  str(seed), "--frame", "48x32", "--frame", "32x48")
+        assert code == 0, stderr
+    for kind, extra in (("crop", []), ("bucket", ["--buckets", "--bucket-min", "16", "--bucket-max", "64",
+                                                  "--bucket-step", "8"])):
+        code, _, stderr = run_cli("finetune", "--lora", "--model", "demo", "--data", tmp_path / "data", "--output",
+                                  tmp_path / kind, "--resolution", "32", "--rank", "8", "--batch-size", "32",
+                                  "--max-steps", "200", "--learning-rate", "2e-3", "--cache-dir", tmp_path / "cache",
+                                  *extra)
+        assert code == 0, stderr
+    config = EvalConfig(model="demo", data=str(tmp_path / "eval"), loras=(str(tmp_path / "crop"),
+                        str(tmp_path / "bucket")), num_samples=256, metrics=("accuracy",), width=40, height=24)
+    results = evaluate(config, tmp_path / "report", log=lambda _: None)["results"]
+    base, crop, bucket = (results[name]["7.5"]["accuracy"] for name in ("base", "lora-crop", "lora-bucket"))
+    assert bucket["ci"][0] > crop["ci"][1], (crop, bucket)  # buckets beat crops, intervals apart
+    assert bucket["value"] >= 0.85 and crop["value"] <= 0.8, (crop, bucket)
+    assert bucket["ci"][1] >= base["ci"][0], (base, bucket)  # and keep the base's prompt following

@@ -29,6 +29,8 @@ def evaluate(
     steps: int = typer.Option(_default("steps")),
     seed: int = typer.Option(_default("seed"), help="Image i uses seed+i, for every model and guidance."),
     batch_size: int = typer.Option(_default("batch_size")),
+    width: Optional[int] = typer.Option(None, help="Generated width. Default: the model's native size."),
+    height: Optional[int] = typer.Option(None, help="Generated height. Default: the model's native size."),
     metric: Optional[List[str]] = typer.Option(None, help=f"Repeatable: {', '.join(METRICS)}. Default: the "
                                                "shapes metrics."),
     clip_model: Optional[str] = typer.Option(None, help="For clip-score: a local CLIP folder or a cached hub id "

@@ -29,6 +29,9 @@ def make_shapes_dataset(
     colour: Optional[List[str]] = typer.Option(
         None, help="NAME[:WEIGHT] or 'known' (the 8 training colours), repeatable; default: known."),
     size: int = typer.Option(32, help="Image side in pixels (16 to 1024)."),
+    frame: Optional[List[str]] = typer.Option(None, help="WxH, repeatable: images of these sizes (one drawn per "
+                                              "image), each shape near an end of the long side, where square "
+                                              "crops cut it (e.g. 48x32 and 32x48 for aspect-ratio buckets)."),
 ):
     """Write captioned images of coloured shapes in a layout `t2i finetune` reads."""
     from t2i.shapes.world import colour_mix, make_dataset
@@ -38,8 +41,18 @@ def make_shapes_dataset(
         raise InvalidInput("must be at least 1", field="count", value=count)
     if not 16 <= size <= 1024:
         raise InvalidInput("must be from 16 to 1024", field="size", value=size)
+    frames = tuple(_frame(text) for text in frame or ())
     _new_folder(out)
-    print(make_dataset(out, count, seed, colours, image_size=size))
+    print(make_dataset(out, count, seed, colours, image_size=size, frames=frames))
+
+
+def _frame(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit() and 22 <= min(int(width), int(height))
+            and max(int(width), int(height)) <= 1024):
+        raise InvalidInput("must be WIDTHxHEIGHT, each side 22 to 1024 (the shortest fits a shape and its margins)",
+                           field="frame", value=text)
+    return int(width), int(height)
 
 
 @shapes_app.command("train-demo")

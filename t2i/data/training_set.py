@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from t2i.data.buckets import Placement, Size
+from t2i.data.buckets import Bucketing, Placement, Size, place_all
 from t2i.data.sources import Sample
 from t2i.formats.images import UNREADABLE, open_image, to_rgb
 
@@ -54,6 +54,17 @@ def upright_size(sample: Sample) -> Size:
         width, height = image.size
         turned = image.getexif().get(0x0112) in QUARTER_TURNS
     return (height, width) if turned else (width, height)
+
+
+def place_samples(samples: list[Sample], bucketing: Bucketing) -> tuple[list[Sample], dict[str, Placement]]:
+    """The samples whose header reads, and the bucket of each (kohya's choice from its upright size)."""
+    sizes = {}
+    for sample in samples:
+        try:
+            sizes[sample.key] = upright_size(sample)
+        except UNREADABLE:
+            pass  # counted as skipped with the other unreadable images
+    return [s for s in samples if s.key in sizes], place_all(bucketing, sizes)
 
 
 def pixels(sample: Sample, augment: Augment, centering: tuple[float, float], flip: bool,

@@ -42,6 +42,8 @@ class EvalConfig:
     steps: int = 20
     seed: int = 0
     batch_size: int = 16
+    width: int | None = None  # None: the model's native size; another tells how a model (or LoRA) does there
+    height: int | None = None
     metrics: tuple[str, ...] = SHAPES_METRICS
     clip_model: str | None = None  # a local CLIP folder or a cached hub id, for clip-score
     protocol: str | None = None  # set by for_protocol: num_samples is then a cap, not a demand
@@ -84,6 +86,9 @@ class EvalConfig:
         check(self.inception_preprocessing in PREPROCESSINGS, "inception_preprocessing",
               self.inception_preprocessing, "unknown preprocessing", choices=PREPROCESSINGS)
         check(self.is_splits >= 1, "is_splits", self.is_splits, "must be at least 1")
+        for name in ("width", "height"):
+            size = getattr(self, name)
+            check(size is None or (size >= 8 and size % 8 == 0), name, size, "must be a positive multiple of 8")
         if any(m.endswith("-is") for m in self.metrics) and self.protocol is None:
             check(self.num_samples % self.is_splits == 0, "is_splits", self.is_splits,
                   f"does not divide {{num_samples}} {self.num_samples} into equal splits",

@@ -125,7 +125,7 @@ def _generate_missing(model, config: EvalConfig, prompts, loras, guidance: float
         # schedule None: the one a joined sampler name carries, else Normal, as every report so far was made
         generation = GenerationConfig(prompts=tuple(prompts[i] for i in run), seed=config.seed + run[0],
                                       steps=config.steps, sampler=config.sampler, schedule=None,
-                                      guidance_scale=guidance,
+                                      guidance_scale=guidance, width=config.width, height=config.height,
                                       batch_size=config.batch_size, loras=loras)
         for index, result in zip(run, generate_iter(model, generation, progress=False)):
             data = png_bytes(result.image, result.settings)
@@ -319,6 +319,10 @@ def _markdown(report: dict) -> str:
              "1; KID's unbiased estimate is not clipped and can be below 0 when the sets match]. IS: "
              f"{report['settings']['is_splits']} splits, its std over them in the JSON. Real images: "
              f"{report['real_images']}.", ""]
+    settings = report["settings"]
+    if settings.get("width") or settings.get("height"):
+        lines += [f"Generated at {settings.get('width') or 'native'} x {settings.get('height') or 'native'} "
+                  "pixels (width x height), not the model's native size.", ""]
     if "protocol" in report:
         protocol = report["protocol"]
         lines += [f"Protocol {protocol['name']}: N = {protocol['n']} (asked {protocol['asked']}; "

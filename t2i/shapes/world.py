@@ -47,9 +47,25 @@ def random_shape(rng: random.Random, colours=tuple(COLOURS), shapes=SHAPES, imag
                  rng.randint(1, image_size - size - 1))
 
 
-def make_image(spec: Shape, image_size: int = SIZE, rgb: tuple[int, int, int] | None = None) -> Image.Image:
-    """`rgb` paints the shape in any colour instead of its named one."""
-    image = Image.new("RGB", (image_size, image_size), BACKGROUND)
+def edge_shape(rng: random.Random, frame: tuple[int, int], colours=tuple(COLOURS), shapes=SHAPES) -> Shape:
+    """A shape near one end of a wide or tall frame's long side (1-4 pixels from that edge), where a
+    square centre crop cuts it, and at least 5 pixels from the other two edges (a bucket trims a few rows
+    there: 48x32 is resized to 40x27 and 3 rows are cut for its 40x24 bucket)."""
+    width, height = frame
+    long_side, short_side = max(frame), min(frame)
+    size = rng.randint(12, min(20, short_side - 10))
+    gap = rng.randint(1, 4)
+    along = gap if rng.random() < 0.5 else long_side - size - gap
+    across = rng.randint(5, short_side - size - 5)
+    x, y = (along, across) if width >= height else (across, along)
+    return Shape(rng.choice(colours), rng.choice(shapes), size, x, y)
+
+
+def make_image(spec: Shape, image_size: int = SIZE, rgb: tuple[int, int, int] | None = None,
+               frame: tuple[int, int] | None = None) -> Image.Image:
+    """`rgb` paints the shape in any colour instead of its named one; `frame` (width, height) draws it
+    on a canvas of that size instead of a square one."""
+    image = Image.new("RGB", frame or (image_size, image_size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     colour, (x, y, s) = rgb or ALL_COLOURS[spec.colour], (spec.x, spec.y, spec.size)
     box = (x, y, x + s - 1, y + s - 1)
@@ -95,18 +111,21 @@ def colour_mix(choices: list[str]) -> tuple[str, ...]:
 
 
 def make_dataset(out: Path, count: int, seed: int = 0, colours=tuple(COLOURS), shapes=SHAPES,
-                 image_size: int = SIZE) -> Path:
+                 image_size: int = SIZE, frames: tuple[tuple[int, int], ...] = ()) -> Path:
     """Write `count` images as a Hugging Face imagefolder (metadata.jsonl) that `t2i finetune` reads.
 
-    Colours are drawn uniformly from `colours`: repeat one to draw it more often.
+    Colours are drawn uniformly from `colours`: repeat one to draw it more often. With `frames`
+    ((width, height) pairs, one drawn per image), the images are those sizes and each shape sits
+    near an end of the long side (`edge_shape`): a collection whose square crops lose objects.
     """
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     lines = []
     for i in range(count):
-        spec = random_shape(rng, colours, shapes, image_size)
+        frame = rng.choice(frames) if frames else None
+        spec = edge_shape(rng, frame, colours, shapes) if frame else random_shape(rng, colours, shapes, image_size)
         name = f"{i:06d}.png"
-        make_image(spec, image_size).save(out / name)
+        make_image(spec, image_size, frame=frame).save(out / name)
         captions = sorted({caption(spec, rng) for _ in range(4)})
         lines.append(json.dumps({"file_name": name, "text": captions, "colour": spec.colour, "shape": spec.shape}))
     write_text(out / "metadata.jsonl", "\n".join(lines) + "\n")

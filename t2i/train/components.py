@@ -14,12 +14,11 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel, cast_training_params
 from tqdm.auto import tqdm
 
-from t2i.data.buckets import BucketBatches, Bucketing, Placement, check_step, place_all, smallest_step
+from t2i.data.buckets import BucketBatches, Bucketing, check_step, smallest_step
 from t2i.data.cache import TensorCache, build_cache, cached_samples, weights_fingerprint
-from t2i.data.sources import Sample, read_collection, select_split
-from t2i.data.training_set import Augment, EpochSampler, TrainingSet, check_images, upright_size
+from t2i.data.sources import read_collection, select_split
+from t2i.data.training_set import Augment, EpochSampler, TrainingSet, check_images, place_samples
 from t2i.errors import InvalidInput
-from t2i.formats.images import UNREADABLE
 from t2i.models.config import ModelConfig
 from t2i.models.loading import LoadedModel, load_model
 from t2i.models.speed import check_compile_backend
@@ -115,17 +114,6 @@ def bucketing_of(config: FinetuneConfig, pipe) -> Bucketing:
     check_step(config.bucket_step, smallest_step(pipe.vae_scale_factor, down_blocks))
     return Bucketing((config.resolution, config.resolution), config.bucket_min, config.bucket_max,
                      config.bucket_step, config.bucket_no_upscale)
-
-
-def place_samples(samples: list[Sample], bucketing: Bucketing) -> tuple[list[Sample], dict[str, Placement]]:
-    """The samples whose header reads, and the bucket of each (kohya's choice from its upright size)."""
-    sizes = {}
-    for sample in samples:
-        try:
-            sizes[sample.key] = upright_size(sample)
-        except UNREADABLE:
-            pass  # counted as skipped with the other unreadable images
-    return [s for s in samples if s.key in sizes], place_all(bucketing, sizes)
 
 
 def load_data(config: FinetuneConfig, parts: Components, accelerator, progress: bool) -> TrainData:

@@ -18,9 +18,8 @@ import torch.nn.functional as F
 
 from t2i.data.buckets import Bucketing
 from t2i.data.sources import read_collection, select_split
-from t2i.data.training_set import CENTRE, Augment, check_images, pixels
+from t2i.data.training_set import CENTRE, Augment, check_images, pixels, place_samples
 from t2i.errors import InvalidInput
-from t2i.train.components import place_samples
 from t2i.train.config import FinetuneConfig
 from t2i.train.step import seed_for
 
