@@ -12,7 +12,8 @@ The reference loop does what diffusers' train_text_to_image_lora.py does every s
 transform the images, run the VAE encoder and the text encoder, then the UNet forward/backward.
 t2i encodes each image and caption once into its cache and trains from it. Each side runs in its
 own process (peak memory is per process); the table shows steps/s, peak memory and their ratios.
-t2i's one-time costs (the caching pass, compilation) are timed apart. Each --variants row is t2i
+t2i's one-time costs (the caching pass, compilation) are timed apart; each run builds its own cache,
+so every t2i row's peak memory includes its caching pass. Each --variants row is t2i
 with that training option. MFU: the UNet's forward and backward FLOPs per step (PyTorch's
 FlopCounterMode) over the GPU's bf16 dense peak, or on CPU over a measured large fp32 matmul.
 The data are wide and tall images (3:2 and 2:3), as photo collections are: `buckets` trains them in
@@ -181,7 +182,7 @@ def main() -> None:
                 out = scratch / f"out-{side}-{variant}-{repeat}"
                 command = [sys.executable, __file__, "--child", side, "--variant", variant, "--data",
                            str(scratch / "data"), "--model", args.model, "--output", str(out), "--cache-dir",
-                           str(scratch / "cache"), "--steps", str(args.steps), "--resolution", str(args.resolution),
+                           str(scratch / f"cache-{side}-{variant}-{repeat}"), "--steps", str(args.steps), "--resolution", str(args.resolution),
                            "--batch-size", str(args.batch_size), "--mixed-precision", args.mixed_precision]
                 output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
                 runs[(side, variant)].append(json.loads(output.split("RESULT ", 1)[1]))

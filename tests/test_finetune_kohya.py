@@ -174,10 +174,13 @@ def test_t2i_generates_with_a_text_encoder_lora(mixed, tmp_path, run_cli):
     assert np.abs(images["none"] - images["lora"]).max() > 0
 
 
-def test_a_text_encoder_lora_does_not_cache_text_embeddings(mixed, tmp_path):
+def test_a_text_encoder_lora_does_not_cache_text_embeddings_and_says_so(mixed, tmp_path, caplog):
     cache = tmp_path / "cache"
-    finetune(config(mixed, tmp_path, train_text_encoder=True, max_steps=1), progress=False)
-    assert all("text" not in load_file(p) for p in cache.rglob("*.safetensors"))
+    with caplog.at_level("INFO", logger="t2i"):
+        finetune(config(mixed, tmp_path, train_text_encoder=True, max_steps=1), progress=False)
+    entries = [load_file(p) for p in cache.rglob("*.safetensors")]
+    assert len(entries) == len(SIZES) and all("text" not in e for e in entries)  # the latents alone
+    assert "the text encoder is trained, so its embeddings change every step" in caplog.text
 
 
 # ---- optimizers and exact resume ---------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from t2i.models.loading import LoadedModel, load_model
 from t2i.models.speed import check_compile_backend
 from t2i.train.config import LORA_TARGETS, TEXT_ENCODER_TARGETS, FinetuneConfig
 
+log = logging.getLogger("t2i")
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -134,8 +136,10 @@ def load_data(config: FinetuneConfig, parts: Components, accelerator, progress: 
         cache = TensorCache(Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir())
         dtype = pipe.vae.dtype
         vae_id = f"{weights_fingerprint(pipe.vae)}-{dtype}"
-        if not config.train_text_encoder:  # a trained text encoder's embeddings change every step
+        if not config.train_text_encoder:
             text_id = f"{weights_fingerprint(pipe.text_encoder)}-{len(pipe.tokenizer)}-{dtype}"
+        elif rank == 0:
+            log.info("the text encoder is trained, so its embeddings change every step: only the latents are cached")
         bar = tqdm(total=len(candidates), desc="caching latents", disable=not progress or rank != 0)
         reasons = build_cache(candidates, augment, cache, pipe.vae, pipe.text_encoder, pipe.tokenizer, vae_id,
                               text_id, rank, world, progress=bar.update, placements=placements)
