@@ -1,6 +1,8 @@
 """A1111 prompt syntax: weights and chunk boundaries written out by hand, and embeddings that equal a
 direct computation from CLIP's hidden states."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from conftest import pixels
 from t2i.errors import InvalidInput, NotFound
 from t2i.models import SD1_CONFIG_DIR
 from t2i.sampling.prompts import Segment, parse_prompt
+from t2i.sampling.settings import ImageSettings
 from t2i.sampling.text import chunk_prompt, encode_chunks, prompt_chunks
 
 R, S = 1.1, 1 / 1.1  # one round bracket, one square bracket
@@ -197,9 +200,24 @@ def test_lora_tags_load_from_the_lora_folder_per_prompt(tmp_path):
                                                   loras=loras), progress=False)
         assert np.array_equal(pixels(alone), pixels(tagged[index])), prompt
         assert tagged[index].settings.prompt == prompt
-    assert tagged[0].settings.infotext().startswith("a cat  <lora:cross:0.8>\n")
+    assert tagged[0].settings.infotext().startswith("a cat <lora:cross:0.8>\n")  # as written, not moved
     assert 'Lora hashes: "cross: ' in tagged[0].settings.infotext()
     assert tagged[2].settings.loras == ()
+
+    # a tag where the user put it stays there; a LoRA given beside the prompt gets a tag at the end
+    mixed, = generate(model, GenerationConfig(prompts=("<lora:cross:0.5> a red circle",), seed=2, steps=2,
+                                              lora_dir=str(folder), loras=(str(folder / "selfish"),)), progress=False)
+    text = mixed.settings.infotext()
+    assert text.startswith("<lora:cross:0.5> a red circle <lora:selfish:1>\n"), text
+    assert [(lora.name, lora.from_tag) for lora in mixed.settings.loras] == [("selfish", False), ("cross", True)]
+    record = mixed.settings.to_record()
+    assert ImageSettings.from_record(json.loads(json.dumps(record)), "x").infotext() == text
+    # an older record (no prompt_as_written, no from_tag) reads and words its infotext as before
+    del record["prompt_as_written"]
+    for lora in record["loras"]:
+        del lora["from_tag"]
+    older = ImageSettings.from_record(record, "old.png")
+    assert older.infotext().startswith(" a red circle <lora:selfish:1> <lora:cross:0.5>\n")
 
     with pytest.raises(NotFound, match="no LoRA named 'missing'.*choose one of cross, selfish"):
         generate(model, GenerationConfig(prompts=("x <lora:missing:1>",), steps=2, lora_dir=str(folder)))

@@ -3,6 +3,7 @@ download). The page talks to `t2i serve --model demo` only through /sdapi/v1."""
 
 import base64
 import io
+import json
 import shutil
 
 import numpy as np
@@ -87,7 +88,7 @@ def test_interrupt_stops_a_long_run(page):
     assert "step" in page.inner_text("#eta") and "ETA" in page.inner_text("#eta")
     page.click("#interrupt")
     page.wait_for_function("!document.getElementById('generate').disabled", timeout=30_000)
-    assert page.inner_text("#error").startswith("Interrupted")
+    assert page.inner_text("#status").startswith("Interrupted") and page.inner_text("#error") == ""
     assert page.locator("#gallery figure").count() < 4
 
 
@@ -95,7 +96,7 @@ def test_inpainting_with_the_brush(page, init_image):
     page.check("input[name=mode][value=img2img]")
     page.set_input_files("#init-file", str(init_image))
     page.wait_for_function("document.getElementById('mask-canvas').width === 32")
-    settings(page, steps=10, seed=3, strength=0.9)
+    settings(page, steps=10, seed=3, strength=0.9, **{"mask-blur": 0})
     page.fill("#prompt", "a green circle")
     box = page.locator("#mask-canvas").bounding_box()  # drawn 320 px wide: 10 screen px an image pixel
     page.mouse.move(box["x"] + 40, box["y"] + 40)
@@ -225,3 +226,211 @@ def test_outpainting_from_the_page_keeps_the_original(page, init_image):
     assert got.shape == (64, 64, 3)  # 32 + 16 + 16 wide, the height rounded to 64 as A1111 rounds it
     assert np.array_equal(got[0:22, 16 + 10:16 + 22], original[0:22, 10:22]), "the original is kept byte for byte"
     assert np.abs(got[:, :8] - 0).mean() > 5, "the new border is painted, not left black"
+
+
+# ---- the page as people use it: one job at a time, its own progress, a brush you can see, a history ---------
+
+
+def screenshot(page) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB")).astype(int)
+
+
+def test_a_second_ctrl_enter_while_running_queues_nothing(page):
+    posts = []
+    page.on("request", lambda request: posts.append(request.url) if request.url.endswith("/txt2img") else None)
+    page.fill("#prompt", "a red circle")
+    settings(page, steps=40, width=64, height=64, seed=1)
+    page.press("#prompt", "Control+Enter")
+    page.wait_for_function("document.getElementById('generate').disabled")
+    page.press("#negative", "Control+Enter")  # anywhere on the form, as in A1111
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function("!document.getElementById('generate').disabled", timeout=60_000)
+    assert len(posts) == 1 and page.locator("#gallery figure").count() == 1
+    assert page.is_disabled("#interrupt")
+
+
+def test_progress_and_interrupt_are_the_pages_own_job(page, demo_server):
+    """Another client's long job runs; the page's job waits behind it and says so; Escape takes the page's
+    job out of the line while the other keeps running."""
+    import threading
+    import time
+
+    import requests
+
+    other = {"prompt": "another client's blue square", "steps": 150, "n_iter": 8, "width": 96, "height": 96, "seed": 5,
+             "force_task_id": "task(other-client)"}
+    answer = {}
+    thread = threading.Thread(target=lambda: answer.update(requests.post(f"{demo_server.api}/txt2img", json=other,
+                                                                         timeout=300).json()))
+    thread.start()
+    try:
+        def api_progress(task):
+            return requests.post(f"{demo_server.url}/internal/progress", json={"id_task": task}, timeout=10).json()
+
+        deadline = time.monotonic() + 60
+        while not api_progress("task(other-client)")["active"]:
+            assert time.monotonic() < deadline, "the other job never started"
+            time.sleep(0.1)
+        page.fill("#prompt", "my red circle")
+        settings(page, steps=4, width=32, height=32, seed=2)
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('eta').textContent.includes('queued: in line: 1 job')")
+        page.wait_for_function("document.getElementById('queue').textContent.includes('(yours)')")
+        items = page.locator("#queue li").all_inner_texts()
+        assert len(items) == 2 and "running" in items[0] and "(yours)" not in items[0] and "(yours)" in items[1]
+        page.keyboard.press("Escape")
+        page.wait_for_function("!document.getElementById('generate').disabled", timeout=30_000)
+        assert page.inner_text("#status") == "Interrupted: 0 image(s) finished."
+        assert api_progress("task(other-client)")["active"], "the other client's job keeps running"
+    finally:
+        requests.post(f"{demo_server.api}/interrupt", json={"id_task": "task(other-client)"}, timeout=10)
+        thread.join(120)
+    assert json.loads(answer["info"])["interrupted"] is True  # stopped by its own id, at the end
+
+
+def test_the_brush_is_seen_over_a_white_image_and_a_new_image_clears_it(page, tmp_path):
+    white = tmp_path / "white.png"
+    Image.new("RGB", (64, 64), (250, 250, 250)).save(white)
+    page.check("input[name=mode][value=img2img]")
+    page.set_input_files("#init-file", str(white))
+    page.wait_for_function("document.getElementById('mask-canvas').width === 64")
+    assert page.input_value("#brush") == "4" and page.inner_text("#brush-size") == "4 px"  # a sixteenth of 64
+    assert page.eval_on_selector("#mask-canvas", "c => getComputedStyle(c).touchAction") == "none"
+    box = page.locator("#mask-canvas").bounding_box()  # 320 px on screen: 5 screen px an image pixel
+    page.mouse.move(box["x"] + 20, box["y"] + 100)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 300, box["y"] + 100, steps=2)  # two far-apart events: a line, not two dots
+    page.mouse.up()
+    shot = screenshot(page)
+    row = int(box["y"] + 100)
+    line = shot[row, int(box["x"]) + 40:int(box["x"]) + 280]  # between the events, where no event landed
+    assert (line[:, 0] > 200).all() and (line[:, 1] < 150).all(), "the stroke is seen, magenta over white"
+    above = shot[row - 40, int(box["x"]) + 40:int(box["x"]) + 280]
+    assert (above > 240).all(), "and only where it was painted"
+
+    # a touch drag (pointer events from a finger) paints too
+    page.evaluate("""() => {
+        const canvas = document.getElementById('mask-canvas');
+        const box = canvas.getBoundingClientRect();
+        const at = (type, x, y) => canvas.dispatchEvent(new PointerEvent(type, {pointerId: 7, pointerType: 'touch',
+            clientX: box.left + x, clientY: box.top + y, bubbles: true}));
+        at('pointerdown', 100, 250); at('pointermove', 200, 250); at('pointerup', 200, 250);
+    }""")
+    shot = screenshot(page)
+    assert shot[int(box["y"] + 250), int(box["x"] + 150), 1] < 150, "the touch stroke is painted"
+
+    other = tmp_path / "other.png"
+    Image.new("RGB", (48, 48), (20, 20, 20)).save(other)
+    page.set_input_files("#init-file", str(other))
+    page.wait_for_function("document.getElementById('mask-canvas').width === 48")
+    assert page.inner_text("#mask-state").startswith("No mask")
+    painted = page.evaluate("""() => { const c = document.getElementById('mask-canvas');
+        return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 === 3 && v > 0); }""")
+    assert not painted
+    bodies = []
+    page.on("request", lambda request: bodies.append(request.post_data_json) if request.url.endswith("/img2img")
+            else None)
+    page.fill("#prompt", "x")
+    settings(page, steps=2, seed=1)
+    page.click("#generate")
+    page.wait_for_selector("#gallery figure img")
+    assert bodies and "mask" not in bodies[0], "a new image without strokes is plain img2img"
+
+
+def test_the_page_offers_only_sampler_and_schedule_pairs_that_run(page):
+    from t2i.sampling.samplers import resolve_sampler
+
+    offered = 0
+    for sampler in page.eval_on_selector_all("#sampler option", "os => os.map(o => o.value)"):
+        page.select_option("#sampler", sampler)
+        for schedule in page.eval_on_selector_all("#scheduler option", "os => os.map(o => o.value)"):
+            resolve_sampler(sampler, schedule)  # raises for a pair t2i refuses
+            offered += 1
+    assert offered > 60
+    page.select_option("#sampler", "Euler a")
+    schedules = page.eval_on_selector_all("#scheduler option", "os => os.map(o => o.textContent)")
+    assert "Karras" not in schedules and "Automatic" in schedules
+
+
+def test_results_are_kept_across_a_reload_with_download_view_send_to_and_settings(page, demo_server):
+    page.fill("#prompt", "a kept green square")
+    settings(page, steps=3, width=32, height=48, seed=21, cfg=4)
+    page.click("#generate")
+    page.wait_for_selector("#gallery figure img")
+    made = image_pixels(page)
+    page.reload()
+    page.wait_for_function("document.querySelectorAll('#sampler option').length > 5")
+    page.wait_for_selector("#gallery figure img")
+    assert np.array_equal(image_pixels(page), made), "the image is there after the reload"
+    assert "Seed: 21" in page.locator("#gallery figcaption").first.inner_text()
+    shot = screenshot(page)
+    box = page.locator("#gallery figure img").first.bounding_box()
+    region = shot[int(box["y"]):int(box["y"] + box["height"]), int(box["x"]):int(box["x"] + box["width"])]
+    assert region.std() > 10, "the kept image is drawn on the page"
+    link = page.locator("#gallery figure a").first
+    assert link.get_attribute("download").endswith("-21.png") and link.get_attribute("href").startswith("data:image/png")
+
+    page.locator("#gallery figure img").first.click()
+    assert page.is_visible("#lightbox") and "Seed: 21" in page.inner_text("#lightbox-text")
+    assert page.locator("#lightbox-image").bounding_box()["width"] >= 400, "the larger view is larger"
+    page.click("#lightbox-close")
+
+    page.fill("#prompt", "")
+    settings(page, steps=20, seed=-1)
+    page.locator("#gallery figure button", has_text="Use settings").first.click()
+    page.wait_for_function("document.getElementById('prompt').value === 'a kept green square'")
+    assert (page.input_value("#seed"), page.input_value("#steps"), page.input_value("#cfg")) == ("21", "3", "4")
+    assert (page.input_value("#width"), page.input_value("#height")) == ("32", "48")
+
+    page.locator("#gallery figure button", has_text="To img2img").first.click()
+    page.wait_for_function("document.getElementById('mask-canvas').width === 32")
+    assert page.is_checked("input[name=mode][value=img2img]") and page.is_visible("#paint")
+    page.click("#clear-history")
+    page.reload()
+    page.wait_for_function("document.querySelectorAll('#sampler option').length > 5")
+    assert page.locator("#gallery figure").count() == 0
+
+
+def test_a_phone_wide_page_fits_its_screen(browser, demo_server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(demo_server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#sampler option').length > 5")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    boxes = {selector: page.locator(selector).bounding_box() for selector in ("#scheduler", "#sampler", "#generate",
+                                                                              "#prompt", "#model")}
+    context.close()
+    assert width <= 390, f"the page is {width} px wide on a 390 px screen"
+    for selector, box in boxes.items():
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (selector, box)
+
+
+def test_lora_picker_token_counter_and_keyboard_reach(page):
+    page.fill("#prompt", "a red circle")
+    page.wait_for_function("document.getElementById('prompt-tokens').textContent === '3/75'")
+    page.select_option("#lora-pick", "cross")
+    assert page.input_value("#prompt") == "a red circle <lora:cross:1> "
+    page.wait_for_function("document.getElementById('prompt-tokens').textContent === '3/75'")  # tags are no tokens
+    page.fill("#prompt", " ".join(["red"] * 80))
+    page.wait_for_function("document.getElementById('prompt-tokens').textContent === '80/150'")
+    page.focus("#drop .link")
+    assert page.evaluate("document.activeElement.id") == "choose-info", "'choose one' is reached by Tab"
+    for control in ("brush", "strength"):  # labels name their controls
+        assert page.evaluate(f"document.getElementById('{control}').labels.length") == 1
+
+
+def test_png_info_fills_the_fields_on_request(page, demo_server):
+    import requests
+
+    answer = requests.post(f"{demo_server.api}/txt2img", json={"prompt": "a read cat", "seed": 31, "steps": 5,
+                                                                "width": 32, "height": 32}).json()
+    page.evaluate("""async (data) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "cat.png", {type: "image/png"}));
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: transfer}));
+    }""", answer["images"][0])
+    page.wait_for_selector("#use-info:not([hidden])")
+    page.click("#use-info")
+    assert (page.input_value("#prompt"), page.input_value("#seed"), page.input_value("#steps")) == (
+        "a read cat", "31", "5")

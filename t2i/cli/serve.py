@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from t2i.cli import RuntimeOptions, app, default_of, given, log, prepare_environment
-from t2i.errors import require_extra
+from t2i.errors import InvalidInput, require_extra
 from t2i.models.config import DEFAULT_MODEL
 from t2i.server.settings import ServerSettings
 
@@ -57,9 +57,26 @@ def serve(
     from t2i.server.app import create_app
     from t2i.server.service import Service
 
+    listener = _bind(host, port)  # a port in use is said before any model loads, and "serving" is never logged
     service = Service(settings)
     checkpoint = service.catalog.checkpoint(service.options["sd_model_checkpoint"])
     # a model that cannot load fails here, not at the first request
     service.queue.run_now(lambda: service.catalog.load(checkpoint, None))
     log.info("serving %s on http://%s:%d (API at /sdapi/v1, page at /)", checkpoint.title, host, port)
-    uvicorn.run(create_app(settings, service), host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(create_app(settings, service), log_level="warning")).run(sockets=[listener])
+
+
+def _bind(host: str, port: int):
+    """The listening socket, bound now (uvicorn serves on it)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind, proto)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(128)
+    except OSError as exc:
+        raise InvalidInput(f"cannot be listened on at {host} ({exc.strerror or exc})", field="port", value=port,
+                           hint="another program may hold it: choose another {port}") from exc
+    return listener

@@ -85,7 +85,7 @@ def _batches(jobs: list, config: GenerationConfig, tokenizer, embeddings) -> lis
     """Jobs in batches of up to batch_size. A batch shares one LoRA set and one context length
     (padding one prompt's context to another's would change its image: each must re-make alone)."""
     lengths = {text: context_length(tokenizer, text, config.negative_prompt, config.emphasis, embeddings)
-               for text, _, _ in jobs}
+               for text, _, _, _ in jobs}
     batches: list[list] = []
     for job in jobs:
         last = batches[-1] if batches else None
@@ -149,20 +149,23 @@ def decode(pipe, latents: torch.Tensor, generators, tile_size: int | None = None
 
 
 def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, seed: int, size: tuple[int, int],
-                   loras: list[dict], embeddings: list, vae_tile_size: int | None) -> ImageSettings:
-    """One image's resolved settings (`vae_tile_size`: the tiles it was decoded in, asked for or
-    after running out of memory)."""
+                   loras: list[dict], embeddings: list, vae_tile_size: int | None,
+                   written: str | None = None) -> ImageSettings:
+    """One image's resolved settings (`prompt`: its text without LoRA tags, `written`: as the user
+    wrote it; `vae_tile_size`: the tiles it was decoded in, asked for or after running out of memory)."""
     def source(value):
         return value if isinstance(value, (str, type(None))) else None  # an image given in memory has no path
 
     sampler, schedule = config.sampling
     return ImageSettings(
-        prompt=prompt, seed=seed, width=size[0], height=size[1], steps=config.steps,
+        prompt=prompt, prompt_as_written=written, seed=seed, width=size[0], height=size[1], steps=config.steps,
         guidance_scale=config.guidance_scale, sampler=sampler, schedule=schedule, model=model.config.model,
         negative_prompt=config.negative_prompt, clip_skip=config.clip_skip,
         strength=config.effective_strength if config.mode != "txt2img" else None,
         init_image=source(config.init_image), mask=source(config.mask),
-        loras=tuple(LoraUse(**lora) for lora in loras), emphasis=config.emphasis,
+        # the config's LoRAs come first (t2i.sampling.generate._lora_tags); the rest were named by tags
+        loras=tuple(LoraUse(**lora, from_tag=index >= len(config.loras)) for index, lora in enumerate(loras)),
+        emphasis=config.emphasis,
         embeddings_dir=config.embeddings_dir,
         embeddings=tuple(EmbeddingUse(e.name, str(e.path), e.hash) for e in embeddings),
         outpaint=config.outpaint, outpaint_mode=config.outpaint_mode, mask_blur=config.mask_blur, fill=config.fill,
@@ -260,7 +263,7 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     schedule_args = schedule_arguments(scheduler, config.sampling[1], config.steps)
     _check_steps(scheduler, schedule_args, config)
     prompts = (p for p in config.prompts for _ in range(config.num_images))
-    jobs = [(*tagged[prompt], seed + i) for i, prompt in enumerate(prompts)]  # (text, LoRAs, seed)
+    jobs = [(*tagged[prompt], seed + i, prompt) for i, prompt in enumerate(prompts)]  # (text, LoRAs, seed, written)
     batches = _batches(jobs, config, tokenizer, embeddings)
     batches = batches[share(len(batches), rank, world)]
     # A1111's step count: int(strength * steps) + 1 (diffusers runs one fewer); the same everywhere
@@ -281,30 +284,31 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     for number, batch in enumerate(batches, 1):
         pipe, loras = view(batch[0][1])
         pipe.set_progress_bar_config(leave=False, disable=not progress, desc=f"batch {number}/{len(batches)}")
-        generators = [torch.Generator("cpu").manual_seed(s) for _, _, s in batch]
+        generators = [torch.Generator("cpu").manual_seed(s) for _, _, s, _ in batch]
         if config.cache_interval > 1:  # each batch denoises from its own noise: nothing kept carries over
             pipe.unet.feature_cache.reset()
         if SAMPLERS[config.sampling[0]].brownian:  # one Brownian tree an image: each re-makes alone
-            pipe.scheduler.noise_sampler_seed = [s for _, _, s in batch]
-        text = text_inputs(pipe, [p for p, _, _ in batch], config.negative_prompt, config.clip_skip, config.emphasis,
+            pipe.scheduler.noise_sampler_seed = [s for _, _, s, _ in batch]
+        text = text_inputs(pipe, [p for p, _, _, _ in batch], config.negative_prompt, config.clip_skip, config.emphasis,
                            embeddings)
         try:
             latents = pipe(**text, **schedule_args, guidance_scale=config.guidance_scale,
                            generator=generators, output_type="latent", **mode_args).images
             if config.hires:
-                latents = second_pass(model, config, batch[0][1], [p for p, _, _ in batch], [s for _, _, s in batch],
+                latents = second_pass(model, config, batch[0][1], [p for p, _, _, _ in batch],
+                                      [s for _, _, s, _ in batch],
                                       latents, embeddings, progress, mode_args.get("callback_on_step_end"))
         except SkipBatch:
             continue
         with torch.no_grad():
             images, tile_size = decode(pipe, latents, generators, requested_tile, config.vae_slicing)
-        for (prompt, _, image_seed), image in zip(batch, images):
+        for (prompt, _, image_seed, written), image in zip(batch, images):
             image = finish(image) if finish is not None else image
             if prompt not in used:  # the prompt's own embeddings and the negative prompt's, scanned once a prompt
                 used[prompt] = embeddings_used(tokenizer, [prompt, config.negative_prompt], config.emphasis,
                                                embeddings)
             settings = image_settings(model, config, prompt, image_seed, (width, height), loras, used[prompt],
-                                      tile_size)
+                                      tile_size, written)
             yield GeneratedImage(image, settings)
 
 

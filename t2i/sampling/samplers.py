@@ -202,7 +202,7 @@ def resolve_sampler(name: str, schedule: str | None = None) -> tuple[str, str]:
     resolved = asked or joined or "normal"
     if resolved not in spec.schedules:
         raise InvalidInput(f"has no {SCHEDULES[resolved].a1111} schedule in diffusers", field="sampler", value=name,
-                           hint="its schedules: " + ", ".join(spec.schedules))
+                           hint="its schedules: " + ", ".join(SCHEDULES[s].a1111 for s in spec.schedules))
     return sampler, resolved
 
 

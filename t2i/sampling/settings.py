@@ -33,6 +33,7 @@ class LoraUse:
     path: str  # the weights file that was loaded
     scale: float
     hash: str  # A1111's `Lora hashes` value
+    from_tag: bool = False  # named by a <lora:...> tag in the prompt (which then carries it), not by --lora
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class ImageSettings:
     schedule: str = _setting((str, NONE), "generation", since=None)  # older records join it to the sampler
     model: str = _setting((str,), "model")  # the model to load: hub id, folder, file or preset
     negative_prompt: str = _setting((str,), "generation", "")
+    # the prompt as the user wrote it, its LoRA tags in place: what the infotext shows (None in older records)
+    prompt_as_written: str | None = _setting((str, NONE), None, None, since=None)
     clip_skip: int | None = _setting((int, NONE), "generation", None)
     strength: float | None = _setting((int, float, NONE), "generation", None)  # None for txt2img
     init_image: str | None = _setting((str, NONE), "generation", None)  # a path; None for an image in memory
@@ -150,6 +153,12 @@ class ImageSettings:
         generation = recorded["generation"]
         generation["prompts"] = (generation.pop("prompt"),)
         generation["loras"] = tuple(f"{lora.path}:{lora.scale}" for lora in self.loras)
+        tagged = [lora for lora in self.loras if lora.from_tag]
+        if self.prompt_as_written is not None:  # the prompt with its tags, which name files in their folder again
+            generation["prompts"] = (self.prompt_as_written,)
+            generation["loras"] = tuple(f"{lora.path}:{lora.scale}" for lora in self.loras if not lora.from_tag)
+            if tagged:
+                generation["lora_dir"] = str(Path(tagged[0].path).expanduser().parent)
         generation["vae_tiling"] = self.vae_tile_size is not None
         if "sampler" in overrides and "schedule" not in overrides:  # another sampler on A1111's default for it
             generation["schedule"] = "automatic"
@@ -207,7 +216,10 @@ class ImageSettings:
     def infotext(self) -> str:
         from t2i.formats.infotext import format_infotext
 
-        prompt = self.prompt + "".join(f" <lora:{lora.name}:{_number(lora.scale)}>" for lora in self.loras)
+        # as written, with a tag added for each LoRA given beside the prompt (A1111 knows LoRAs by tags only)
+        written = self.prompt if self.prompt_as_written is None else self.prompt_as_written
+        added = [lora for lora in self.loras if self.prompt_as_written is None or not lora.from_tag]
+        prompt = written + "".join(f" <lora:{lora.name}:{_number(lora.scale)}>" for lora in added)
         return format_infotext(prompt, self.negative_prompt, self.infotext_fields())
 
 
@@ -216,12 +228,17 @@ def _number(value: float) -> str:
 
 
 def _entry(cls, item, origin: str):
-    names = [f.name for f in fields(cls)]
+    """A LoraUse or EmbeddingUse from a record's dict; a field added since (one with a default) may be missing."""
+    required = [f.name for f in fields(cls) if f.default is MISSING]
     if isinstance(item, cls):
         return item
-    check(isinstance(item, dict) and all(isinstance(item.get(n), (str, int, float)) for n in names), "image",
-          origin, f"its t2i settings hold a {cls.__name__} entry without {', '.join(names)}")
-    return cls(**{n: item[n] for n in names})
+    check(isinstance(item, dict) and all(isinstance(item.get(n), (str, int, float)) for n in required), "image",
+          origin, f"its t2i settings hold a {cls.__name__} entry without {', '.join(required)}")
+    optional = {f.name: item[f.name] for f in fields(cls) if f.default is not MISSING and f.name in item}
+    for name, value in optional.items():
+        check(isinstance(value, type(getattr(cls, name))), "image", origin,
+              f"its t2i settings hold a {cls.__name__} entry whose {name} is {value!r}")
+    return cls(**{n: item[n] for n in required}, **optional)
 
 
 def settings_from_png(path: str | Path) -> ImageSettings:

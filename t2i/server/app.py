@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from t2i.errors import InvalidInput, NotFound, T2IError, first_line
 from t2i.sampling.hires import LATENT_MODES, PIXEL_UPSCALERS
 from t2i.server.jobs import QueueFull, Stopped
-from t2i.server.schemas import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
+from t2i.server.schemas import Img2ImgRequest, PngInfoRequest, TaskRequest, Txt2ImgRequest
 from t2i.server.service import Service
 from t2i.server.settings import ServerSettings
 from t2i.server.translate import api_field
@@ -162,9 +162,32 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Guar
         return service.queue.progress()
 
     @app.post(f"{api}/interrupt")
-    async def interrupt():
-        service.queue.interrupt()
+    async def interrupt(request: Request):
+        """A1111's interrupt (no body: whatever runs); with {"id_task": ...}, only that job, running or waiting."""
+        task = await _json_object(request, "id_task")
+        task_id = task.get("id_task")
+        if task_id is not None and not isinstance(task_id, str):
+            raise InvalidInput("must be a string", field="id_task", value=task_id)
+        service.queue.interrupt(task_id)
         return None
+
+    @app.post("/internal/progress")
+    async def task_progress(body: TaskRequest):
+        """A1111's page polls its own job here by the `force_task_id` it sent."""
+        if not body.id_task:
+            raise InvalidInput("names no task", field="id_task", hint="send the force_task_id of your request")
+        return service.queue.task_progress(body.id_task)
+
+    @app.get("/internal/queue")
+    async def queue():
+        return service.queue.jobs()
+
+    @app.post("/internal/token-count")
+    async def token_count(request: Request):
+        prompt = (await _json_object(request, "prompt")).get("prompt", "")
+        if not isinstance(prompt, str) or len(prompt) > 20_000:
+            raise InvalidInput("must be a string of at most 20,000 characters", field="prompt")
+        return service.token_count(prompt)
 
     @app.post(f"{api}/skip")
     async def skip():

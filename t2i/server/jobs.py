@@ -5,12 +5,21 @@ another thread than the one that loaded the model measured 15% slower on this CP
 thread teams are per calling thread). The event
 loop keeps answering `progress`, `interrupt` and every listing meanwhile. A job whose client has
 gone away is stopped at its next denoising step.
+
+Every job has a task id (A1111's `force_task_id`, else one made here): a client asks for its own
+job's progress and place in line (`/internal/progress`, as A1111's page does) and interrupts or
+cancels only its own job; A1111's plain `/interrupt` still stops whatever runs. An interrupt is
+seen inside a denoising step too, at every UNet block (`watch_blocks`), so that a step of minutes
+on a CPU does not delay it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +28,7 @@ from typing import Any, Callable
 from t2i.sampling.generate import SkipBatch
 
 DISCONNECT_POLL_S = 0.25
+FINISHED_KEPT = 256  # task ids remembered as completed, for a client that polls once more after its answer
 
 
 class QueueFull(Exception):
@@ -27,6 +37,14 @@ class QueueFull(Exception):
 
 class Stopped(Exception):
     """The running job was interrupted, or its client went away."""
+
+
+class Cancelled(Stopped):
+    """A waiting job was cancelled by its task id before its turn came."""
+
+
+def new_task_id() -> str:
+    return f"task({secrets.token_hex(8)})"
 
 
 @dataclass
@@ -42,6 +60,12 @@ class Job:
     interrupted: bool = False
     skipped: bool = False
     abandoned: bool = False  # the client disconnected
+    task_id: str = field(default_factory=new_task_id)
+    cancelled: asyncio.Event | None = None  # set to take a waiting job out of the line (made in the event loop)
+
+    @property
+    def stopping(self) -> bool:
+        return self.interrupted or self.abandoned
 
     @property
     def batches(self) -> int:
@@ -56,7 +80,7 @@ class Job:
     def on_step(self, step: int, steps: int) -> None:
         """The generation's step callback: records progress, and stops or skips when asked."""
         self.step, self.steps = step, steps
-        if self.interrupted or self.abandoned:
+        if self.stopping:
             raise Stopped(self.name)
         if self.skipped:
             self.skipped = False
@@ -65,12 +89,48 @@ class Job:
     def image_done(self) -> None:
         self.done, self.step = self.done + 1, 0
 
+    def textinfo(self) -> str:
+        return f"step {self.step}/{self.steps}, batch {min(self.done // self.batch_size + 1, self.batches)}/" \
+               f"{self.batches}" if self.steps else "starting"
+
+
+# the job the worker thread is running, for the block hooks: other threads (the CLI, the Python API) have none
+_running = threading.local()
+
+
+def _check_running_job(_module, _inputs) -> None:
+    job = getattr(_running, "job", None)
+    if job is not None and job.stopping:
+        raise Stopped(job.name)
+
+
+def watch_blocks(unet) -> None:
+    """Check the running job's interrupt flag before every ResNet and transformer block of `unet`
+    (once per model: the hooks live on the shared modules, which every per-call view shares)."""
+    if getattr(unet, "_t2i_watched", False):
+        return
+    for module in unet.modules():
+        if type(module).__name__ in ("ResnetBlock2D", "Transformer2DModel"):
+            module.register_forward_pre_hook(_check_running_job)
+    unet._t2i_watched = True
+
+
+def run_watched(job: Job, work: Callable[[Job], Any]) -> Any:
+    """`work(job)` with `job` as the worker thread's running job, which the block hooks check."""
+    _running.job = job
+    try:
+        return work(job)
+    finally:
+        _running.job = None
+
 
 class JobQueue:
     def __init__(self, max_queue: int):
         self.max_queue = max_queue
         self.waiting = 0
         self.current: Job | None = None
+        self.line: list[Job] = []  # waiting jobs, first come first
+        self.finished: OrderedDict[str, bool] = OrderedDict()  # task id -> interrupted, the newest kept
         self._turn: asyncio.Lock | None = None  # made inside the server's event loop
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="t2i-generation")
 
@@ -85,42 +145,54 @@ class JobQueue:
         if self._turn.locked() and self.waiting >= self.max_queue:
             raise QueueFull(f"{self.waiting} requests are already waiting (the server's --max-queue)")
         watcher = asyncio.create_task(self._watch(job, is_disconnected)) if is_disconnected else None
+        job.cancelled = asyncio.Event()
         try:
             self.waiting += 1
+            self.line.append(job)
             try:
                 await self._wait_for_turn(job, watcher)
             finally:
                 self.waiting -= 1
+                self.line.remove(job)
             try:
                 if job.abandoned:  # its client left while it waited
                     raise Stopped(job.name)
                 job.started, self.current = time.monotonic(), job
-                return await asyncio.get_running_loop().run_in_executor(self._worker, work, job)
+                return await asyncio.get_running_loop().run_in_executor(self._worker, run_watched, job, work)
             finally:
                 self.current = None
                 self._turn.release()
         finally:
+            self._remember(job)
             if watcher is not None:
                 watcher.cancel()
+
+    def _remember(self, job: Job) -> None:
+        self.finished[job.task_id] = job.stopping
+        while len(self.finished) > FINISHED_KEPT:
+            self.finished.popitem(last=False)
 
     async def _wait_for_turn(self, job: Job, watcher: asyncio.Task | None) -> None:
         """Take the turn; a client that leaves while waiting gives up its place in the line at once
         (Stopped), so abandoned requests do not hold queue slots until the running job ends."""
-        assert self._turn is not None
+        assert self._turn is not None and job.cancelled is not None
         acquire = asyncio.ensure_future(self._turn.acquire())
-        if watcher is None:
-            await acquire
-            return
-        await asyncio.wait({acquire, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if acquire.done():
+        cancel = asyncio.ensure_future(job.cancelled.wait())
+        leave = {cancel} | ({watcher} if watcher is not None else set())
+        try:
+            await asyncio.wait({acquire, *leave}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancel.cancel()
+        if acquire.done() and not job.cancelled.is_set():
             return  # its turn came (a disconnect seen meanwhile is handled by the caller's check)
+        gone = Cancelled if job.cancelled.is_set() else Stopped
         acquire.cancel()
         try:
             await acquire
         except asyncio.CancelledError:
-            raise Stopped(job.name) from None
+            raise gone(job.name) from None
         self._turn.release()  # acquired just as it was cancelled: the turn goes to the next in line
-        raise Stopped(job.name)
+        raise gone(job.name)
 
     async def _watch(self, job: Job, is_disconnected) -> None:
         while True:
@@ -129,9 +201,46 @@ class JobQueue:
                 job.abandoned = True
                 return
 
-    def interrupt(self) -> None:
-        if self.current is not None:
-            self.current.interrupted = True
+    def interrupt(self, task_id: str | None = None) -> bool:
+        """Stop the running job (A1111's interrupt), or with `task_id` only that job: running, it stops
+        at its next block; waiting, it leaves the line. Whether a job was found."""
+        if task_id is None or (self.current is not None and self.current.task_id == task_id):
+            if self.current is not None:
+                self.current.interrupted = True
+            return self.current is not None
+        for job in self.line:
+            if job.task_id == task_id:
+                job.interrupted = True
+                if job.cancelled is not None:
+                    job.cancelled.set()
+                return True
+        return False
+
+    def task_progress(self, task_id: str) -> dict[str, Any]:
+        """A1111's `/internal/progress` answer for one task, with its place in line."""
+        answer: dict[str, Any] = {"active": False, "queued": False, "completed": False, "progress": None,
+                                  "eta": None, "live_preview": None, "id_live_preview": -1, "textinfo": None,
+                                  "queue_position": None}
+        job = self.current
+        if job is not None and job.task_id == task_id:
+            progress = self.progress()
+            return {**answer, "active": True, "progress": progress["progress"], "eta": progress["eta_relative"],
+                    "textinfo": job.textinfo()}
+        for position, waiting in enumerate(self.line, 1):
+            if waiting.task_id == task_id:
+                ahead = position - 1 + (self.current is not None)
+                return {**answer, "queued": True, "queue_position": position,
+                        "textinfo": f"in line: {ahead} job(s) ahead"}
+        if task_id in self.finished:
+            return {**answer, "completed": True, "progress": 1.0,
+                    "textinfo": "interrupted" if self.finished[task_id] else "done"}
+        return {**answer, "textinfo": "not known to this server (yet)"}
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """The running job and the line, in order: what a queue panel lists."""
+        running = [] if self.current is None else [self.current]
+        return [{"id_task": job.task_id, "name": job.name, "state": "running" if job is self.current else "queued",
+                 "position": index, "images": job.images} for index, job in enumerate(running + self.line)]
 
     def skip(self) -> None:
         if self.current is not None:

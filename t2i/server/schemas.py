@@ -57,6 +57,14 @@ class GenerationRequest(BaseModel):
     send_images: bool = True
     save_images: bool = False
     denoising_strength: Optional[float] = None
+    force_task_id: Optional[str] = Field(None, max_length=200)  # names the job for /internal/progress, interrupt
+
+
+class TaskRequest(BaseModel):
+    """A1111's `/internal/progress` body, and t2i's interrupt of one task."""
+    model_config = ConfigDict(extra="ignore")
+
+    id_task: Optional[str] = Field(None, max_length=200)
 
 
 class Txt2ImgRequest(GenerationRequest):

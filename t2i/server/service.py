@@ -22,12 +22,19 @@ from t2i.sampling.samplers import SAMPLERS, SCHEDULES
 from t2i.sampling.settings import ImageSettings
 from t2i.server import img2img
 from t2i.server.catalog import Catalog
-from t2i.server.jobs import Job, JobQueue, Stopped
+from t2i.server.jobs import Cancelled, Job, JobQueue, Stopped, new_task_id, watch_blocks
 from t2i.server.schemas import GenerationRequest, Img2ImgRequest
 from t2i.server.settings import ServerSettings
 from t2i.server.translate import OPTIONS, Plan, check_options, plan
 
 log = logging.getLogger("t2i")
+
+
+def _scheduler_name(schedule: str) -> str:
+    spec = SCHEDULES[schedule]
+    return spec.comfy or schedule.replace("-", "_")
+
+
 MAX_OTHER_OPTIONS = 2000  # A1111 has about 500 options; more is a client filling memory
 
 
@@ -40,6 +47,7 @@ class Service:
         self.options: dict[str, Any] = {"sd_model_checkpoint": start.title, "sd_vae": "Automatic",
                                         "CLIP_stop_at_last_layers": 1}
         self.other_options: dict[str, Any] = {}  # A1111 options t2i does not act on, kept for GET
+        self._tokenizer: Any = None  # SD 1.x's CLIP tokenizer, read at the first token count
 
     # ---- generation ------------------------------------------------------------------------
 
@@ -48,8 +56,12 @@ class Service:
         # (decoding and preparing large init images and masks takes a while)
         work = await asyncio.to_thread(plan, request, self.options, self.catalog, self.settings)
         config = work.config
-        job = Job(kind, images=config.num_images, batch_size=config.batch_size)
-        results, interrupted = await self.queue.run(job, lambda job: self._run(work, job), is_disconnected)
+        job = Job(kind, images=config.num_images, batch_size=config.batch_size,
+                  task_id=request.force_task_id or new_task_id())
+        try:
+            results, interrupted = await self.queue.run(job, lambda job: self._run(work, job), is_disconnected)
+        except Cancelled:  # taken out of the line by its task id: answered as an interrupt before any image
+            results, interrupted = [], True
         return self._answer(request, kind, work, results, interrupted, job)
 
     def _run(self, work: Plan, job: Job) -> tuple[list, bool]:
@@ -57,6 +69,7 @@ class Service:
         from t2i.sampling.generate import generate_iter
 
         model = self.catalog.load(work.checkpoint, work.vae)
+        watch_blocks(model.pipe.unet)
         results = []
         try:
             for result in generate_iter(model, work.config, on_step=job.on_step, progress=False):
@@ -140,16 +153,18 @@ class Service:
                  "config": None} for c in self.catalog.checkpoints()]
 
     def samplers(self) -> list[dict[str, Any]]:
-        """One entry a sampler (schedules are listed apart, as A1111 1.9+ does)."""
+        """One entry a sampler (schedules are listed apart, as A1111 1.9+ does), with the schedules it
+        runs (`schedulers`, by the names /schedulers gives), so a page offers only pairs that run."""
         return [{"name": spec.a1111, "aliases": sorted({name, spec.comfy or name}),
-                 "options": {"scheduler": SCHEDULES[spec.automatic].comfy} if spec.automatic != "normal" else {}}
+                 "options": {"scheduler": SCHEDULES[spec.automatic].comfy} if spec.automatic != "normal" else {},
+                 "schedulers": ["automatic", *(_scheduler_name(s) for s in spec.schedules)]}
                 for name, spec in SAMPLERS.items()]
 
     @staticmethod
     def schedulers() -> list[dict[str, Any]]:
         # A1111's scheduler names are ComfyUI's (sgm_uniform, align_your_steps); t2i reads either
         return [{"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
-                for name, label in (("automatic", "Automatic"), *((spec.comfy or name.replace("-", "_"), spec.a1111)
+                for name, label in (("automatic", "Automatic"), *((_scheduler_name(name), spec.a1111)
                                                                    for name, spec in SCHEDULES.items()))]
 
     def sd_vaes(self) -> list[dict[str, str]]:
@@ -169,6 +184,23 @@ class Service:
     def loras(self) -> list[dict[str, Any]]:
         return [{"name": name, "alias": name, "path": str(path), "metadata": _lora_metadata(path)}
                 for name, path in self.catalog.loras().items()]
+
+    def token_count(self, prompt: str) -> dict[str, int]:
+        """What A1111's page shows under a prompt: its tokens (LoRA tags and syntax taken out, weights
+        and BREAK read) and the 75-token chunks they fill, counted with SD 1.x's CLIP tokenizer."""
+        from t2i.sampling.prompts import parse_prompt, split_lora_tags
+        from t2i.sampling.text import chunk_prompt
+
+        if self._tokenizer is None:
+            from transformers import CLIPTokenizer
+
+            from t2i.models import SD1_CONFIG_DIR
+
+            self._tokenizer = CLIPTokenizer.from_pretrained(SD1_CONFIG_DIR / "tokenizer")
+        chunks = chunk_prompt(self._tokenizer, parse_prompt(split_lora_tags(prompt)[0], "original", "prompt"))
+        end = self._tokenizer.eos_token_id
+        tokens = sum(1 for chunk in chunks for token in chunk.ids[1:-1] if token != end)
+        return {"tokens": tokens, "chunks": len(chunks), "limit": 75 * len(chunks)}
 
     @staticmethod
     def png_info(image_b64: str) -> dict[str, Any]:

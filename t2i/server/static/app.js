@@ -1,5 +1,6 @@
-// The t2i page: talks to the server only through A1111's /sdapi/v1 API, so what it can do any
-// A1111 client can do too. No framework, no build step, nothing fetched from elsewhere.
+// The t2i page: talks to the server through A1111's /sdapi/v1 API (and A1111's /internal/progress for its
+// own job), so what it can do any A1111 client can do too. No framework, no build step, nothing fetched
+// from elsewhere. Results are kept in the browser (IndexedDB), so a reload loses nothing.
 "use strict";
 
 const API = "/sdapi/v1";
@@ -7,12 +8,16 @@ const $ = (id) => document.getElementById(id);
 let lastSeed = null;
 let initDataUrl = null;
 let maskPainted = false;
+let running = null;  // the job this page runs: {taskId}
+let samplerSchedules = {};  // sampler name -> the schedule names it runs
+let infoParameters = null;  // the settings read from a dropped image
+const BRUSH_COLOUR = "rgb(255, 0, 200)";  // magenta: seen over white, black and photos alike
 
-async function api(path, body) {
+async function api(path, body, base = API) {
   const options = body === undefined ? {} : {
     method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
   };
-  const response = await fetch(API + path, options);
+  const response = await fetch(base + path, options);
   const data = await response.json().catch(() => null);
   if (!response.ok) {
     throw new Error((data && data.detail) || `${response.status} ${response.statusText}`);
@@ -24,15 +29,43 @@ function fill(select, entries, selected) {
   select.replaceChildren(...entries.map(([value, label]) => new Option(label, value, false, value === selected)));
 }
 
+// ---- lists --------------------------------------------------------------------------------------
+
+let allSchedules = [];
+
 async function loadLists() {
-  const [samplers, schedulers, models, options, latentModes, upscalers] = await Promise.all(
+  const [samplers, schedulers, models, options, latentModes, upscalers, loras, embeddings] = await Promise.all(
     [api("/samplers"), api("/schedulers"), api("/sd-models"), api("/options"), api("/latent-upscale-modes"),
-     api("/upscalers")]);
+     api("/upscalers"), api("/loras"), api("/embeddings")]);
   fill($("hires-upscaler"), [...latentModes, ...upscalers].map((u) => [u.name, u.name]), "Latent");
   fill($("sampler"), samplers.map((s) => [s.name, s.name]), "DPM++ 2M");
-  fill($("scheduler"), schedulers.map((s) => [s.name, s.label]), "automatic");
+  samplerSchedules = Object.fromEntries(samplers.map((s) => [s.name, s.schedulers || null]));
+  allSchedules = schedulers.map((s) => [s.name, s.label]);
+  offerSchedules("automatic");
   fill($("model"), models.map((m) => [m.title, m.title]), options.sd_model_checkpoint);
+  for (const lora of loras) $("lora-pick").append(new Option(lora.name, lora.name));
+  for (const name of Object.keys(embeddings.loaded || {})) $("embedding-pick").append(new Option(name, name));
 }
+
+function offerSchedules(wanted) {
+  // only the schedules the chosen sampler runs, so no pair the page offers is refused
+  const runs = samplerSchedules[$("sampler").value];
+  const offered = allSchedules.filter(([name]) => !runs || runs.includes(name));
+  const keep = offered.some(([name]) => name === wanted) ? wanted : "automatic";
+  fill($("scheduler"), offered, keep);
+}
+
+function insertAtCursor(textarea, text) {
+  const start = textarea.selectionStart, end = textarea.selectionEnd;
+  const before = textarea.value.slice(0, start), after = textarea.value.slice(end);
+  const spaced = (before && !before.endsWith(" ") ? " " : "") + text + (after.startsWith(" ") ? "" : " ");
+  textarea.value = before + spaced + after;
+  textarea.selectionStart = textarea.selectionEnd = before.length + spaced.length;
+  textarea.focus();
+  textarea.dispatchEvent(new Event("input"));
+}
+
+// ---- the request --------------------------------------------------------------------------------
 
 function mode() {
   return document.querySelector("input[name=mode]:checked").value;
@@ -44,15 +77,25 @@ function number(id) {
 }
 
 function maskDataUrl() {
+  // white where painted (any stroke pixel), black elsewhere, at the init image's size
   const strokes = $("mask-canvas");
   const mask = document.createElement("canvas");
   mask.width = strokes.width;
   mask.height = strokes.height;
+  const painted = strokes.getContext("2d").getImageData(0, 0, strokes.width, strokes.height);
   const context = mask.getContext("2d");
-  context.fillStyle = "#000";
-  context.fillRect(0, 0, mask.width, mask.height);
-  context.drawImage(strokes, 0, 0);
+  const out = context.createImageData(mask.width, mask.height);
+  for (let i = 0; i < painted.data.length; i += 4) {
+    const value = painted.data[i + 3] > 0 ? 255 : 0;
+    out.data.set([value, value, value, 255], i);
+  }
+  context.putImageData(out, 0, 0);
   return mask.toDataURL("image/png");
+}
+
+function newTaskId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  return "task(" + [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("") + ")";
 }
 
 function request() {
@@ -72,6 +115,7 @@ function request() {
     if (!initDataUrl) throw new Error("img2img: choose an init image first");
     body.init_images = [initDataUrl];
     body.denoising_strength = number("strength");
+    body.resize_mode = Number($("resize-mode").value);
     if ($("outpaint-on").checked) {  // A1111's script: the canvas is the image grown, so no width or height
       const directions = [...document.querySelectorAll("input[name=outpaint-direction]:checked")].map((d) => d.value);
       if (directions.length === 0) throw new Error("Outpaint: tick at least one direction");
@@ -80,46 +124,38 @@ function request() {
       Object.assign(body, {script_name: "Poor man's outpainting", script_args: [
         number("outpaint-pixels"), number("outpaint-blur"), Number($("outpaint-fill").value), directions]});
     } else if (maskPainted) {
-      Object.assign(body, {mask: maskDataUrl(), mask_blur: 0, inpainting_fill: 1, inpaint_full_res: false});
+      Object.assign(body, {mask: maskDataUrl(), mask_blur: number("mask-blur"),
+                           inpainting_fill: Number($("inpainting-fill").value),
+                           inpaint_full_res: $("inpaint-area").value === "masked",
+                           inpaint_full_res_padding: number("inpaint-padding")});
     }
   }
   return body;
 }
 
-function showResults(result) {
-  const info = JSON.parse(result.info);
-  lastSeed = info.all_seeds.length ? info.all_seeds[0] : lastSeed;
-  const figures = result.images.map((image, index) => {
-    const figure = document.createElement("figure");
-    const img = new Image();
-    img.src = "data:image/png;base64," + image;
-    img.alt = `seed ${info.all_seeds[index]}`;
-    const caption = document.createElement("figcaption");
-    caption.textContent = info.infotexts[index] || "";
-    figure.append(img, caption);
-    return figure;
-  });
-  $("gallery").prepend(...figures);
-  if (info.interrupted) $("error").textContent = `Interrupted: ${result.images.length} image(s) finished.`;
-}
+// ---- running a job: its own progress, its own interrupt -----------------------------------------
 
-async function pollProgress(stop) {
-  while (!stop.done) {
+async function pollProgress(job) {
+  while (!job.done) {
     try {
-      const progress = await api("/progress?skip_current_image=true");
-      $("progress").value = progress.progress;
-      const state = progress.state;
-      $("eta").textContent = state.job_count
-        ? `step ${state.sampling_step}/${state.sampling_steps}, batch ${state.job_no + 1}/${state.job_count}` +
-          (progress.eta_relative ? `, ETA ${progress.eta_relative.toFixed(1)} s` : "")
-        : "";
+      const progress = await api("/internal/progress", {id_task: job.taskId, id_live_preview: -1}, "");
+      if (job.done) break;
+      if (progress.active) {
+        $("progress").value = progress.progress || 0;
+        $("eta").textContent = progress.textinfo + (progress.eta ? `, ETA ${progress.eta.toFixed(1)} s` : "");
+      } else if (progress.queued) {
+        $("progress").value = 0;
+        $("eta").textContent = `queued: ${progress.textinfo}`;
+      }
     } catch (error) { /* the next poll tries again */ }
     await new Promise((resolve) => setTimeout(resolve, 300));
   }
 }
 
 async function generate() {
+  if (running) return;  // one job at a time from this page: a second Ctrl+Enter or click does nothing
   $("error").textContent = "";
+  $("status").textContent = "";
   let body;
   try {
     body = request();
@@ -127,21 +163,195 @@ async function generate() {
     $("error").textContent = error.message;
     return;
   }
+  const job = {taskId: newTaskId(), done: false};
+  body.force_task_id = job.taskId;
+  running = job;
   $("generate").disabled = true;
   $("interrupt").disabled = false;
-  const stop = {done: false};
-  const polling = pollProgress(stop);
+  $("eta").textContent = "starting";
+  const polling = pollProgress(job);
   try {
-    showResults(await api("/" + mode(), body));
+    await showResults(await api("/" + mode(), body));
   } catch (error) {
     $("error").textContent = error.message;
   } finally {
-    stop.done = true;
+    job.done = true;
     await polling;
+    running = null;
     $("progress").value = 0;
     $("eta").textContent = "";
     $("generate").disabled = false;
     $("interrupt").disabled = true;
+    refreshQueue();
+  }
+}
+
+function interruptMine() {
+  if (running) api("/interrupt", {id_task: running.taskId}).catch(() => {});
+}
+
+async function refreshQueue() {
+  let jobs = [];
+  try {
+    jobs = await api("/internal/queue", undefined, "");
+  } catch (error) { return; }
+  $("queue").replaceChildren(...jobs.map((job) => {
+    const item = document.createElement("li");
+    const mine = running && job.id_task === running.taskId;
+    item.textContent = `${job.name}, ${job.images} image(s): ${job.state}${mine ? " (yours)" : ""}`;
+    if (mine) {
+      const cancel = document.createElement("button");
+      cancel.type = "button";
+      cancel.textContent = job.state === "running" ? "Interrupt" : "Cancel";
+      cancel.addEventListener("click", interruptMine);
+      item.append(" ", cancel);
+    }
+    return item;
+  }));
+  if (jobs.length === 0) {
+    $("queue").replaceChildren(Object.assign(document.createElement("li"), {textContent: "empty", className: "empty"}));
+  }
+}
+
+// ---- the history: every result kept in IndexedDB --------------------------------------------------
+
+const DB_NAME = "t2i-history";
+let database = null;
+
+function openHistory() {
+  return new Promise((resolve, reject) => {
+    const opening = indexedDB.open(DB_NAME, 1);
+    opening.onupgradeneeded = () => opening.result.createObjectStore("images", {keyPath: "id", autoIncrement: true});
+    opening.onsuccess = () => resolve(opening.result);
+    opening.onerror = () => reject(opening.error);
+  });
+}
+
+function historyStore(mode) {
+  return database.transaction("images", mode).objectStore("images");
+}
+
+function storeRequest(request) {
+  return new Promise((resolve, reject) => {
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+}
+
+async function showResults(result) {
+  const info = JSON.parse(result.info);
+  lastSeed = info.all_seeds.length ? info.all_seeds[0] : lastSeed;
+  const entries = result.images.map((image, index) => ({
+    src: "data:image/png;base64," + image, infotext: info.infotexts[index] || "", seed: info.all_seeds[index],
+    time: Date.now(),
+  }));
+  for (const entry of entries) {
+    if (database) entry.id = await storeRequest(historyStore("readwrite").add(entry));
+  }
+  $("gallery").prepend(...entries.reverse().map(figure));
+  countHistory();
+  if (info.interrupted) $("status").textContent = `Interrupted: ${result.images.length} image(s) finished.`;
+}
+
+function figure(entry) {
+  const item = document.createElement("figure");
+  const img = new Image();
+  img.src = entry.src;
+  img.alt = `seed ${entry.seed}`;
+  img.tabIndex = 0;
+  img.addEventListener("click", () => openLightbox(entry));
+  img.addEventListener("keydown", (event) => { if (event.key === "Enter") openLightbox(entry); });
+  const caption = document.createElement("figcaption");
+  caption.textContent = entry.infotext;
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  const download = Object.assign(document.createElement("a"), {href: entry.src, textContent: "Download",
+                                                                download: `t2i-${entry.id ?? "image"}-${entry.seed}.png`});
+  actions.append(download, button("To img2img", () => sendToImg2img(entry.src)),
+                 button("Use settings", () => useSettings(entry.src)));
+  item.append(img, actions, caption);
+  return item;
+}
+
+function button(text, action) {
+  const made = Object.assign(document.createElement("button"), {type: "button", textContent: text});
+  made.addEventListener("click", action);
+  return made;
+}
+
+async function loadHistory() {
+  try {
+    database = await openHistory();
+    const entries = await storeRequest(historyStore("readonly").getAll());
+    $("gallery").replaceChildren(...entries.reverse().map(figure));
+  } catch (error) {
+    $("status").textContent = `History is off in this browser (${error.message}).`;
+  }
+  countHistory();
+}
+
+function countHistory() {
+  const count = $("gallery").children.length;
+  $("history-count").textContent = count ? `${count} image(s), kept in this browser` : "No images yet.";
+}
+
+function openLightbox(entry) {
+  $("lightbox-image").src = entry.src;
+  $("lightbox-text").textContent = entry.infotext;
+  $("lightbox").showModal();
+}
+
+function sendToImg2img(src) {
+  document.querySelector("input[name=mode][value=img2img]").checked = true;
+  showMode();
+  setInitImage(src);
+  $("img2img").scrollIntoView();
+}
+
+// ---- settings from an infotext -------------------------------------------------------------------
+
+async function useSettings(src) {
+  // the server reads the PNG's own infotext, as it does for a dropped image
+  try {
+    applyParameters((await api("/png-info", {image: src})).parameters);
+  } catch (error) {
+    $("error").textContent = error.message;
+  }
+}
+
+function applyParameters(parameters) {
+  if (!parameters || !Object.keys(parameters).length) throw new Error("no generation settings to use");
+  const set = (id, key) => { if (parameters[key] !== undefined) $(id).value = parameters[key]; };
+  set("prompt", "Prompt");
+  set("negative", "Negative prompt");
+  set("steps", "Steps");
+  set("cfg", "CFG scale");
+  set("seed", "Seed");
+  if (parameters.Sampler && samplerSchedules[parameters.Sampler] !== undefined) {
+    $("sampler").value = parameters.Sampler;
+    offerSchedules("automatic");
+    const label = parameters["Schedule type"];
+    const found = [...$("scheduler").options].find((option) => option.textContent === label);
+    if (found) $("scheduler").value = found.value;
+  }
+  const size = /^(\d+)x(\d+)$/.exec(parameters.Size || "");
+  if (size) {
+    $("width").value = size[1];
+    $("height").value = size[2];
+  }
+  for (const id of ["prompt", "negative"]) $(id).dispatchEvent(new Event("input"));
+  $("status").textContent = "Settings filled in from the image.";
+}
+
+async function showPngInfo(file) {
+  try {
+    const result = await api("/png-info", {image: await readFile(file)});
+    $("png-info").textContent = result.info || "No generation settings in this image.";
+    infoParameters = result.info ? result.parameters : null;
+    $("use-info").hidden = !infoParameters;
+  } catch (error) {
+    $("png-info").textContent = error.message;
+    $("use-info").hidden = true;
   }
 }
 
@@ -154,35 +364,65 @@ function readFile(file) {
   });
 }
 
-async function showPngInfo(file) {
-  try {
-    const result = await api("/png-info", {image: await readFile(file)});
-    $("png-info").textContent = result.info || "No generation settings in this image.";
-  } catch (error) {
-    $("png-info").textContent = error.message;
-  }
+// ---- painting the mask ---------------------------------------------------------------------------
+
+function setInitImage(dataUrl) {
+  initDataUrl = dataUrl;
+  const preview = $("init-preview");
+  const canvas = $("mask-canvas");
+  preview.onload = () => {
+    canvas.width = preview.naturalWidth;  // also clears the strokes of the image before
+    canvas.height = preview.naturalHeight;
+    maskPainted = false;
+    // a brush a sixteenth of the short side: visible on any image, in its own pixels
+    $("brush").max = Math.max(8, Math.round(Math.min(canvas.width, canvas.height) / 2));
+    $("brush").value = Math.max(2, Math.round(Math.min(canvas.width, canvas.height) / 16));
+    showBrushSize();
+    $("mask-state").textContent = "No mask: img2img. Paint on the image to inpaint.";
+  };
+  preview.src = dataUrl;
+}
+
+function showBrushSize() {
+  $("brush-size").textContent = `${$("brush").value} px`;
 }
 
 function setUpPainting() {
   const canvas = $("mask-canvas");
-  let drawing = false;
-  const paint = (event) => {
-    if (!drawing) return;
+  let last = null;  // the previous point of the stroke: strokes are lines, not dots
+  const point = (event) => {
     const box = canvas.getBoundingClientRect();
-    const x = (event.clientX - box.left) * canvas.width / box.width;
-    const y = (event.clientY - box.top) * canvas.height / box.height;
-    const context = canvas.getContext("2d");
-    const radius = Number($("brush").value) * canvas.width / box.width / 2;
-    context.fillStyle = "#fff";
-    context.beginPath();
-    context.arc(x, y, Math.max(radius, 0.5), 0, 2 * Math.PI);
-    context.fill();
-    maskPainted = true;
-    $("mask-state").textContent = "Mask painted: inpainting (white is repainted).";
+    return [(event.clientX - box.left) * canvas.width / box.width, (event.clientY - box.top) * canvas.height / box.height];
   };
-  canvas.addEventListener("pointerdown", (event) => { drawing = true; paint(event); });
+  const paint = (event) => {
+    if (!last || !initDataUrl) return;
+    const [x, y] = point(event);
+    const context = canvas.getContext("2d");
+    context.strokeStyle = context.fillStyle = BRUSH_COLOUR;
+    context.lineWidth = Number($("brush").value);
+    context.lineCap = context.lineJoin = "round";
+    context.beginPath();
+    context.moveTo(last[0], last[1]);
+    context.lineTo(x, y);
+    context.stroke();
+    context.beginPath();
+    context.arc(x, y, Math.max(Number($("brush").value) / 2, 0.5), 0, 2 * Math.PI);
+    context.fill();
+    last = [x, y];
+    maskPainted = true;
+    $("mask-state").textContent = "Mask painted: inpainting (the painted area is repainted).";
+  };
+  canvas.addEventListener("pointerdown", (event) => {
+    try {
+      canvas.setPointerCapture(event.pointerId);  // a drag that leaves the canvas keeps painting when it returns
+    } catch (_) { /* a pointer the browser does not track (a synthetic event) paints all the same */ }
+    last = point(event);
+    paint(event);
+  });
   canvas.addEventListener("pointermove", paint);
-  window.addEventListener("pointerup", () => { drawing = false; });
+  canvas.addEventListener("pointerup", () => { last = null; });
+  canvas.addEventListener("pointercancel", () => { last = null; });
+  $("brush").addEventListener("input", showBrushSize);
   $("clear-mask").addEventListener("click", () => {
     canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
     maskPainted = false;
@@ -190,25 +430,44 @@ function setUpPainting() {
   });
   $("init-file").addEventListener("change", async () => {
     const file = $("init-file").files[0];
-    if (!file) return;
-    initDataUrl = await readFile(file);
-    const preview = $("init-preview");
-    preview.onload = () => {
-      canvas.width = preview.naturalWidth;
-      canvas.height = preview.naturalHeight;
-      maskPainted = false;
-    };
-    preview.src = initDataUrl;
+    if (file) setInitImage(await readFile(file));
   });
+}
+
+// ---- token counts --------------------------------------------------------------------------------
+
+function countTokens(textarea, label) {
+  let timer = null;
+  textarea.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      try {
+        const count = await api("/internal/token-count", {prompt: textarea.value}, "");
+        label.textContent = `${count.tokens}/${count.limit}`;
+        label.classList.toggle("over", count.chunks > 1);
+      } catch (error) {
+        label.textContent = "";
+      }
+    }, 250);
+  });
+}
+
+// ---- wiring --------------------------------------------------------------------------------------
+
+function showMode() {
+  $("img2img").hidden = mode() !== "img2img";
+  $("hires").hidden = mode() !== "txt2img";  // A1111's hires fix is a txt2img setting
 }
 
 function setUp() {
   $("generate").addEventListener("click", generate);
-  $("interrupt").addEventListener("click", () => api("/interrupt", {}).catch(() => {}));
-  $("prompt").addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
-      event.preventDefault();
+  $("interrupt").addEventListener("click", interruptMine);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !$("lightbox").open) {
+      event.preventDefault();  // anywhere on the page, as in A1111
       generate();
+    } else if (event.key === "Escape" && running && !$("lightbox").open) {
+      interruptMine();
     }
   });
   for (const [box, section] of [["hires-on", "hires"], ["outpaint-on", "outpaint"]]) {
@@ -216,18 +475,26 @@ function setUp() {
   }
   $("random-seed").addEventListener("click", () => { $("seed").value = -1; });
   $("reuse-seed").addEventListener("click", () => { if (lastSeed !== null) $("seed").value = lastSeed; });
-  for (const radio of document.querySelectorAll("input[name=mode]")) {
-    radio.addEventListener("change", () => {
-      $("img2img").hidden = mode() !== "img2img";
-      $("hires").hidden = mode() !== "txt2img";  // A1111's hires fix is a txt2img setting
-    });
-  }
+  for (const radio of document.querySelectorAll("input[name=mode]")) radio.addEventListener("change", showMode);
+  $("sampler").addEventListener("change", () => offerSchedules($("scheduler").value));
+  $("lora-pick").addEventListener("change", () => {
+    if ($("lora-pick").value) insertAtCursor($("prompt"), `<lora:${$("lora-pick").value}:1>`);
+    $("lora-pick").value = "";
+  });
+  $("embedding-pick").addEventListener("change", () => {
+    if ($("embedding-pick").value) insertAtCursor($("prompt"), $("embedding-pick").value);
+    $("embedding-pick").value = "";
+  });
+  countTokens($("prompt"), $("prompt-tokens"));
+  countTokens($("negative"), $("negative-tokens"));
   $("model").addEventListener("change", async () => {
-    $("error").textContent = "Loading checkpoint...";
+    $("status").textContent = "Loading checkpoint...";
+    $("error").textContent = "";
     try {
       await api("/options", {sd_model_checkpoint: $("model").value});
-      $("error").textContent = "";
+      $("status").textContent = "";
     } catch (error) {
+      $("status").textContent = "";
       $("error").textContent = error.message;
       // the server stays on its model: show that one, or the next image would seem to use the failed one
       try {
@@ -243,8 +510,25 @@ function setUp() {
     drop.classList.remove("over");
     if (event.dataTransfer.files[0]) showPngInfo(event.dataTransfer.files[0]);
   });
+  $("choose-info").addEventListener("click", () => $("info-file").click());
   $("info-file").addEventListener("change", () => { if ($("info-file").files[0]) showPngInfo($("info-file").files[0]); });
+  $("use-info").addEventListener("click", () => {
+    try {
+      applyParameters(infoParameters);
+    } catch (error) {
+      $("error").textContent = error.message;
+    }
+  });
+  $("clear-history").addEventListener("click", async () => {
+    if (database) await storeRequest(historyStore("readwrite").clear());
+    $("gallery").replaceChildren();
+    countHistory();
+  });
+  $("lightbox-close").addEventListener("click", () => $("lightbox").close());
   setUpPainting();
+  loadHistory();
+  refreshQueue();
+  setInterval(refreshQueue, 2000);
   loadLists().catch((error) => { $("error").textContent = `Could not reach the API: ${error.message}`; });
 }
 
