@@ -182,7 +182,8 @@ def main() -> None:
                 out = scratch / f"out-{side}-{variant}-{repeat}"
                 command = [sys.executable, __file__, "--child", side, "--variant", variant, "--data",
                            str(scratch / "data"), "--model", args.model, "--output", str(out), "--cache-dir",
-                           str(scratch / f"cache-{side}-{variant}-{repeat}"), "--steps", str(args.steps), "--resolution", str(args.resolution),
+                           str(scratch / f"cache-{side}-{variant}-{repeat}"), "--steps", str(args.steps),
+                           "--resolution", str(args.resolution),
                            "--batch-size", str(args.batch_size), "--mixed-precision", args.mixed_precision]
                 output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
                 runs[(side, variant)].append(json.loads(output.split("RESULT ", 1)[1]))

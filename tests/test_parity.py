@@ -1,5 +1,7 @@
 """Same components, sampler, steps and seed: t2i must give plain diffusers' pixels, exactly."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from diffusers import (
     StableDiffusionInpaintPipeline,
 )
 from diffusers.schedulers import AysSchedules
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from t2i.models.config import ModelConfig
 from t2i.models.loading import load_model
@@ -123,17 +125,26 @@ def test_inpainting_gives_plain_diffusers_pixels(tmp_path, init_image, mask_imag
     model = load_model(ModelConfig(model=str(folder), device="cpu"))
     assert model.is_inpainting_model == (in_channels == 9)
     config = GenerationConfig(prompts=("a red circle",), steps=6, seed=3, sampler="euler",
-                              init_image=str(init_image), mask=str(mask_image))
+                              init_image=str(init_image), mask=str(mask_image), inpaint_prep="diffusers")
     paths = generate(model, config)
 
     from diffusers import EulerDiscreteScheduler
 
     plain = plain_pipeline(unet_in_channels=in_channels, cls=StableDiffusionInpaintPipeline)
     plain.scheduler = EulerDiscreteScheduler.from_config(plain.scheduler.config)
-    expected = plain("a red circle", image=Image.open(init_image).convert("RGB"),
-                     mask_image=Image.open(mask_image), strength=1.0, num_inference_steps=6, width=32, height=32,
-                     generator=generators(3))
+    init, mask = Image.open(init_image).convert("RGB"), Image.open(mask_image).convert("L")
+    expected = plain("a red circle", image=init, mask_image=mask, strength=1.0, num_inference_steps=6, width=32,
+                     height=32, generator=generators(3))
     assert np.array_equal(ours(paths), plain_pixels(expected))
+
+    # A1111's inpainting (the default): the mask blurred by Mask blur, the pipeline run on it, and the result
+    # laid over the original through that mask, so unmasked pixels stay exactly (masked content: original)
+    a1111 = generate(model, dataclasses.replace(config, inpaint_prep="a1111", fill="original", mask_blur=4))
+    blurred = mask.filter(ImageFilter.GaussianBlur(4))
+    raw = plain("a red circle", image=init, mask_image=blurred, strength=1.0, num_inference_steps=6, width=32,
+                height=32, generator=generators(3)).images[0]
+    assert np.array_equal(ours(a1111)[0], np.asarray(Image.composite(raw, init, blurred), dtype=np.int16))
+    assert np.array_equal(ours(a1111)[0][np.asarray(blurred) == 0], np.asarray(init)[np.asarray(blurred) == 0])
 
 
 def test_the_parity_table_covers_every_sampler():

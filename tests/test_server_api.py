@@ -60,6 +60,24 @@ def test_img2img_equals_t2i_generate(api, run_cli, tmp_path, init_image):
     assert "Denoising strength: 0.6" in result.info["infotexts"][0]
 
 
+@pytest.mark.parametrize("area", ["whole", "masked"])
+def test_inpainting_equals_t2i_generate(api, run_cli, tmp_path, init_image, mask_image, area):
+    """One inpainting for every front end: A1111's (mask blur, masked content, the area, then the overlay that
+    keeps every unmasked pixel), so the same settings give the same pixels from the API and the CLI."""
+    init, mask = Image.open(init_image), Image.open(mask_image)
+    result = api.img2img(images=[init], mask_image=mask, prompt="a green circle", seed=2, steps=8,
+                         denoising_strength=0.9, sampler_name="Euler", mask_blur=2, inpainting_fill=1,
+                         inpaint_full_res=area == "masked", inpaint_full_res_padding=4, **SMALL)
+    expected, = generated(run_cli, tmp_path, "a green circle", "--init-image", init_image, "--mask", mask_image,
+                          "--strength", 0.9, "--seed", 2, "--steps", 8, "--sampler", "euler", "--guidance-scale", 7,
+                          "--mask-blur", 2, "--fill", "original", "--inpaint-area", area, "--inpaint-padding", 4)
+    assert np.array_equal(pixels(result.image), pixels(expected))
+    far = np.ones((32, 32), dtype=bool)
+    far[:26, :26] = False  # beyond the 16x16 mask at (4, 4) and its blur
+    assert np.array_equal(pixels(expected)[far], pixels(init)[far]), "the CLI keeps unmasked pixels too"
+    assert np.abs(pixels(expected)[6:18, 6:18] - pixels(init)[6:18, 6:18]).mean() > 10
+
+
 def test_inpainting_repaints_the_mask_and_keeps_every_other_pixel(api, init_image, mask_image):
     init, mask = Image.open(init_image), Image.open(mask_image)
     result = api.img2img(images=[init], mask_image=mask, prompt="a green circle", seed=2, steps=10,

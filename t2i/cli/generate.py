@@ -121,9 +121,19 @@ def generate(
                                            "more detail)."),
     outpaint_color_variation: float = typer.Option(_default("outpaint_color_variation"), help="mk2's colour "
                                                    "variation of the starting noise, 0 to 1."),
-    mask_blur: int = typer.Option(_default("mask_blur"), help="Outpainting's seam in pixels (pad: the feathering)."),
-    fill: str = typer.Option(_default("fill"), help="What the new border starts from: fill (nearby colours) or "
-                             "original (the canvas)."),
+    mask_blur: int = typer.Option(_default("mask_blur"), help="A1111's Mask blur in pixels: the inpainting and "
+                                  "outpainting seam (pad: the feathering)."),
+    fill: str = typer.Option(_default("fill"), help="A1111's Masked content: what the repainted area starts from, "
+                             "fill (nearby colours) or original (the image)."),
+    inpaint_area: str = typer.Option(_default("inpaint_area"), help="whole (the picture) or masked (A1111's Only "
+                                     "masked: the masked box at full resolution)."),
+    inpaint_padding: int = typer.Option(_default("inpaint_padding"), help="Pixels around the box with "
+                                        "--inpaint-area masked."),
+    resize_mode: int = typer.Option(_default("resize_mode"), help="Inpainting's resize to the output size: 0 just "
+                                    "resize, 1 crop and resize, 2 resize and fill."),
+    mask_invert: bool = typer.Option(_default("mask_invert"), "--mask-invert", help="Repaint the black of the mask."),
+    inpaint_prep: str = typer.Option(_default("inpaint_prep"), help="a1111 (unmasked pixels kept exactly, as A1111 "
+                                     "and t2i serve do) or diffusers (the pipeline's output as it is)."),
     hires_scale: Optional[float] = typer.Option(None, help="Hires fix: upscale the first pass this much, then "
                                                 "refine it with an img2img pass (A1111's Upscale by)."),
     hires_resize: Optional[str] = typer.Option(None, help="Hires fix to WxH instead of a scale; 0 for a side "

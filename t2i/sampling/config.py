@@ -15,11 +15,14 @@ from typing import Any
 from t2i.errors import check
 from t2i.formats.lora import LoraRef
 from t2i.sampling.hires import check_hires, resolve_upscaler
+from t2i.sampling.img2img_steps import RESIZE_MODES
 from t2i.sampling.outpaint import FILLS, parse_sides
 from t2i.sampling.outpaint import MODES as OUTPAINT_MODES
 from t2i.sampling.prompts import EMPHASIS, parse_prompt, split_lora_tags
 from t2i.sampling.samplers import resolve_sampler
 
+INPAINT_PREPS = ("a1111", "diffusers")
+INPAINT_AREAS = ("whole", "masked")
 MAX_SEED = 2**63 - 1
 MAX_SIDE = 4096  # pixels; checked before any work (SD 1.x is trained at 512, A1111's UI stops at 2048)
 
@@ -54,8 +57,17 @@ class GenerationConfig:
     # outpainting (t2i.sampling.outpaint): the init image on a larger canvas, the new border repainted
     outpaint: str | None = None  # SIDE=PIXELS pairs: "left=128,right=128" (sides left, right, up, down, all)
     outpaint_mode: str = "poor-man"  # A1111's Poor man's outpainting canvas, or "pad" (ComfyUI's)
-    mask_blur: int = 4  # outpainting's seam, in pixels (A1111's Mask blur; pad: the feathering)
-    fill: str = "fill"  # what the new border starts from: fill (the colours around it) or original (the canvas)
+    mask_blur: int = 4  # A1111's Mask blur in pixels: inpainting's and outpainting's seam (pad: the feathering)
+    fill: str = "fill"  # A1111's Masked content: what the repainted area starts from, fill (the colours around
+    # it) or original (the image as it is)
+    # inpainting with a mask: "a1111" prepares the image and mask as A1111 does (resize mode, mask blur, masked
+    # content, only-masked area) and keeps every unmasked pixel of the original (its overlay); "diffusers"
+    # hands the mask to diffusers' pipeline as it is and returns its output as it is (t2i's images before)
+    inpaint_prep: str = "a1111"
+    inpaint_area: str = "whole"  # A1111's Inpaint area: whole (picture) or masked (its box, at full resolution)
+    inpaint_padding: int = 32  # pixels around the masked box with inpaint_area masked (A1111's default)
+    resize_mode: int = 0  # inpainting's: 0 just resize, 1 crop and resize, 2 resize and fill (A1111's)
+    mask_invert: bool = False  # repaint the black of the mask instead of the white
     outpaint_noise_q: float = 1.0  # mk2: the matched noise's fall-off exponent (lower: more detail)
     outpaint_color_variation: float = 0.05  # mk2: how colourful the starting noise is
     # A1111's hires fix (txt2img): upscale the first pass by hires_scale, or to hires_resize_x x hires_resize_y
@@ -131,6 +143,14 @@ class GenerationConfig:
               choices=OUTPAINT_MODES)
         check(self.fill in FILLS, "fill", self.fill, "unknown masked content", choices=FILLS)
         check(0 <= self.mask_blur <= 64, "mask_blur", self.mask_blur, "must be from 0 to 64 pixels")
+        check(self.inpaint_prep in INPAINT_PREPS, "inpaint_prep", self.inpaint_prep, "unknown inpainting preparation",
+              choices=INPAINT_PREPS)
+        check(self.inpaint_area in INPAINT_AREAS, "inpaint_area", self.inpaint_area, "unknown inpaint area",
+              choices=INPAINT_AREAS)
+        check(0 <= self.inpaint_padding <= 1024, "inpaint_padding", self.inpaint_padding,
+              "must be from 0 to 1024 pixels")
+        check(self.resize_mode in RESIZE_MODES, "resize_mode", self.resize_mode, "unknown resize mode",
+              choices=[f"{k} ({v})" for k, v in RESIZE_MODES.items()])
         check(math.isfinite(self.outpaint_noise_q) and 0 <= self.outpaint_noise_q <= 4, "outpaint_noise_q",
               self.outpaint_noise_q, "must be from 0 to 4")
         check(math.isfinite(self.outpaint_color_variation) and 0 <= self.outpaint_color_variation <= 1,

@@ -169,6 +169,8 @@ def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, se
         embeddings_dir=config.embeddings_dir,
         embeddings=tuple(EmbeddingUse(e.name, str(e.path), e.hash) for e in embeddings),
         outpaint=config.outpaint, outpaint_mode=config.outpaint_mode, mask_blur=config.mask_blur, fill=config.fill,
+        inpaint_prep=config.inpaint_prep, inpaint_area=config.inpaint_area, inpaint_padding=config.inpaint_padding,
+        resize_mode=config.resize_mode, mask_invert=config.mask_invert,
         outpaint_noise_q=config.outpaint_noise_q, outpaint_color_variation=config.outpaint_color_variation,
         cache_interval=config.cache_interval, vae_tile_size=vae_tile_size, vae=model.config.vae,
         **_hires_settings(config),
@@ -188,6 +190,14 @@ def _outpaint_inputs(init: Image.Image, config: GenerationConfig):
     blur = 2 * config.mask_blur if config.outpaint_mode == "poor-man" else 0  # pad's mask is feathered already
     inputs = prepare(canvas.image, canvas.mask, width=width, height=height, resize_mode=0, mask_blur=blur,
                      invert=False, fill=FILLS.index(config.fill), only_masked=False, padding=0)
+    return inputs.image, inputs.mask, inputs.finish
+
+
+def _inpaint_inputs(init: Image.Image, mask: Image.Image, size: tuple[int, int], config: GenerationConfig):
+    """(start image, mask, overlay) for inpainting as A1111 prepares it, the same for every front end."""
+    inputs = prepare(init, mask, width=size[0], height=size[1], resize_mode=config.resize_mode,
+                     mask_blur=config.mask_blur, invert=config.mask_invert, fill=FILLS.index(config.fill),
+                     only_masked=config.inpaint_area == "masked", padding=config.inpaint_padding)
     return inputs.image, inputs.mask, inputs.finish
 
 
@@ -221,9 +231,11 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         check(min(init.size) >= 8, "init_image", describe(config.init_image),
               f"is {init.width}x{init.height} pixels; it must be at least 8x8")
     mask = load_mask(config.mask, init.size) if config.mask is not None and init is not None else None
-    finish = None  # what a result goes through before it is returned: outpainting's overlay
+    finish = None  # what a result goes through before it is returned: A1111's overlay
     if config.outpaint is not None and init is not None:
         init, mask, finish = _outpaint_inputs(init, config)
+    elif mask is not None and init is not None and config.inpaint_prep == "a1111":
+        init, mask, finish = _inpaint_inputs(init, mask, _output_size(model, config, init), config)
     width, height = _output_size(model, config, init)
     if config.hires:  # the target checked against the native size too, before the first pass
         check_hires(width, height, config.hires_scale or 1, config.hires_resize_x, config.hires_resize_y,

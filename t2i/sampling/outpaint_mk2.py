@@ -41,14 +41,15 @@ def mk2_images(model, config: GenerationConfig, on_step=None, progress: bool = T
             width, height = step.canvas.size
             inputs = prepare(step.canvas, step.mask, width=width, height=height, resize_mode=0,
                              mask_blur=4 * config.mask_blur, invert=False, fill=1, only_masked=False, padding=0)
+            # the canvas and mask are prepared here already: the inner inpainting takes them as they are
             inner = dataclasses.replace(config, prompts=(prompt,), num_images=1, batch_size=1, seed=image_seed,
                                         init_image=inputs.image, mask=inputs.mask, outpaint=None, width=width,
-                                        height=height)
+                                        height=height, inpaint_prep="diffusers")
             made, = generate(model, inner, on_step, progress)
             canvas = inputs.finish(made.image)
             image, settings = canvas.crop((0, 0, *step.size)), made.settings
         assert settings is not None  # parse_sides refuses an outpaint that grows nothing
         record = dataclasses.replace(settings, init_image=config.init_image if isinstance(config.init_image, str)
                                      else None, mask=None, outpaint=config.outpaint, width=image.width,
-                                     height=image.height)
+                                     height=image.height, inpaint_prep=config.inpaint_prep)
         yield GeneratedImage(image, record)

@@ -74,6 +74,12 @@ class ImageSettings:
     outpaint_mode: str = _setting((str,), "generation", "poor-man", since="poor-man")
     mask_blur: int = _setting((int,), "generation", 4, since=4)
     fill: str = _setting((str,), "generation", "fill", since="fill")
+    # inpainting (t2i.sampling.img2img_steps.prepare); older images handed the mask to diffusers as it was
+    inpaint_prep: str = _setting((str,), "generation", "a1111", since="diffusers")
+    inpaint_area: str = _setting((str,), "generation", "whole", since="whole")
+    inpaint_padding: int = _setting((int,), "generation", 32, since=32)
+    resize_mode: int = _setting((int,), "generation", 0, since=0)
+    mask_invert: bool = _setting((bool,), "generation", False, since=False)
     outpaint_noise_q: float = _setting((int, float), "generation", 1.0, since=1.0)
     outpaint_color_variation: float = _setting((int, float), "generation", 0.05, since=0.05)
     # the hires fix (t2i.sampling.hires); width and height above are the first pass's, as in A1111's Size
@@ -121,7 +127,7 @@ class ImageSettings:
                 values[setting.name] = since
                 continue
             value = record[setting.name]
-            if not isinstance(value, types) or isinstance(value, bool):
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
                 raise InvalidInput(f"its t2i setting {setting.name!r} holds {value!r}, not a {types[0].__name__}",
                                    field="image", value=origin)
             values[setting.name] = value
@@ -185,13 +191,23 @@ class ImageSettings:
             "Emphasis": {"no-norm": "No norm", "none": "None"}.get(self.emphasis),
             # t2i's own keys (A1111's outpainting scripts write none): what `--from-image` and people read
             "Outpaint": self.outpaint, "Outpaint mode": self.outpaint_mode if self.outpaint else None,
-            "Mask blur": self.mask_blur if self.outpaint else None,
-            "Masked content": self.fill if self.outpaint and self.outpaint_mode != "mk2" else None,
+            "Mask blur": self.mask_blur if self.outpaint or (self._a1111_inpaint and self.mask_blur) else None,
+            # A1111 writes its inpainting keys where they are not its defaults (Original, Whole picture, masked)
+            "Masked content": self.fill if (self.outpaint and self.outpaint_mode != "mk2") or (
+                self._a1111_inpaint and self.fill != "original") else None,
+            "Inpaint area": "Only masked" if self._a1111_inpaint and self.inpaint_area == "masked" else None,
+            "Masked area padding": self.inpaint_padding
+            if self._a1111_inpaint and self.inpaint_area == "masked" else None,
+            "Mask mode": "Inpaint not masked" if self._a1111_inpaint and self.mask_invert else None,
             "Fall-off exponent": self.outpaint_noise_q if self.outpaint_mode == "mk2" and self.outpaint else None,
             "Color variation": self.outpaint_color_variation if self.outpaint_mode == "mk2" and self.outpaint else None,
             **self._hires_fields(),
             "Version": f"t2i {self.version}",
         }
+
+    @property
+    def _a1111_inpaint(self) -> bool:
+        return self.mask is not None and self.outpaint is None and self.inpaint_prep == "a1111"
 
     @property
     def hires(self) -> bool:

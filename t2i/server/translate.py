@@ -177,10 +177,19 @@ def _img2img_fields(request: Img2ImgRequest, fields: dict) -> tuple[dict, Callab
     check(blur >= 0, "mask_blur", blur, "must be 0 or more")
     check(request.inpaint_full_res_padding >= 0, "inpaint_full_res_padding", request.inpaint_full_res_padding,
           "must be 0 or more")
-    inputs = img2img_steps.prepare(init, mask, width=width, height=height, resize_mode=request.resize_mode,
-                                   mask_blur=blur, invert=request.inpainting_mask_invert == 1,
-                                   fill=request.inpainting_fill, only_masked=request.inpaint_full_res,
-                                   padding=request.inpaint_full_res_padding)
-    fields = {**fields, "width": width, "height": height, "init_image": inputs.image, "mask": inputs.mask,
-              "strength": request.denoising_strength}
-    return fields, inputs.finish
+    fields = {**fields, "width": width, "height": height, "strength": request.denoising_strength}
+    if mask is None:  # img2img: the init image resized as A1111's resize mode says
+        inputs = img2img_steps.prepare(init, None, width=width, height=height, resize_mode=request.resize_mode,
+                                       mask_blur=0, invert=False, fill=0, only_masked=False, padding=0)
+        return {**fields, "init_image": inputs.image}, _identity
+    check(mask.size == init.size, "mask", f"{mask.width}x{mask.height}",
+          f"must be the init image's size, {init.width}x{init.height}")
+    check(request.inpainting_fill in img2img_steps.FILL_MODES, "inpainting_fill", request.inpainting_fill,
+          "not a masked-content mode t2i has", choices=[f"{k} ({v})" for k, v in img2img_steps.FILL_MODES.items()])
+    # inpainting: t2i.sampling.generate prepares it as A1111 does, as it does for `t2i generate --mask`
+    # the mask read as A1111 reads it (a stroke on a clear layer: its alpha) before it leaves the request
+    return {**fields, "init_image": init, "mask": img2img_steps.binary_mask(mask), "mask_blur": blur,
+            "resize_mode": request.resize_mode, "fill": img2img_steps.FILL_MODES[request.inpainting_fill],
+            "mask_invert": request.inpainting_mask_invert == 1,
+            "inpaint_area": "masked" if request.inpaint_full_res else "whole",
+            "inpaint_padding": request.inpaint_full_res_padding}, _identity
