@@ -71,7 +71,8 @@ def test_from_image_takes_the_recorded_settings_and_typed_flags_override(run_cli
     assert captured["generation"] == GenerationConfig(
         prompts=("a fox",), steps=9, guidance_scale=3.0, seed=41, width=32, height=32, sampler="ddim",
         schedule="normal", init_image="in.png", strength=0.5, loras=(LoraRef("l.safetensors", 0.7),),
-        emphasis="none")  # a record from before emphasis was parsed: its brackets were text
+        emphasis="none",  # a record from before emphasis was parsed: its brackets were text
+        inpaint_prep="diffusers")  # and from before inpainting was A1111's
 
 
 def test_finetune_builds_the_config_from_its_flags(run_cli, captured, tmp_path):

@@ -78,8 +78,8 @@ def test_a1111_and_comfyui_names_resolve(name, schedule, expected):
 
 @pytest.mark.parametrize("name, schedule, message, choices", [
     ("bogus", None, "sampler bogus: unknown sampler", "dpmpp-2m"),
-    ("ddim", "karras", "has no Karras schedule", "normal, sgm-uniform, simple"),
-    ("lms", "ays", "has no Align Your Steps schedule", "normal, karras"),
+    ("ddim", "karras", "has no Karras schedule", "its schedules: Normal, SGM Uniform, Simple"),
+    ("lms", "ays", "has no Align Your Steps schedule", "its schedules: Normal, Karras"),
     ("euler", "exponential-ish", "schedule exponential-ish: unknown schedule", "automatic, normal, karras"),
     ("DPM++ 2M Karras", "exponential", "names the Karras schedule, and schedule asks for Exponential", "'dpmpp-2m'"),
 ])

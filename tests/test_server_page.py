@@ -389,6 +389,7 @@ def test_results_are_kept_across_a_reload_with_download_view_send_to_and_setting
     page.wait_for_function("document.getElementById('mask-canvas').width === 32")
     assert page.is_checked("input[name=mode][value=img2img]") and page.is_visible("#paint")
     page.click("#clear-history")
+    page.wait_for_function("document.getElementById('history-count').textContent === 'No images yet.'")
     page.reload()
     page.wait_for_function("document.querySelectorAll('#sampler option').length > 5")
     assert page.locator("#gallery figure").count() == 0

@@ -15,13 +15,13 @@ from typing import Any
 from t2i.errors import check
 from t2i.formats.lora import LoraRef
 from t2i.sampling.hires import check_hires, resolve_upscaler
-from t2i.sampling.img2img_steps import RESIZE_MODES
 from t2i.sampling.outpaint import FILLS, parse_sides
 from t2i.sampling.outpaint import MODES as OUTPAINT_MODES
 from t2i.sampling.prompts import EMPHASIS, parse_prompt, split_lora_tags
 from t2i.sampling.samplers import resolve_sampler
 
 INPAINT_PREPS = ("a1111", "diffusers")
+RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}  # A1111's img2img resize modes
 INPAINT_AREAS = ("whole", "masked")
 MAX_SEED = 2**63 - 1
 MAX_SIDE = 4096  # pixels; checked before any work (SD 1.x is trained at 512, A1111's UI stops at 2048)

@@ -15,8 +15,8 @@ from PIL import Image, ImageFilter, ImageOps
 
 from t2i.errors import check
 from t2i.formats.images import to_rgb
+from t2i.sampling.config import RESIZE_MODES
 
-RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
 FILL_MODES = {0: "fill", 1: "original"}  # A1111's 2 (latent noise) and 3 (latent nothing) act on latents
 
 

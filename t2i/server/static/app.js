@@ -238,6 +238,14 @@ function storeRequest(request) {
   });
 }
 
+function committed(request) {
+  // a write counts once its transaction has committed: a reload right after loses nothing
+  return new Promise((resolve, reject) => {
+    request.transaction.oncomplete = () => resolve(request.result);
+    request.transaction.onerror = request.transaction.onabort = () => reject(request.transaction.error);
+  });
+}
+
 async function showResults(result) {
   const info = JSON.parse(result.info);
   lastSeed = info.all_seeds.length ? info.all_seeds[0] : lastSeed;
@@ -246,7 +254,7 @@ async function showResults(result) {
     time: Date.now(),
   }));
   for (const entry of entries) {
-    if (database) entry.id = await storeRequest(historyStore("readwrite").add(entry));
+    if (database) entry.id = await committed(historyStore("readwrite").add(entry));
   }
   $("gallery").prepend(...entries.reverse().map(figure));
   countHistory();
@@ -520,7 +528,7 @@ function setUp() {
     }
   });
   $("clear-history").addEventListener("click", async () => {
-    if (database) await storeRequest(historyStore("readwrite").clear());
+    if (database) await committed(historyStore("readwrite").clear());
     $("gallery").replaceChildren();
     countHistory();
   });
