@@ -12,7 +12,6 @@ Sizes are (width, height), kohya's order.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -129,21 +128,17 @@ def bucket_info(placements: list[Placement]) -> dict:
     return {"buckets": buckets, "mean_img_ar_error": error}
 
 
-def bucket_info_json(placements: list[Placement]) -> str:
-    return json.dumps(bucket_info(placements))
-
-
 def smallest_step(vae_scale_factor: int, unet_down_blocks: int) -> int:
     """The pixel step every bucket side must be a multiple of: a latent pixel is vae_scale_factor
     pixels, and the UNet halves the latent (down_blocks - 1) times. 64 for SD 1.x."""
     return vae_scale_factor * 2 ** (unet_down_blocks - 1)
 
 
-def check_step(step: int, smallest: int, field: str = "bucket_step") -> None:
+def check_step(step: int, smallest: int) -> None:
     if step % smallest:
         valid = ", ".join(str(smallest * k) for k in range(1, 5))
-        raise InvalidInput(f"this model's downsampling needs bucket sides in multiples of {smallest}", field=field,
-                           value=step, hint=f"use one of {valid}, ...")
+        raise InvalidInput(f"this model's downsampling needs bucket sides in multiples of {smallest}",
+                           field="bucket_step", value=step, hint=f"use one of {valid}, ...")
 
 
 class BucketBatches:

@@ -75,6 +75,11 @@ def optimizer_class(name: str, device_type: str):
     if spec.cuda_only and device_type != "cuda":
         raise InvalidInput(f"{spec.package}'s 8-bit optimizers run on CUDA GPUs only, and this run is on "
                            f"{device_type}", field="optimizer", value=name, hint="use adamw (or prodigy, lion)")
+    return _imported(name)
+
+
+def _imported(name: str):
+    spec = OPTIMIZERS[name]
     try:
         module = importlib.import_module(spec.module)
     except ImportError as exc:
@@ -110,8 +115,8 @@ def kohya_name(name: str, args: tuple[str, ...]) -> str:
     spec = OPTIMIZERS[name]
     module = spec.module
     try:  # the defining module, as kohya's class.__module__ gives it (torch.optim.adamw.AdamW)
-        module = optimizer_class(name, "cuda").__module__
-    except (InvalidInput, MissingExtra):
+        module = _imported(name).__module__
+    except MissingExtra:
         pass
     kwargs = {**dict(spec.defaults), **parse_optimizer_args(args)}
     listed = ",".join(f"{k}={v}" for k, v in kwargs.items())

@@ -124,10 +124,12 @@ def _text_encoder_parts(parts) -> tuple:
 
 def kohya_training_metadata(config, bucket_placements: list | None, kohya_optimizer: str) -> dict[str, str]:
     """kohya's `ss_*` record of how a LoRA was trained, as its train_network.py writes them (str values)."""
-    from t2i.data.buckets import bucket_info_json
+    import json
+
+    from t2i.data.buckets import bucket_info
 
     bucketed = bucket_placements is not None
-    info = bucket_info_json(bucket_placements) if bucket_placements is not None else "null"
+    info = json.dumps(bucket_info(bucket_placements)) if bucket_placements is not None else "null"
     return {"ss_resolution": str((config.resolution, config.resolution)), "ss_enable_bucket": str(bucketed),
             "ss_bucket_no_upscale": str(bucketed and config.bucket_no_upscale),
             "ss_min_bucket_reso": str(config.bucket_min), "ss_max_bucket_reso": str(config.bucket_max),
