@@ -160,6 +160,10 @@ def server_files(tmp_path_factory):
     save_file({"emb_params": torch.randn(2, 64, generator=torch.Generator().manual_seed(0))},
               root / "embeddings" / "shapestyle.safetensors")
     torch.save({"string_to_param": {"*": torch.zeros(1, 64)}}, root / "embeddings" / "pickled.pt")
+    from t2i.models import SHAPE_CONTROLNET
+
+    (root / "controlnet").mkdir()
+    shutil.copy(SHAPE_CONTROLNET, root / "controlnet" / "shapes-mask.safetensors")
     return root
 
 
@@ -169,7 +173,8 @@ def demo_server(server_files):
     from serving import start_server
 
     server = start_server(server_files, "--model", "demo", "--models-dir", "models", "--lora-dir", "loras",
-                          "--embeddings-dir", "embeddings", "--output-dir", "outputs", "--max-queue", "4")
+                          "--embeddings-dir", "embeddings", "--output-dir", "outputs", "--max-queue", "4",
+                          "--controlnet-dir", "controlnet")
     yield server
     server.stop()
 

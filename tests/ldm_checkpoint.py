@@ -29,8 +29,8 @@ def _rename(state: dict, old_prefix: str, new_prefix: str, parts: dict | None = 
     return out
 
 
-def unet_to_ldm(unet) -> dict:
-    state, config = unet.state_dict(), unet.config
+def _encoder_to_ldm(state: dict, config) -> dict:
+    """The time embedding, input blocks and middle block: a UNet's encoder, which a ControlNet copies."""
     per_block = config.layers_per_block
     out = {}
     out |= _rename(state, "time_embedding.linear_1.", "time_embed.0.")
@@ -45,6 +45,29 @@ def unet_to_ldm(unet) -> dict:
     out |= _rename(state, "mid_block.resnets.0.", "middle_block.0.", RESNET)
     out |= _rename(state, "mid_block.attentions.0.", "middle_block.1.")
     out |= _rename(state, "mid_block.resnets.1.", "middle_block.2.", RESNET)
+    return out
+
+
+def controlnet_to_ldm(net) -> dict:
+    """A diffusers ControlNet in the original release's layout (`control_model.`, zero_convs, input_hint_block:
+    convs at 0, 2, ..., 14, which needs the release's four conditioning widths)."""
+    state = net.state_dict()
+    out = _encoder_to_ldm(state, net.config)
+    for i in range(len([k for k in state if k.startswith("controlnet_down_blocks.") and k.endswith(".weight")])):
+        out |= _rename(state, f"controlnet_down_blocks.{i}.", f"zero_convs.{i}.0.")
+    out |= _rename(state, "controlnet_mid_block.", "middle_block_out.0.")
+    out |= _rename(state, "controlnet_cond_embedding.conv_in.", "input_hint_block.0.")
+    for k in range(6):
+        out |= _rename(state, f"controlnet_cond_embedding.blocks.{k}.", f"input_hint_block.{2 * (k + 1)}.")
+    out |= _rename(state, "controlnet_cond_embedding.conv_out.", "input_hint_block.14.")
+    assert len(out) == len(state), "every ControlNet tensor must be mapped"
+    return {"control_model." + k: v for k, v in out.items()}
+
+
+def unet_to_ldm(unet) -> dict:
+    state, config = unet.state_dict(), unet.config
+    per_block = config.layers_per_block
+    out = _encoder_to_ldm(state, config)
     for i, block_type in enumerate(config.up_block_types):
         for j in range(per_block + 1):
             index = i * (per_block + 1) + j

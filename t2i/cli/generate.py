@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from t2i.cli import RuntimeOptions, app, default_of, given, log, prepare_environment
+from t2i.cli.control import ControlOptions, control_units
 from t2i.errors import InvalidInput, T2IError
 from t2i.models.config import DEFAULT_MODEL, DEVICES, DTYPE_NAMES, ModelConfig
 from t2i.sampling.config import GenerationConfig
@@ -63,6 +64,9 @@ def build_configs(options: dict) -> tuple[ModelConfig, GenerationConfig]:
         typed["prompts"] = _read_prompts(typed.get("prompts"), typed.pop("prompts_file", None))
     if "loras" in typed:
         typed["loras"] = tuple(typed["loras"] or ())
+    controls = control_units(typed)
+    if controls is not None:
+        typed["controls"] = controls
     if "hires_resize" in typed:
         typed["hires_resize_x"], typed["hires_resize_y"] = _size(typed.pop("hires_resize"), "hires_resize")
     if options.get("from_image"):
@@ -147,6 +151,17 @@ def generate(
     hires_schedule: Optional[str] = typer.Option(None, help="The hires pass's schedule."),
     hires_prompt: Optional[str] = typer.Option(None, help="The hires pass's prompt (default: the prompt)."),
     hires_negative_prompt: Optional[str] = typer.Option(None, help="The hires pass's negative prompt."),
+    control: Optional[List[str]] = ControlOptions.control,
+    control_module: Optional[List[str]] = ControlOptions.module,
+    control_resize: Optional[List[str]] = ControlOptions.resize,
+    control_res: Optional[List[int]] = ControlOptions.res,
+    control_threshold_a: Optional[List[float]] = ControlOptions.threshold_a,
+    control_threshold_b: Optional[List[float]] = ControlOptions.threshold_b,
+    control_start: Optional[List[float]] = ControlOptions.start,
+    control_end: Optional[List[float]] = ControlOptions.end,
+    control_mode: Optional[List[str]] = ControlOptions.mode,
+    control_pixel_perfect: bool = ControlOptions.pixel_perfect,
+    controlnet_dir: Optional[str] = ControlOptions.folder,
     vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in overlapping tiles: large images in "
                                     "little GPU memory."),
     vae_tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (multiple of 8). Default: the "
@@ -164,7 +179,8 @@ def generate(
     allow_pickle: bool = typer.Option(False, help="Allow pickled .ckpt/.bin/.pt checkpoints and embeddings "
                                       "(they can run code)."),
 ):
-    """Generate images: txt2img, img2img (--init-image) or inpainting (--init-image --mask)."""
+    """Generate images: txt2img, img2img (--init-image) or inpainting (--init-image --mask), each steered by
+    ControlNet units if given (--control)."""
     prepare_environment(offline)
     options = given(ctx)
     model_config, config = build_configs(options)  # checks every value before the slow imports

@@ -8,3 +8,5 @@ SD1_CONFIG_DIR = Path(__file__).parent / "sd1"
 DEMO_MODEL_DIR = Path(__file__).parent / "demo"
 #: the shipped shapes feature network (Shapes-FID/KID), trained by `t2i shapes train-features`
 SHAPE_FEATURES_DIR = Path(__file__).parent / "shape-features"
+#: the shipped ControlNet for `demo` (control: the object's mask), trained by `t2i shapes train-controlnet`
+SHAPE_CONTROLNET = Path(__file__).parent / "shape-controlnet" / "model.safetensors"

@@ -13,9 +13,10 @@ import logging
 import re
 import socket
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 import torch
@@ -41,6 +42,20 @@ HUB_FILES = ["model_index.json", "scheduler/*.json", "tokenizer/*", "*/config.js
              "vae/diffusion_pytorch_model.safetensors"]
 
 
+class OnceCache:
+    """Things loaded for a model on first use, each once even when two threads ask at the same moment."""
+
+    def __init__(self):
+        self._items: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, load: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = load()
+            return self._items[key]
+
+
 @dataclass
 class LoadedModel:
     """Loaded components, shared by every generation on this model and never changed by one:
@@ -53,6 +68,8 @@ class LoadedModel:
     config: ModelConfig
     # upscaler pipelines hires fix has loaded for this model, by folder (t2i.sampling.hires), loaded once
     upscalers: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # ControlNets generations on this model have named, by path (t2i.models.controlnet), loaded once
+    controlnets: OnceCache = field(default_factory=OnceCache, compare=False, repr=False)
 
     @property
     def is_inpainting_model(self) -> bool:
@@ -96,13 +113,13 @@ def _is_offline(config: ModelConfig) -> bool:
     return config.offline or bool(hub_constants.HF_HUB_OFFLINE)
 
 
-def _refuse_pickle(path: Path, config: ModelConfig, field: str) -> None:
+def refuse_pickle(path: Path, config: ModelConfig, field: str) -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES and not config.allow_pickle:
         raise InvalidInput("a pickled checkpoint, and loading a pickle can run arbitrary code", field=field,
                            value=path, hint="convert it to .safetensors, or set {allow_pickle} if you trust its source")
 
 
-def _pickle_to_safetensors(path: Path, workdir: Path) -> Path:
+def pickle_to_safetensors(path: Path, workdir: Path) -> Path:
     """Load an opted-in pickle fully (diffusers' weights_only loading fails on many real ones)."""
     from safetensors.torch import save_file
 
@@ -127,7 +144,7 @@ def _load_single_file(path: Path, config: ModelConfig, vae: AutoencoderKL | None
     config_dir = str(config.single_file_config or SD1_CONFIG_DIR)
     with tempfile.TemporaryDirectory() as workdir:
         if path.suffix.lower() in PICKLE_SUFFIXES:
-            path = _pickle_to_safetensors(path, Path(workdir))
+            path = pickle_to_safetensors(path, Path(workdir))
         # local_files_only + config=<local folder>: without both, diffusers fetches SD 1.5's configs
         common = {"config": config_dir, "local_files_only": True}
         extra = {"vae": vae} if vae is not None else {}
@@ -175,37 +192,38 @@ def _scheduler_class(folder: Path):
     return getattr(diffusers, name)
 
 
-def _download(repo_id: str, config: ModelConfig) -> Path:
-    """The local snapshot of a hub model: the cache when it holds it, else a download."""
-    patterns = HUB_FILES + (["*.bin"] if config.allow_pickle else [])
+def download(repo_id: str, config: ModelConfig, files: list[str] = HUB_FILES, field: str = "model") -> Path:
+    """The local snapshot of a hub repo (`files`: the patterns it needs): the cache when it holds it,
+    else a download."""
+    patterns = files + (["*.bin"] if config.allow_pickle else [])
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
     except Exception as exc:  # not cached (the hub client raises several types for it)
         if _is_offline(config):
-            raise LoadError("not in the local Hugging Face cache, and t2i is offline", field="model", value=repo_id,
+            raise LoadError("not in the local Hugging Face cache, and t2i is offline", field=field, value=repo_id,
                             hint="give a local diffusers folder or .safetensors file") from exc
     host = urlparse(hub_constants.ENDPOINT).hostname or "huggingface.co"
     try:  # fail in seconds, not after the hub client's retries with back-off
         socket.create_connection((host, 443), timeout=5).close()
     except OSError as exc:
-        raise LoadError(f"cannot reach {host} to download it", field="model", value=repo_id,
+        raise LoadError(f"cannot reach {host} to download it", field=field, value=repo_id,
                         hint="give a local diffusers folder or .safetensors file, or a cached model offline") from exc
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:
-        raise LoadError(f"could not download it ({first_line(exc)})", field="model", value=repo_id) from exc
+        raise LoadError(f"could not download it ({first_line(exc)})", field=field, value=repo_id) from exc
 
 
 def _load_vae(source: str, config: ModelConfig) -> AutoencoderKL:
     path = Path(source).expanduser()
     if path.is_file():
-        _refuse_pickle(path, config, "vae")
+        refuse_pickle(path, config, "vae")
         return AutoencoderKL.from_single_file(str(path), config=str(config.single_file_config or SD1_CONFIG_DIR),
                                               subfolder="vae", local_files_only=True)
     if path.is_dir():
         return AutoencoderKL.from_pretrained(path, use_safetensors=None if config.allow_pickle else True)
     if HUB_ID.match(source):
-        return AutoencoderKL.from_pretrained(_download(source, config))
+        return AutoencoderKL.from_pretrained(download(source, config))
     raise NotFound("no such file or folder", field="vae", value=source)
 
 
@@ -223,7 +241,7 @@ def _locate(config: ModelConfig) -> tuple[str, Path | None]:
         if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
             raise InvalidInput("expected a .safetensors checkpoint (or a diffusers folder)", field="model",
                                value=source)
-        _refuse_pickle(path, config, "model")
+        refuse_pickle(path, config, "model")
         return "file", path
     if HUB_ID.match(source) and not path.suffix:
         return "hub", None
@@ -255,7 +273,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
             pipe = _load_single_file(path, config, vae)
             model_hash, name = file_sha256(path)[:10], path.stem
         else:
-            folder = path if path is not None else _download(config.model, config)
+            folder = path if path is not None else download(config.model, config)
             pipe = _load_folder(folder, config, vae, dtype)
             name = config.model if kind == "hub" or config.model in PRESETS else folder.name
     except T2IError:

@@ -14,6 +14,7 @@ from typing import Any
 
 from t2i.errors import check
 from t2i.formats.lora import LoraRef
+from t2i.sampling.control import MAX_UNITS, ControlUnit
 from t2i.sampling.hires import check_hires, resolve_upscaler
 from t2i.sampling.outpaint import FILLS, parse_sides
 from t2i.sampling.outpaint import MODES as OUTPAINT_MODES
@@ -82,6 +83,9 @@ class GenerationConfig:
     hires_schedule: str | None = None
     hires_prompt: str | None = None  # None: the prompt
     hires_negative_prompt: str | None = None
+    # ControlNet (t2i.sampling.control): units, each a ControlNet and the image it reads
+    controls: tuple[ControlUnit, ...] = ()
+    controlnet_dir: str = "controlnet"  # where a unit's model name is looked up (A1111's models/ControlNet)
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -120,6 +124,7 @@ class GenerationConfig:
         _ = self.sampling  # resolving checks the sampler, the schedule and that they go together
         self._check_hires()
         self._check_outpaint()
+        self._check_controls()
         object.__setattr__(self, "loras", tuple(LoraRef.parse(r) if isinstance(r, str) else r for r in self.loras))
 
     @property
@@ -160,6 +165,21 @@ class GenerationConfig:
         parse_sides(self.outpaint)
         check(self.init_image is not None, "outpaint", self.outpaint, "needs {init_image} (the image to extend)")
         check(self.mask is None, "mask", None, "does not combine with {outpaint}, which makes its own mask")
+
+    def _check_controls(self) -> None:
+        object.__setattr__(self, "controls", tuple(self.controls))
+        check(len(self.controls) <= MAX_UNITS, "controls", len(self.controls),
+              f"at most {MAX_UNITS} ControlNet units at once")
+        if not self.controls:
+            return
+        check(all(isinstance(c, ControlUnit) for c in self.controls), "controls", None,
+              "each unit must be a ControlUnit")
+        check(self.cache_interval == 1, "cache_interval", self.cache_interval,
+              "does not combine with ControlNet (its residuals go into every UNet call)", hint="leave it at 1")
+        check(not self.hires, "hires_scale", self.hires_scale, "does not combine with ControlNet yet",
+              hint="run the hires pass as img2img with the same --control at the larger size")
+        check(self.outpaint is None or self.outpaint_mode != "mk2", "outpaint_mode", self.outpaint_mode,
+              "mk2 generates a side at a time and does not combine with ControlNet", hint="use poor-man or pad")
 
     def _check_hires(self) -> None:
         given = [name for name in ("hires_sampler", "hires_schedule", "hires_prompt", "hires_negative_prompt")

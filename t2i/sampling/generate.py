@@ -31,7 +31,7 @@ from t2i.sampling.img2img_steps import prepare
 from t2i.sampling.outpaint import FILLS, make_canvas, parse_sides
 from t2i.sampling.prompts import split_lora_tags
 from t2i.sampling.samplers import SAMPLERS, schedule_arguments
-from t2i.sampling.settings import EmbeddingUse, ImageSettings, LoraUse
+from t2i.sampling.settings import ControlUse, EmbeddingUse, ImageSettings, LoraUse
 from t2i.sampling.text import context_length, embeddings_used, text_inputs
 from t2i.sampling.view import call_view, serialised_tokenizer
 
@@ -150,7 +150,7 @@ def decode(pipe, latents: torch.Tensor, generators, tile_size: int | None = None
 
 def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, seed: int, size: tuple[int, int],
                    loras: list[dict], embeddings: list, vae_tile_size: int | None,
-                   written: str | None = None) -> ImageSettings:
+                   written: str | None = None, controls: list | tuple = ()) -> ImageSettings:
     """One image's resolved settings (`prompt`: its text without LoRA tags, `written`: as the user
     wrote it; `vae_tile_size`: the tiles it was decoded in, asked for or after running out of memory)."""
     def source(value):
@@ -173,8 +173,18 @@ def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, se
         resize_mode=config.resize_mode, mask_invert=config.mask_invert,
         outpaint_noise_q=config.outpaint_noise_q, outpaint_color_variation=config.outpaint_color_variation,
         cache_interval=config.cache_interval, vae_tile_size=vae_tile_size, vae=model.config.vae,
-        **_hires_settings(config),
+        **_hires_settings(config), controls=tuple(_control_use(c) for c in controls),
         dtype=model.dtype_name, device=model.device.type, model_name=model.name, model_hash=model.hash)
+
+
+def _control_use(prepared) -> ControlUse:
+    unit = prepared.unit
+    return ControlUse(
+        model=prepared.controlnet.path, title=prepared.controlnet.title,
+        image=unit.image if isinstance(unit.image, str) else None, image_hash=prepared.image_hash, module=unit.module,
+        weight=unit.weight, resize_mode=unit.resize_mode, processor_res=unit.processor_res,
+        threshold_a=unit.threshold_a, threshold_b=unit.threshold_b, guidance_start=unit.guidance_start,
+        guidance_end=unit.guidance_end, control_mode=unit.control_mode, pixel_perfect=unit.pixel_perfect)
 
 
 def _outpaint_inputs(init: Image.Image, config: GenerationConfig):
@@ -243,6 +253,11 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     if init is not None and init.size != (width, height):
         init = init.resize((width, height), resample=Image.Resampling.BICUBIC)  # as diffusers' preprocess
         mask = mask.resize((width, height), resample=Image.Resampling.NEAREST) if mask is not None else None
+    controls = []
+    if config.controls:  # every ControlNet loaded and checked, every map made, before any sampling
+        from t2i.sampling.control_run import prepare_controls
+
+        controls = prepare_controls(model, config.controls, (width, height), config.controlnet_dir)
     layers = model.pipe.text_encoder.config.num_hidden_layers
     check(config.clip_skip is None or config.clip_skip <= layers, "clip_skip", config.clip_skip,
           f"this text encoder has only {layers} layers")
@@ -268,7 +283,7 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     def view(loras):
         if loras not in views:
             views[loras] = call_view(model, config.mode, *config.sampling, loras, progress,
-                                     config.cache_interval)
+                                     config.cache_interval, controls, config.guidance_scale > 1)
         return views[loras]
 
     scheduler = view(config.loras)[0].scheduler
@@ -285,6 +300,10 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         "img2img": {"image": init, "strength": strength},
         "inpaint": {"image": init, "mask_image": mask, "strength": strength, "width": width, "height": height}}
     mode_args = modes[config.mode]
+    if controls:
+        from t2i.sampling.control_run import pipeline_arguments
+
+        mode_args.update(pipeline_arguments(controls, config.mode))
     if on_step is not None:
         def step_end(_pipe, index, _timestep, tensors):
             on_step(index + 1, _pipe.num_timesteps)
@@ -320,7 +339,7 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
                 used[prompt] = embeddings_used(tokenizer, [prompt, config.negative_prompt], config.emphasis,
                                                embeddings)
             settings = image_settings(model, config, prompt, image_seed, (width, height), loras, used[prompt],
-                                      tile_size, written)
+                                      tile_size, written, controls)
             yield GeneratedImage(image, settings)
 
 

@@ -44,6 +44,69 @@ class EmbeddingUse:
 
 
 @dataclass(frozen=True)
+class ControlUse:
+    """One ControlNet unit as it ran (t2i.sampling.control.ControlUnit, resolved)."""
+
+    model: str  # the file, folder or hub id that was loaded
+    title: str  # A1111's `Model:` value, "name [hash]"
+    image: str | None  # the control image's path; None for an image given in memory
+    image_hash: str  # of its pixels (t2i.sampling.control_run.image_hash)
+    module: str
+    weight: float
+    resize_mode: str
+    processor_res: int
+    threshold_a: float | None
+    threshold_b: float | None
+    guidance_start: float
+    guidance_end: float
+    control_mode: str
+    pixel_perfect: bool
+
+    _TYPES = {"model": (str,), "title": (str,), "image": (str, NONE), "image_hash": (str,), "module": (str,),
+              "weight": (int, float), "resize_mode": (str,), "processor_res": (int,),
+              "threshold_a": (int, float, NONE), "threshold_b": (int, float, NONE), "guidance_start": (int, float),
+              "guidance_end": (int, float), "control_mode": (str,), "pixel_perfect": (bool,)}
+
+    @classmethod
+    def from_dict(cls, item, origin: str) -> ControlUse:
+        if isinstance(item, cls):
+            return item
+        good = isinstance(item, dict) and all(
+            isinstance(item.get(name), types) and (not isinstance(item.get(name), bool) or bool in types)
+            for name, types in cls._TYPES.items())
+        check(good, "image", origin,
+              f"its t2i settings hold a ControlNet unit without one of {', '.join(cls._TYPES)}")
+        return cls(**{name: item[name] for name in cls._TYPES})
+
+    def infotext(self) -> str:
+        """The value of A1111's `ControlNet N` key."""
+        from t2i.sampling.control_maps import PREPROCESSORS
+
+        spec = PREPROCESSORS[self.module]
+        pairs = {"Module": self.module, "Model": self.title, "Weight": _number(self.weight),
+                 "Resize Mode": self.resize_mode, "Processor Res": self.processor_res,
+                 "Threshold A": _number(self.threshold_a if self.threshold_a is not None else spec.threshold_a.default)
+                 if spec.threshold_a else None,
+                 "Threshold B": _number(self.threshold_b if self.threshold_b is not None else spec.threshold_b.default)
+                 if spec.threshold_b else None,
+                 "Guidance Start": _number(self.guidance_start), "Guidance End": _number(self.guidance_end),
+                 "Pixel Perfect": self.pixel_perfect, "Control Mode": self.control_mode}
+        return ", ".join(f"{key}: {value}" for key, value in pairs.items() if value is not None)
+
+    def unit(self, image=None):
+        """The ControlUnit that re-makes it, reading `image` (default: the recorded path)."""
+        from t2i.sampling.control import ControlUnit
+
+        check(image is not None or self.image is not None, "controls", self.title,
+              "its control image was given in memory, not as a file", hint="give the control image again")
+        return ControlUnit(model=self.model, image=image if image is not None else self.image, weight=self.weight,
+                           module=self.module, resize_mode=self.resize_mode, processor_res=self.processor_res,
+                           threshold_a=self.threshold_a, threshold_b=self.threshold_b,
+                           guidance_start=self.guidance_start, guidance_end=self.guidance_end,
+                           control_mode=self.control_mode, pixel_perfect=self.pixel_perfect)
+
+
+@dataclass(frozen=True)
 class ImageSettings:
     """Every resolved setting of one image: enough to re-make it exactly."""
 
@@ -93,6 +156,8 @@ class ImageSettings:
     hires_schedule: str | None = _setting((str, NONE), "generation", None, since=None)
     hires_prompt: str | None = _setting((str, NONE), "generation", None, since=None)
     hires_negative_prompt: str | None = _setting((str, NONE), "generation", None, since=None)
+    # ControlNet units (t2i.sampling.control)
+    controls: tuple[ControlUse, ...] = _setting((list, tuple), "generation", (), since=())
     # the model: what to load, and how other tools name it
     vae: str | None = _setting((str, NONE), "model", None)
     dtype: str = _setting((str,), "model", "fp32")
@@ -113,6 +178,7 @@ class ImageSettings:
         record = asdict(self)
         record["loras"] = [asdict(lora) for lora in self.loras]
         record["embeddings"] = [asdict(e) for e in self.embeddings]
+        record["controls"] = [asdict(c) for c in self.controls]
         record["mode"] = self.mode  # for people and other tools; derived, never read back
         return record
 
@@ -135,6 +201,7 @@ class ImageSettings:
         values["sampler"], values["schedule"] = resolve_sampler(values["sampler"], values["schedule"])
         values["loras"] = tuple(_entry(LoraUse, item, origin) for item in values["loras"])
         values["embeddings"] = tuple(_entry(EmbeddingUse, item, origin) for item in values["embeddings"])
+        values["controls"] = tuple(ControlUse.from_dict(item, origin) for item in values["controls"])
         return cls(**values)
 
     # ---- back to what made it -------------------------------------------------------------------
@@ -166,6 +233,8 @@ class ImageSettings:
             if tagged:
                 generation["lora_dir"] = str(Path(tagged[0].path).expanduser().parent)
         generation["vae_tiling"] = self.vae_tile_size is not None
+        if "controls" not in overrides:  # a unit whose image came in memory must be given again
+            generation["controls"] = tuple(control.unit() for control in self.controls)
         if "sampler" in overrides and "schedule" not in overrides:  # another sampler on A1111's default for it
             generation["schedule"] = "automatic"
         for name, value in overrides.items():
@@ -202,6 +271,7 @@ class ImageSettings:
             "Fall-off exponent": self.outpaint_noise_q if self.outpaint_mode == "mk2" and self.outpaint else None,
             "Color variation": self.outpaint_color_variation if self.outpaint_mode == "mk2" and self.outpaint else None,
             **self._hires_fields(),
+            **{f"ControlNet {index}": control.infotext() for index, control in enumerate(self.controls)},
             "Version": f"t2i {self.version}",
         }
 

@@ -13,7 +13,14 @@ import copy
 import threading
 
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
+from diffusers import (
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetInpaintPipeline,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+)
 
 from t2i.errors import check
 from t2i.formats.lora import LoraRef, apply_loras
@@ -22,6 +29,8 @@ from t2i.sampling.samplers import build_scheduler
 
 PIPELINES = {"txt2img": StableDiffusionPipeline, "img2img": StableDiffusionImg2ImgPipeline,
              "inpaint": StableDiffusionInpaintPipeline}
+CONTROL_PIPELINES = {"txt2img": StableDiffusionControlNetPipeline, "img2img": StableDiffusionControlNetImg2ImgPipeline,
+                     "inpaint": StableDiffusionControlNetInpaintPipeline}
 
 
 class SerialisedTokenizer:
@@ -100,9 +109,11 @@ def _offload_copies(components: dict, device) -> None:
 
 
 def call_view(model, mode: str, sampler: str, schedule: str, loras: tuple[LoraRef, ...] = (),
-              progress: bool = True, cache_interval: int = 1):
+              progress: bool = True, cache_interval: int = 1, controls=(), cfg: bool = True):
     """(pipeline for `mode` over `model`'s weights, the LoRAs applied as the metadata records them;
-    with `cache_interval` > 1, a UNet that reuses its deep features: t2i.sampling.feature_cache)."""
+    with `cache_interval` > 1, a UNet that reuses its deep features: t2i.sampling.feature_cache;
+    with `controls` (t2i.sampling.control_run.PreparedControl), a ControlNet pipeline whose ControlNet
+    is this call's own wrapper of theirs; `cfg`: the call runs classifier-free guidance)."""
     components = dict(model.pipe.components)
     components["scheduler"] = build_scheduler(sampler, schedule, model.scheduler_config)
     components["tokenizer"] = serialised_tokenizer(components["tokenizer"])
@@ -120,6 +131,10 @@ def call_view(model, mode: str, sampler: str, schedule: str, loras: tuple[LoraRe
             _offload_copies(components, model.device)
     if cache_interval > 1:
         components["unet"] = cached_unet(components["unet"], cache_interval)
-    pipe = PIPELINES[mode](**components, requires_safety_checker=False)
+    if controls:
+        from t2i.sampling.control_run import control_net
+
+        components["controlnet"] = control_net(list(controls), cfg)
+    pipe = (CONTROL_PIPELINES if controls else PIPELINES)[mode](**components, requires_safety_checker=False)
     pipe.set_progress_bar_config(leave=False, disable=not progress)
     return pipe, applied

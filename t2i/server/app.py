@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from t2i.errors import InvalidInput, NotFound, T2IError, first_line
 from t2i.sampling.hires import LATENT_MODES, PIXEL_UPSCALERS
+from t2i.server.controlnet_routes import add_routes as add_controlnet_routes
 from t2i.server.jobs import QueueFull, Stopped
 from t2i.server.schemas import Img2ImgRequest, PngInfoRequest, TaskRequest, Txt2ImgRequest
 from t2i.server.service import Service
@@ -211,6 +212,8 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Guar
         app.add_api_route(f"{api}/{path}", _listing(answer), methods=["GET"], name=path)
     for path in ("refresh-checkpoints", "refresh-loras", "refresh-vae"):  # listings are read afresh each time
         app.add_api_route(f"{api}/{path}", _listing(lambda: None), methods=["POST"], name=path)
+
+    add_controlnet_routes(app, service)  # A1111's ControlNet extension: /controlnet/*
 
     @app.get("/", response_class=HTMLResponse)
     async def page():

@@ -22,6 +22,7 @@ from t2i.sampling.samplers import SAMPLERS, SCHEDULES
 from t2i.sampling.settings import ImageSettings
 from t2i.server import img2img
 from t2i.server.catalog import Catalog
+from t2i.server.controlnet_api import ControlNetFolder, png_base64
 from t2i.server.jobs import Cancelled, Job, JobQueue, Stopped, new_task_id, watch_blocks
 from t2i.server.schemas import GenerationRequest, Img2ImgRequest
 from t2i.server.settings import ServerSettings
@@ -42,6 +43,7 @@ class Service:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
         self.catalog = Catalog(settings)
+        self.controlnets = ControlNetFolder(settings.controlnet_dir, settings.allow_pickle)
         self.queue = JobQueue(settings.max_queue)
         start = self.catalog.checkpoints()[0]
         self.options: dict[str, Any] = {"sd_model_checkpoint": start.title, "sd_vae": "Automatic",
@@ -54,7 +56,7 @@ class Service:
     async def generate(self, request: GenerationRequest, kind: str, is_disconnected=None) -> dict[str, Any]:
         # every check before queueing; off the event loop, which keeps answering progress meanwhile
         # (decoding and preparing large init images and masks takes a while)
-        work = await asyncio.to_thread(plan, request, self.options, self.catalog, self.settings)
+        work = await asyncio.to_thread(plan, request, self.options, self.catalog, self.settings, self.controlnets)
         config = work.config
         job = Job(kind, images=config.num_images, batch_size=config.batch_size,
                   task_id=request.force_task_id or new_task_id())
@@ -87,6 +89,9 @@ class Service:
                 images.append(base64.b64encode(data).decode("ascii"))
             if request.save_images:
                 save_png(image, settings, Path(self.settings.output_dir) / f"{kind}-images")
+        if results and request.send_images:  # the ControlNet maps, as the extension appends them
+            size = (results[0][1].width, results[0][1].height)
+            images += [png_base64(m) for m in work.controls.detected_maps(size)]
         if isinstance(request, Img2ImgRequest) and request.include_init_images:
             images += request.init_images
         parameters = request.model_dump()

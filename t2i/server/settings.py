@@ -14,6 +14,7 @@ class ServerSettings:
     models_dir: str | None = None  # more checkpoints: *.safetensors files and diffusers folders; VAEs in VAE/
     lora_dir: str = "loras"  # what <lora:NAME:W> tags and GET loras see
     embeddings_dir: str | None = None  # textual-inversion embeddings prompts may name (GET embeddings lists them)
+    controlnet_dir: str | None = None  # ControlNets units may name (GET /controlnet/model_list lists them)
     output_dir: str = "outputs"  # where save_images=true writes (NNNNN-SEED.png, as t2i generate)
     host: str = "127.0.0.1"
     port: int = 7860

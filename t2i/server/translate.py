@@ -20,6 +20,8 @@ from t2i.sampling.hires import hires_size
 from t2i.sampling.outpaint import make_canvas, parse_sides
 from t2i.server import img2img
 from t2i.server.catalog import Catalog, Checkpoint
+from t2i.server.controlnet_api import SCRIPT as CONTROLNET_SCRIPT
+from t2i.server.controlnet_api import ControlNetFolder, RequestControls, request_controls
 from t2i.server.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from t2i.server.scripts import script_fields
 from t2i.server.settings import ServerSettings
@@ -62,8 +64,9 @@ def refuse_unsupported(request: GenerationRequest) -> None:
         value = getattr(request, name, None)
         check(_off(value, *off), name, value, f"t2i has no {feature}", hint="leave it out or at its default")
     check(not request.styles, "styles", request.styles, "t2i has no saved styles", hint="put the text in the prompt")
-    scripts = [name for name, value in request.alwayson_scripts.items() if _script_enabled(value)]
-    check(not scripts, "alwayson_scripts", ", ".join(scripts), "t2i runs no A1111 extensions")
+    scripts = [name for name, value in request.alwayson_scripts.items()
+               if _script_enabled(value) and name.lower() != CONTROLNET_SCRIPT]
+    check(not scripts, "alwayson_scripts", ", ".join(scripts), "t2i runs no A1111 extension but ControlNet")
 
 
 def _script_enabled(value) -> bool:
@@ -85,9 +88,11 @@ class Plan:
     checkpoint: Checkpoint
     vae: str | None
     finish: Callable[[Image.Image], Image.Image]  # A1111's step after generation (the inpaint overlay)
+    controls: RequestControls = RequestControls()  # ControlNet units, and those whose maps the answer shows
 
 
-def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: ServerSettings) -> Plan:
+def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: ServerSettings,
+         controlnets: ControlNetFolder | None = None) -> Plan:
     """What the request asks t2i to do, every value checked against the server's limits first."""
     refuse_unsupported(request)
     check(not request.script_name or isinstance(request, Img2ImgRequest), "script_name", request.script_name,
@@ -126,13 +131,18 @@ def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: 
                                     "override_settings.sd_model_checkpoint" if "sd_model_checkpoint" in overrides
                                     else "sd_model_checkpoint")
     vae = catalog.vae(options.get("sd_vae"), "override_settings.sd_vae" if "sd_vae" in overrides else "sd_vae")
+    controls = RequestControls()
+    if controlnets is not None:
+        init = fields.get("init_image") if isinstance(fields.get("init_image"), Image.Image) else None
+        controls = request_controls(request.alwayson_scripts, controlnets, init)
+        fields["controls"] = controls.units
     config = GenerationConfig(**fields)
     if config.hires and config.width and config.height:  # the second pass's size, before any work
         final = hires_size(config.width, config.height, config.hires_scale or 1, config.hires_resize_x,
                            config.hires_resize_y).final
         check(final[0] * final[1] <= settings.max_pixels, "hr_scale", f"{final[0]}x{final[1]}",
               f"over this server's limit of {settings.max_pixels:,} pixels an image")
-    return Plan(config, checkpoint, vae, finish)
+    return Plan(config, checkpoint, vae, finish, controls)
 
 
 def _hires_fields(request: Txt2ImgRequest) -> dict:

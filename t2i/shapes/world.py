@@ -84,6 +84,23 @@ def make_image(spec: Shape, image_size: int = SIZE, rgb: tuple[int, int, int] | 
     return image
 
 
+CONTROLS = ("mask", "edges")  # the control images the world draws beside each image (ControlNet's inputs)
+
+
+def control_image(spec: Shape, kind: str, image_size: int = SIZE, frame: tuple[int, int] | None = None) -> Image.Image:
+    """The object's mask (white on black, as segmentation-style control maps are) or its outline (canny edges
+    of the drawn image, the map A1111's canny preprocessor makes of it)."""
+    if kind == "mask":
+        silhouette = make_image(spec, image_size, rgb=(0, 0, 0), frame=frame).convert("L")
+        return silhouette.point(lambda v: 255 if v < 128 else 0).convert("RGB")
+    if kind == "edges":
+        from t2i.sampling.control_maps import detect
+
+        drawn = make_image(spec, image_size, frame=frame)
+        return detect(drawn, "canny", processor_res=min(drawn.size))
+    raise ValueError(f"unknown control kind {kind!r}")
+
+
 def caption(spec: Shape, rng: random.Random) -> str:
     """One of a few natural phrasings; the size word only when the size is clearly small or large."""
     size = f"{spec.size_word} " if spec.size_word and rng.random() < 0.5 else ""
@@ -111,12 +128,14 @@ def colour_mix(choices: list[str]) -> tuple[str, ...]:
 
 
 def make_dataset(out: Path, count: int, seed: int = 0, colours=tuple(COLOURS), shapes=SHAPES,
-                 image_size: int = SIZE, frames: tuple[tuple[int, int], ...] = ()) -> Path:
+                 image_size: int = SIZE, frames: tuple[tuple[int, int], ...] = (), control: str | None = None) -> Path:
     """Write `count` images as a Hugging Face imagefolder (metadata.jsonl) that `t2i finetune` reads.
 
     Colours are drawn uniformly from `colours`: repeat one to draw it more often. With `frames`
     ((width, height) pairs, one drawn per image), the images are those sizes and each shape sits
-    near an end of the long side (`edge_shape`): a collection whose square crops lose objects.
+    near an end of the long side (`edge_shape`): a collection whose square crops lose objects. With
+    `control` (mask or edges), each image's control image goes in `conditioning/` under the same name and
+    its line names it as `conditioning_image` (diffusers' ControlNet example reads that column).
     """
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -127,6 +146,11 @@ def make_dataset(out: Path, count: int, seed: int = 0, colours=tuple(COLOURS), s
         name = f"{i:06d}.png"
         make_image(spec, image_size, frame=frame).save(out / name)
         captions = sorted({caption(spec, rng) for _ in range(4)})
-        lines.append(json.dumps({"file_name": name, "text": captions, "colour": spec.colour, "shape": spec.shape}))
+        line = {"file_name": name, "text": captions, "colour": spec.colour, "shape": spec.shape}
+        if control is not None:
+            (out / "conditioning").mkdir(exist_ok=True)
+            control_image(spec, control, image_size, frame).save(out / "conditioning" / name)
+            line["conditioning_image"] = f"conditioning/{name}"
+        lines.append(json.dumps(line))
     write_text(out / "metadata.jsonl", "\n".join(lines) + "\n")
     return out
