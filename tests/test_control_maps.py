@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2i.sampling.control_maps import (PREPROCESSORS, control_map, detect, fit_map, pixel_perfect_resolution,
-                                       resolve_module, resolve_resize_mode)
+from t2i.sampling.control_maps import (
+    PREPROCESSORS,
+    control_map,
+    detect,
+    fit_map,
+    pixel_perfect_resolution,
+    resolve_module,
+    resolve_resize_mode,
+)
 from t2i.shapes.world import Shape, control_image, make_image
 
 
