@@ -274,3 +274,84 @@ def test_control_image_of_another_aspect_is_fitted_not_refused(tiny, nets, tmp_p
         result = generate(tiny, dataclasses.replace(BASE, controls=(
             ControlUnit(str(nets / "a"), str(tmp_path / "wide.png"), resize_mode=mode),)), progress=False)[0]
         assert result.image.size == (32, 32)
+
+
+@pytest.mark.parametrize("sampler", ["euler-a", "dpmpp-2m-karras", "ddim", "unipc", "dpmpp-sde", "heun", "lcm"])
+def test_every_sampler_runs_a_unit_and_a_zero_unit_changes_nothing(tiny, nets, sampler):
+    plain = _image(tiny, sampler=sampler, schedule="automatic")
+    assert np.array_equal(_image(tiny, sampler=sampler, schedule="automatic", controls=(_unit(nets, "zero"),)), plain)
+    assert not np.array_equal(_image(tiny, sampler=sampler, schedule="automatic", controls=(_unit(nets, "a"),)), plain)
+
+
+def test_units_combine_with_loras_and_long_prompts(tiny, nets, tmp_path):
+    from conftest import make_lora
+
+    lora = make_lora(tmp_path / "lora", 3, ["attn2.to_k", "attn2.to_v"])
+    long_prompt = " ".join(["a red circle on a white background"] * 12)  # past 75 tokens: several chunks
+    for changes in ({"loras": (lora,)}, {"prompts": (long_prompt,)}):
+        plain = _image(tiny, **changes)
+        assert np.array_equal(_image(tiny, controls=(_unit(nets, "zero"),), **changes), plain)
+        controlled = _image(tiny, controls=(_unit(nets, "a"),), **changes)
+        assert not np.array_equal(controlled, plain)
+    assert not np.array_equal(_image(tiny, loras=(lora,), controls=(_unit(nets, "a"),)),
+                              _image(tiny, controls=(_unit(nets, "a"),)))  # the LoRA still acts beside the unit
+
+
+def test_two_threads_with_other_units_on_one_model(tiny, nets):
+    """Each call wraps the shared ControlNets in its own modules: concurrent generations keep their units."""
+    import threading
+
+    alone = {name: _image(tiny, controls=(_unit(nets, name),)) for name in ("a", "b")}
+    found, errors = {}, []
+
+    def run(name):
+        try:
+            for _ in range(3):
+                found.setdefault(name, []).append(_image(tiny, controls=(_unit(nets, name),)))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert all(np.array_equal(image, alone[name]) for name, images in found.items() for image in images)
+
+
+def test_the_command_line(run_cli, nets, tmp_path):
+    out = tmp_path / "images"
+    code, stdout, err = run_cli("generate", "a cat", "--model", "tiny", "--steps", "2", "--seed", "1", "--out", out,
+                                "--control", f"a={nets / 'one.png'}:0.7", "--control", f"b={nets / 'two.png'}",
+                                "--control-module", "canny", "--control-module", "none", "--control-end", "0.5",
+                                "--controlnet-dir", nets)
+    assert code == 0, err
+    from t2i.sampling.settings import settings_from_png
+
+    settings = settings_from_png(stdout.split()[0])
+    assert [(c.module, c.weight, c.guidance_end) for c in settings.controls] == [("canny", 0.7, 0.5), ("none", 1, 0.5)]
+    code, stdout, err = run_cli("control", "detect", nets / "one.png", "--module", "canny", "--res", "64",
+                                "--out", tmp_path / "map.png")
+    assert code == 0 and Image.open(tmp_path / "map.png").size == (64, 64)
+    code, _, err = run_cli("control", "detect", nets / "one.png", "--out", tmp_path / "map.png")
+    assert code == 2 and "exists already" in err  # never overwritten
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--control", "a=one.png:inf"], "--control inf: must be a finite number"),
+    (["--control", "a"], "--control a: must be MODEL=IMAGE[:WEIGHT]"),
+    (["--control-module", "canny"], "--control-module is a setting of a ControlNet unit"),
+    (["--control", "a=one.png", "--control-mode", "balanced", "--control-mode", "prompt"],
+     "--control-mode: given 2 times for 1 ControlNet units"),
+    (["--control", "a=one.png", "--control-start", "0.6", "--control-end", "0.4"], "--control-start 0.6: must be less"),
+    (["--control", "nope=one.png"], "--control nope: no such ControlNet"),
+    (["--control", "a=missing.png"], "--control"),
+    (["--control", "a=one.png", "--hires-scale", "2"], "--hires-scale 2.0: does not combine with ControlNet"),
+])
+def test_bad_command_lines_are_one_line_usage_errors(run_cli, nets, tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(nets)
+    code, _, err = run_cli("generate", "x", "--model", "tiny", "--steps", "2", "--controlnet-dir", nets,
+                           "--out", tmp_path / "o", *args)
+    assert code == 2 and words in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()

@@ -174,3 +174,21 @@ def test_the_protocol_on_the_shapes_world_scores_every_metric_over_guidance(run_
     text = (out / "report.md").read_text()
     assert "Protocol fid-10k: N = 140 (asked 10000" in text and "preprocessing bicubic to 32x32" in text
     assert len(list((tmp_path / "stats").glob("shapes-32-*.npz"))) == 2, "held-out and floor images cached"
+
+
+@pytest.mark.slow
+def test_control_agreement_compares_a_controlnet_with_the_base_on_held_out_masks(tmp_path):
+    """`t2i evaluate --controlnet --metric control-agreement` on shapes with their masks: the shipped
+    ControlNet's objects overlap their held-out masks where the base model's land anywhere."""
+    from t2i.models import SHAPE_CONTROLNET
+    from t2i.shapes.world import make_dataset
+
+    data = make_dataset(tmp_path / "data", 1300, seed=7, control="mask")
+    report = evaluate(EvalConfig(model="demo", data=str(data), controlnets=(str(SHAPE_CONTROLNET),),
+                                 metrics=("control-agreement", "accuracy"), num_samples=128, steps=8, batch_size=32),
+                      tmp_path / "report", log=lambda *_: None)
+    base, controlled = report["results"]["base"]["7.5"], report["results"]["controlnet-shape-controlnet"]["7.5"]
+    assert base["control_iou"]["ci"][1] < 0.5 < 0.7 < controlled["control_iou"]["ci"][0]
+    assert controlled["control_centroid_px"]["value"] < base["control_centroid_px"]["ci"][0] / 2
+    assert controlled["accuracy"]["value"] >= base["accuracy"]["ci"][0]
+    assert "control_iou" in (tmp_path / "report" / "report.md").read_text()

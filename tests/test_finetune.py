@@ -31,15 +31,19 @@ COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 180, 30), 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    """A kohya folder: 12 circles and squares with two captions each, plus one broken file."""
+    """A kohya folder: 12 circles and squares with two captions each, plus one broken file; each image's
+    mask is its control image in conditioning/ (kohya's ControlNet layout)."""
     root = tmp_path_factory.mktemp("shapes")
+    (root / "conditioning").mkdir()
     for i in range(12):
         name, rgb = list(COLOURS.items())[i % 4]
         shape = "circle" if i % 2 else "square"
-        image = Image.new("RGB", (40, 36), "white")
-        draw = ImageDraw.Draw(image)
-        (draw.ellipse if shape == "circle" else draw.rectangle)((8 + i % 3, 6, 30, 28), fill=rgb)
+        image, mask = Image.new("RGB", (40, 36), "white"), Image.new("RGB", (40, 36), "black")
+        for picture, fill in ((image, rgb), (mask, "white")):
+            draw = ImageDraw.Draw(picture)
+            (draw.ellipse if shape == "circle" else draw.rectangle)((8 + i % 3, 6, 30, 28), fill=fill)
         image.save(root / f"{i:02d}.png")
+        mask.save(root / "conditioning" / f"{i:02d}.png")
         (root / f"{i:02d}.txt").write_text(f"a {name} {shape}\na {shape} in {name}")
     (root / "broken.png").write_bytes(b"\x89PNG\r\n")
     (root / "broken.txt").write_text("never read")
@@ -313,7 +317,8 @@ def test_run_killed_mid_way_resumes_to_the_same_weights(shapes, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--buckets", "--bucket-min", "16", "--bucket-max", "64", "--bucket-step", "8",
-                                         "--train-text-encoder", "--optimizer", "lion"]], ids=["plain", "kohya"])
+                                         "--train-text-encoder", "--optimizer", "lion"], ["--controlnet"]],
+                         ids=["plain", "kohya", "controlnet"])
 def test_two_cpu_processes_train_in_sync_and_only_rank_0_writes(shapes, tmp_path, extra):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "t2i",

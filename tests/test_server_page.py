@@ -421,3 +421,48 @@ def test_lora_picker_token_counter_and_keyboard_reach(page):
     assert page.evaluate("document.activeElement.id") == "choose-info", "'choose one' is reached by Tab"
     for control in ("brush", "strength"):  # labels name their controls
         assert page.evaluate(f"document.getElementById('{control}').labels.length") == 1
+
+
+def test_a_controlnet_unit_from_the_page(page, tmp_path, server_files):
+    """Add a unit, give it the shapes mask, preview its map, generate: the image equals t2i generate with the
+    same unit, and its object sits on the mask."""
+    from t2i import GenerationConfig, generate, load_model
+    from t2i.models.config import ModelConfig
+    from t2i.sampling.control import ControlUnit
+    from t2i.sampling.control_maps import detect
+    from t2i.shapes.analyser import foreground
+    from t2i.shapes.world import Shape, control_image
+
+    mask = control_image(Shape("blue", "square", 14, 16, 15), "mask")
+    mask.save(tmp_path / "mask.png")
+    page.fill("#prompt", "a blue square")
+    settings(page, steps=8, width=32, height=32, seed=3, cfg=7)
+    page.select_option("#sampler", "Euler")
+    page.click("#controlnet summary")
+    page.click("#add-unit")
+    unit = page.locator("#controlnet-units .unit").first
+    assert unit.locator(".unit-model").input_value().startswith("shapes-mask [")
+    unit.locator(".unit-file").set_input_files(str(tmp_path / "mask.png"))
+    page.wait_for_function("!document.querySelector('#controlnet-units .unit-map').hidden")
+    preview = unit.locator(".unit-map").get_attribute("src")
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(preview.split(",", 1)[1]))).convert("RGB"))
+    assert np.array_equal(shown, np.asarray(mask))  # module none: the map is the image
+    unit.locator(".unit-module").select_option("canny")
+    page.wait_for_function("(before) => document.querySelector('#controlnet-units .unit-map').src !== before",
+                           arg=preview)
+    edges = unit.locator(".unit-map").get_attribute("src")
+    canny = np.asarray(Image.open(io.BytesIO(base64.b64decode(edges.split(",", 1)[1]))).convert("RGB"))
+    assert np.array_equal(canny, np.asarray(detect(mask, "canny")))
+    unit.locator(".unit-module").select_option("none")
+    page.click("#generate")
+    page.wait_for_selector("#gallery figure img")
+    caption = page.locator("#gallery figcaption").first.inner_text()
+    assert 'ControlNet 0: "Module: none, Model: shapes-mask [' in caption
+    net = str(server_files / "controlnet" / "shapes-mask.safetensors")
+    expected, = generate(load_model(ModelConfig(model="demo", device="cpu")), GenerationConfig(
+        prompts=("a blue square",), steps=8, seed=3, guidance_scale=7, width=32, height=32, sampler="euler",
+        controls=(ControlUnit(net, mask),)), progress=False)
+    got = image_pixels(page)
+    assert np.array_equal(got, np.asarray(expected.image))
+    drawn, target = foreground(Image.fromarray(got)), np.asarray(mask)[..., 0] > 127
+    assert (drawn & target).sum() / (drawn | target).sum() > 0.6

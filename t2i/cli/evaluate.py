@@ -22,6 +22,9 @@ def evaluate(
     output: Path = typer.Option(..., help="Report folder: report.md, report.json, the generated images."),
     model: str = typer.Option(_default("model"), help="The base model (as t2i generate's --model)."),
     lora: Optional[List[str]] = typer.Option(None, help="PATH[:SCALE] of a LoRA to compare with the base; repeatable."),
+    controlnet: Optional[List[str]] = typer.Option(None, help="A ControlNet to compare with the base (each image made "
+                                                   "with its held-out control image; needs --metric "
+                                                   "control-agreement); repeatable."),
     split: str = typer.Option(_default("split"), help="test (Karpathy's, where the layout has it) or val."),
     num_samples: int = typer.Option(_default("num_samples"), help="N: held-out prompts (and real images)."),
     guidance_scale: Optional[List[float]] = typer.Option(None, help="Repeat for a sweep. Default: 7.5."),
@@ -57,7 +60,8 @@ def evaluate(
 ):
     """Compare the base model and each --lora on the same held-out prompts and seeds."""
     prepare_environment(offline)
-    options = {("loras" if k == "lora" else "guidance_scales" if k == "guidance_scale" else
+    options = {("loras" if k == "lora" else "controlnets" if k == "controlnet" else
+                "guidance_scales" if k == "guidance_scale" else
                 "metrics" if k == "metric" else k): v for k, v in given(ctx).items()
                if k not in ("output", "resume", "offline", "run", "protocol")}
     config = EvalConfig.for_protocol(protocol, **options) if protocol else EvalConfig(**options)

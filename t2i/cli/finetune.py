@@ -26,6 +26,7 @@ def build_config(options: dict) -> FinetuneConfig:
         raise InvalidInput("the only extra format is kohya", field="export_kohya",
                            value=", ".join(sorted(exports - {"kohya"})))
     prompts = tuple(options.pop("validation_prompt", None) or ())
+    options["validation_controls"] = tuple(options.pop("validation_control", None) or ())
     optimizer_args = tuple(options.pop("optimizer_arg", None) or ())
     return FinetuneConfig(**options, validation_prompts=prompts, export_kohya="kohya" in exports,
                           optimizer_args=optimizer_args)
@@ -94,10 +95,17 @@ def finetune(
     optimizer_arg: Optional[List[str]] = typer.Option(None, "--optimizer-args", "--optimizer-arg",
                                                       help="key=value for the optimizer, e.g. weight_decay=0.01; "
                                                            "repeatable."),
+    controlnet: bool = typer.Option(_tuning("controlnet"), "--controlnet", help="Train a ControlNet (from the UNet; "
+                                    "UNet, VAE and CLIP frozen) on images and their control images."),
+    control_column: str = typer.Option(_tuning("control_column"), help="The imagefolder column naming each image's "
+                                       "control image (else: a twin in DATA/conditioning/)."),
+    validation_control: Optional[List[str]] = typer.Option(None, help="A control image for the validation prompts "
+                                                           "(one for all, or one each); repeatable."),
     offline: bool = typer.Option(False, help="Never touch the network."),
     allow_pickle: bool = typer.Option(False, help="Allow a pickled base checkpoint (it can run code)."),
 ):
-    """Fine-tune on captioned images: a LoRA (default) or the whole UNet. Works under accelerate launch."""
+    """Fine-tune on captioned images: a LoRA (default), the whole UNet, or a ControlNet. Works under accelerate
+    launch."""
     prepare_environment(offline)
     config = build_config(given(ctx))
 

@@ -9,6 +9,7 @@ imagefolder (`metadata.jsonl`/`metadata.csv`) and kohya folders (image + same-st
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
 import re
@@ -31,6 +32,7 @@ class Sample:
     captions: tuple[str, ...]
     split: str | None = None  # train / val / test where the layout says
     member: str | None = None  # name inside the zip, when `path` is a zip
+    conditioning: Path | None = None  # its control image, for ControlNet training
 
 
 def clean_caption(text: str) -> str:
@@ -107,8 +109,9 @@ def read_nlphuji_csv(file: Path) -> list[Sample]:
                    tuple(c for c in map(clean_caption, json.loads(row["raw"])) if c), row["split"]) for row in rows]
 
 
-def read_imagefolder(file: Path) -> list[Sample]:
-    """Hugging Face imagefolder: metadata.jsonl / metadata.csv with `file_name` and a text column."""
+def read_imagefolder(file: Path, control_column: str = "conditioning_image") -> list[Sample]:
+    """Hugging Face imagefolder: metadata.jsonl / metadata.csv with `file_name` and a text column (and the
+    control image's path, relative to the file, in `control_column` where a row has one)."""
     if file.suffix == ".jsonl":
         rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
@@ -122,15 +125,21 @@ def read_imagefolder(file: Path) -> list[Sample]:
     for row in rows:
         value = row[column]
         captions = value if isinstance(value, list) else [value]
+        control = row.get(control_column)
         samples.append(Sample(row["file_name"], file.parent / row["file_name"],
-                              tuple(c for c in map(clean_caption, captions) if c), row.get("split")))
+                              tuple(c for c in map(clean_caption, captions) if c), row.get("split"),
+                              conditioning=file.parent / control if isinstance(control, str) and control else None))
     return samples
+
+
+CONTROL_FOLDER = "conditioning"  # control images twin the images there, by relative path and stem
 
 
 def read_kohya_folder(root: Path) -> list[Sample]:
     """kohya: every image with a same-stem .txt or .caption file (one caption per line)."""
     samples = []
-    for image in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+    for image in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                        and p.relative_to(root).parts[0] != CONTROL_FOLDER):
         for suffix in (".txt", ".caption"):
             text_file = image.with_suffix(suffix)
             if text_file.is_file():
@@ -160,8 +169,27 @@ def _marker(root: Path, name: str) -> Path | None:
     return None
 
 
-def read_collection(root: str | Path, data_format: str | None = None) -> tuple[str, list[Sample]]:
-    """(layout name, samples) of a data folder; `data_format` skips detection."""
+def with_control_twins(samples: list[Sample], root: Path) -> list[Sample]:
+    """Each sample without a control image gets its twin in root/conditioning/ (same relative path and
+    stem, any image suffix) when there is one: kohya's ControlNet layout, for any captions layout."""
+    folder = root / CONTROL_FOLDER
+    if not folder.is_dir():
+        return samples
+    found = []
+    for sample in samples:
+        twin = None
+        if sample.conditioning is None and sample.member is None:
+            relative = sample.path.relative_to(root) if sample.path.is_relative_to(root) else Path(sample.path.name)
+            twin = next((c for suffix in IMAGE_SUFFIXES
+                         if (c := (folder / relative).with_suffix(suffix)).is_file()), None)
+        found.append(dataclasses.replace(sample, conditioning=twin) if twin else sample)
+    return found
+
+
+def read_collection(root: str | Path, data_format: str | None = None,
+                    control_column: str = "conditioning_image") -> tuple[str, list[Sample]]:
+    """(layout name, samples) of a data folder; `data_format` skips detection. Control images (ControlNet
+    training) come from an imagefolder's `control_column` or from root/conditioning/ twins."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise NotFound("no such folder", field="data", value=root)
@@ -170,14 +198,15 @@ def read_collection(root: str | Path, data_format: str | None = None) -> tuple[s
     for name, (marker_name, reader) in LAYOUTS.items():
         if data_format in (None, name) and (marker := _marker(root, marker_name)):
             try:
-                return name, _non_empty(reader(marker), root)
+                found = reader(marker, control_column) if reader is read_imagefolder else reader(marker)
+                return name, with_control_twins(_non_empty(found, root), root)
             except (ValueError, KeyError, TypeError, IndexError, csv.Error) as exc:  # JSON, CSV, encoding errors
                 raise InvalidInput(f"its {marker.name} is not a {name} captions file ({type(exc).__name__}: "
                                    f"{first_line(exc)})", field="data", value=root) from exc
     if data_format in (None, "kohya"):
         samples = read_kohya_folder(root)
         if samples:
-            return "kohya", _non_empty(samples, root)
+            return "kohya", with_control_twins(_non_empty(samples, root), root)
     accepted = ", ".join(f"{name} ({marker})" for name, (marker, _) in LAYOUTS.items())
     raise InvalidInput(f"no captioned images found. Accepted layouts: {accepted}, "
                        "or kohya (images with same-stem .txt/.caption files)", field="data", value=root)

@@ -67,20 +67,35 @@ def place_samples(samples: list[Sample], bucketing: Bucketing) -> tuple[list[Sam
     return [s for s in samples if s.key in sizes], place_all(bucketing, sizes)
 
 
+def _placed(image: Image.Image, augment: Augment, centering: tuple[float, float], flip: bool,
+            placement: Placement | None) -> Image.Image:
+    """Without a bucket, the largest square at `centering` resized to the resolution; in a bucket, resized
+    to cover it and cropped to it as kohya does; mirrored when `flip`."""
+    if placement is None:
+        image = ImageOps.fit(image, (augment.resolution,) * 2, Image.Resampling.BICUBIC, centering=centering)
+    else:
+        image = image.resize(placement.resized, Image.Resampling.BICUBIC).crop(placement.crop_box(centering))
+    return ImageOps.mirror(image) if flip else image
+
+
+def _tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
 def pixels(sample: Sample, augment: Augment, centering: tuple[float, float], flip: bool,
            placement: Placement | None = None) -> torch.Tensor:
-    """The sample as a (3, H, W) tensor in [-1, 1]: without a bucket, the largest square at `centering`
-    resized to the resolution; in a bucket, resized to cover it and cropped to it as kohya does."""
-    if placement is None:
-        image = ImageOps.fit(read_rgb(sample), (augment.resolution,) * 2, Image.Resampling.BICUBIC,
-                             centering=centering)
-    else:
-        resized = read_rgb(sample).resize(placement.resized, Image.Resampling.BICUBIC)
-        image = resized.crop(placement.crop_box(centering))
-    if flip:
-        image = ImageOps.mirror(image)
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    """The sample as a (3, H, W) tensor in [-1, 1], placed (`_placed`)."""
+    return _tensor(_placed(read_rgb(sample), augment, centering, flip, placement)) * 2.0 - 1.0
+
+
+def control_pixels(sample: Sample, augment: Augment, centering: tuple[float, float], flip: bool,
+                   placement: Placement | None = None) -> torch.Tensor:
+    """The sample's control image as a (3, H, W) tensor in [0, 1] (as ControlNets read them), stretched to
+    the image's own size first, then cropped and flipped exactly as the image is."""
+    assert sample.conditioning is not None  # samples without one are left out of ControlNet training
+    size = read_rgb(sample).size  # upright, as the image is trained
+    control = to_rgb(open_image(sample.conditioning)).resize(size, Image.Resampling.BICUBIC)
+    return _tensor(_placed(control, augment, centering, flip, placement))
 
 
 def cache_key(*parts) -> str:
@@ -112,9 +127,10 @@ class TrainingSet(torch.utils.data.Dataset):
 
     def __init__(self, samples: list[Sample], augment: Augment, seed: int, tokenizer,
                  cache: TensorCache | None = None, vae_id: str = "", text_id: str = "",
-                 placements: dict[str, Placement] | None = None):
+                 placements: dict[str, Placement] | None = None, controls: bool = False):
         self.samples, self.augment, self.seed, self.tokenizer = samples, augment, seed, tokenizer
         self.cache, self.vae_id, self.text_id, self.placements = cache, vae_id, text_id, placements
+        self.controls = controls  # ControlNet training: each example carries its control image
 
     def placement(self, index: int) -> Placement | None:
         return self.placements[self.samples[index].key] if self.placements is not None else None
@@ -140,6 +156,8 @@ class TrainingSet(torch.utils.data.Dataset):
         else:
             latent = self.cache.get(image_key(sample, self.augment, centering, flip, self.vae_id, placement))
             example |= {"latent_mean": latent["mean"], "latent_std": latent["std"]}
+        if self.controls:  # read every draw (never cached): small next to the image, and cropped as it is
+            example["control"] = control_pixels(sample, self.augment, centering, flip, placement)
         if self.cache is not None and self.text_id:
             example["text"] = self.cache.get(text_key(caption, self.text_id))["text"]
         else:

@@ -12,7 +12,7 @@ from t2i.errors import check
 
 SHAPES_METRICS = ("shapes-fid", "shapes-kid", "shapes-pr", "accuracy")
 INCEPTION_METRICS = ("inception-fid", "inception-kid", "inception-is", "inception-pr")
-METRICS = (*SHAPES_METRICS, "shapes-is", *INCEPTION_METRICS, "clip-score")
+METRICS = (*SHAPES_METRICS, "shapes-is", *INCEPTION_METRICS, "clip-score", "control-agreement")
 MIN_SAMPLES = 128  # twice the 64 feature dimensions: FID with fewer images is mostly its own bias
 MIN_SPLIT_IMAGES = 10  # an Inception Score split's class marginal needs images to average over
 PREPROCESSINGS = ("tf1", "pytorch-fid")  # Inception's input resize: torch-fidelity's (TF1) or pytorch-fid's
@@ -33,6 +33,7 @@ class EvalConfig:
     model: str = "demo"
     data: str = ""
     loras: tuple[str, ...] = ()
+    controlnets: tuple[str, ...] = ()  # each a variant: every image made with its held-out control image
     split: str = "test"  # the layout's own split when it has one; else the seeded validation share
     val_fraction: float = 0.1
     data_seed: int = 0
@@ -73,6 +74,7 @@ class EvalConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "loras", tuple(self.loras))
+        object.__setattr__(self, "controlnets", tuple(self.controlnets))
         object.__setattr__(self, "guidance_scales", tuple(float(g) for g in self.guidance_scales))
         object.__setattr__(self, "metrics", tuple(self.metrics))
         check(self.num_samples >= MIN_SAMPLES, "num_samples", self.num_samples,
@@ -97,5 +99,8 @@ class EvalConfig:
                   f"leaves {self.num_samples // self.is_splits} images a split; IS needs at least {MIN_SPLIT_IMAGES}")
         check(self.reference_stats is None or "inception-fid" in self.metrics, "reference_stats",
               self.reference_stats, "is used by inception-fid only", hint="add {metrics} inception-fid")
+        check(not self.controlnets or "control-agreement" in self.metrics, "controlnets", self.controlnets[0]
+              if self.controlnets else None, "is measured by the control-agreement metric",
+              hint="add {metrics} control-agreement")
         check("clip-score" not in self.metrics or self.clip_model is not None, "metrics", "clip-score",
               "needs {clip_model}: a local CLIP folder or a cached hub id (e.g. openai/clip-vit-base-patch16)")

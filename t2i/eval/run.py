@@ -1,6 +1,7 @@
-"""`t2i evaluate`: the base model and each LoRA on the same held-out prompts and seeds, at each
-guidance scale, scored against the held-out real images, every number with N and a bootstrap
-interval, beside the floor of real against other real images of the same N.
+"""`t2i evaluate`: the base model and each LoRA or ControlNet on the same held-out prompts and seeds,
+at each guidance scale, scored against the held-out real images (and, for control agreement, their
+control images), every number with N and a bootstrap interval, beside the floor of real against other
+real images of the same N.
 
 Generated images are kept in the report folder (`images/<variant>/g<guidance>/NNNNN.png`): a
 killed run goes on where it stopped (`resume`), and nothing is made twice.
@@ -8,10 +9,11 @@ killed run goes on where it stopped (`resume`), and nothing is made twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
-from dataclasses import MISSING, asdict, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +29,28 @@ from t2i.files import atomic_write, write_text
 from t2i.processes import process_state, share
 
 
-def _variants(config: EvalConfig) -> dict[str, tuple[str, ...]]:
-    """variant name -> LoRAs: 'base' and one a LoRA, named after the LoRA."""
-    from t2i.formats.lora import LoraRef
+@dataclass(frozen=True)
+class Variant:
+    loras: tuple[str, ...] = ()
+    controlnet: str | None = None  # its images are each made with the held-out image's control image
 
-    found: dict[str, tuple[str, ...]] = {"base": ()}
+
+def _variants(config: EvalConfig) -> dict[str, Variant]:
+    """variant name -> what it adds: 'base', one a LoRA (named after it) and one a ControlNet."""
+    from t2i.formats.lora import LoraRef
+    from t2i.models.controlnet import find
+
+    found: dict[str, Variant] = {"base": Variant()}
     for text in config.loras:
         ref = LoraRef.parse(text)
         _ = ref.file  # checked now: a missing LoRA fails before any image is made
-        found[f"lora-{ref.name}" + (f"@{ref.scale:g}" if ref.scale != 1 else "")] = (text,)
+        found[f"lora-{ref.name}" + (f"@{ref.scale:g}" if ref.scale != 1 else "")] = Variant(loras=(text,))
+    for source in config.controlnets:
+        path = Path(find(source, None))
+        # named after its file, or its folder when the file has a generic name (model.safetensors)
+        name = path.stem if path.is_file() and path.stem not in ("model", "diffusion_pytorch_model") else (
+            path.name if path.is_dir() else path.parent.name)
+        found[f"controlnet-{name}"] = Variant(controlnet=str(path))
     return found
 
 
@@ -61,6 +76,10 @@ def _held_out(config: EvalConfig):
     rng = random.Random(config.data_seed)
     chosen, floor = rng.sample(held, n), rng.sample(others, n)
     prompts = [rng.choice(sample.captions) for sample in chosen]
+    if "control-agreement" in config.metrics:
+        lacking = [s.key for s in chosen if s.conditioning is None]
+        check(not lacking, "data", config.data, f"control-agreement needs each held-out image's control image; "
+              f"{len(lacking)} have none (e.g. {lacking[:1]})", hint="make it with t2i shapes make-dataset --control")
     return prompts, chosen, floor
 
 
@@ -110,24 +129,37 @@ def _my_runs(missing: list[int], batch_size: int, rank: int, world: int) -> list
     return merged
 
 
-def _generate_missing(model, config: EvalConfig, prompts, loras, guidance: float, folder: Path,
-                      rank: int = 0, world: int = 1) -> int:
+def _generate_missing(model, config: EvalConfig, prompts, variant: Variant, guidance: float, folder: Path,
+                      rank: int = 0, world: int = 1, controls: list | None = None) -> int:
     """Make this process's share of the images not yet in `folder` (image i uses seed + i, as
-    `t2i generate --seed` does); returns how many it made."""
+    `t2i generate --seed` does); returns how many it made. A ControlNet variant makes image i with
+    `controls[i]`, one image a call (each has its own control image)."""
+    from t2i.formats.lora import LoraRef
     from t2i.formats.png import png_bytes
     from t2i.sampling.config import GenerationConfig
+    from t2i.sampling.control import ControlUnit
     from t2i.sampling.generate import generate_iter
 
     folder.mkdir(parents=True, exist_ok=True)
     missing = [i for i in range(len(prompts)) if not (folder / f"{i:05d}.png").exists()]
     made = 0
-    for run in _my_runs(missing, config.batch_size, rank, world):
+    batch_size = 1 if variant.controlnet else config.batch_size
+    for run in _my_runs(missing, batch_size, rank, world):
         # schedule None: the one a joined sampler name carries, else Normal, as every report so far was made
         generation = GenerationConfig(prompts=tuple(prompts[i] for i in run), seed=config.seed + run[0],
                                       steps=config.steps, sampler=config.sampler, schedule=None,
                                       guidance_scale=guidance, width=config.width, height=config.height,
-                                      batch_size=config.batch_size, loras=loras)
-        for index, result in zip(run, generate_iter(model, generation, progress=False)):
+                                      batch_size=config.batch_size, loras=tuple(map(LoraRef.parse, variant.loras)))
+        results = []
+        if variant.controlnet is not None and controls is not None:
+            for index in run:
+                unit = ControlUnit(variant.controlnet, str(controls[index]))
+                one = dataclasses.replace(generation, prompts=(prompts[index],), seed=config.seed + index,
+                                          batch_size=1, controls=(unit,))
+                results += list(generate_iter(model, one, progress=False))
+        else:
+            results = list(generate_iter(model, generation, progress=False))
+        for index, result in zip(run, results):
             data = png_bytes(result.image, result.settings)
             atomic_write(folder / f"{index:05d}.png", lambda tmp: tmp.write_bytes(data))
             made += 1
@@ -136,7 +168,7 @@ def _generate_missing(model, config: EvalConfig, prompts, loras, guidance: float
 
 def _scores(config: EvalConfig, prompts, real: dict[str, Seen], fake: dict[str, Seen], fake_images,
             clip: tuple | None = None, reference: dict | None = None,
-            seconds: dict | None = None) -> dict[str, Estimate]:
+            seconds: dict | None = None, controls: list | None = None) -> dict[str, Estimate]:
     """Every asked metric of `fake` against `real` (both as each extractor sees them); `seconds`
     adds up the time each metric takes."""
     scores: dict[str, Estimate] = {}
@@ -167,6 +199,8 @@ def _scores(config: EvalConfig, prompts, real: dict[str, Seen], fake: dict[str, 
             scores.update({prefix + k: v for k, v in found.items()})
     if "accuracy" in config.metrics and fake_images is not None:
         scores.update(timed("accuracy", lambda: _accuracy(prompts, fake_images)))
+    if "control-agreement" in config.metrics and fake_images is not None and controls is not None:
+        scores.update(timed("control-agreement", lambda: _control_agreement(fake_images, controls)))
     if "clip-score" in config.metrics and fake_images is not None and clip is not None:
         from t2i.eval.clip_score import clip_scores
 
@@ -189,6 +223,18 @@ def _accuracy(prompts, images) -> dict[str, Estimate]:
     return {"colour_accuracy": bootstrap(np.mean, colour, bounds=(0, 1)),
             "shape_accuracy": bootstrap(np.mean, shape, bounds=(0, 1)),
             "accuracy": bootstrap(np.mean, colour * shape, bounds=(0, 1))}
+
+
+def _control_agreement(images, controls) -> dict[str, Estimate]:
+    """Where each image's object is against its held-out control image (read as a mask): IoU and the
+    distance between centres. Every variant is measured against the same masks: the base model's
+    numbers are the chance level of a model that places objects anywhere."""
+    from t2i.shapes.controlnet import mask_of, placement
+
+    rows = np.array([placement(image, mask_of(Image.open(control), image.size))
+                     for image, control in zip(images, controls)])
+    return {"control_iou": bootstrap(np.mean, rows[:, 0], bounds=(0, 1)),
+            "control_centroid_px": bootstrap(np.mean, rows[:, 1], bounds=(0, np.inf))}
 
 
 GRID_PROMPTS = 8  # columns of the side-by-side grid
@@ -246,6 +292,7 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
     check(run is None or (run / "loss.png").is_file(), "run", run, "has no loss.png (is it a t2i finetune output?)")
     variants = _variants(config)
     prompts, real, other_real = _held_out(config)  # samples: only the main process reads their images
+    controls = [sample.conditioning for sample in real] if "control-agreement" in config.metrics else None
     n = len(prompts)
     # under a launcher each process has its own device (accelerate makes it the current one)
     model = load_model(ModelConfig(model=config.model, device=state.device.type if world > 1 else "auto"))
@@ -259,10 +306,10 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
     timing: dict[str, Any] = {"generation_s": 0.0, "images_made": 0, "features_s": 0.0, "metrics_s": 0.0,
                               "images_scored": 0, "processes": world}
     started = time.perf_counter()
-    for name, loras in variants.items():
+    for name, variant in variants.items():
         for guidance in config.guidance_scales:
-            made = _generate_missing(model, config, prompts, loras, guidance, out / "images" / name / f"g{guidance:g}",
-                                     rank, world)
+            made = _generate_missing(model, config, prompts, variant, guidance,
+                                     out / "images" / name / f"g{guidance:g}", rank, world, controls)
             made_everywhere = sum(gather_object([made]))
             timing["images_made"] += made_everywhere
             if main:
@@ -288,7 +335,7 @@ def evaluate(config: EvalConfig, out: Path, resume: bool = False, log=print, run
             fake_seen = {key: extractor.see(images) for key, extractor in extractors.items()}
             timing["features_s"] += time.perf_counter() - started
             started = time.perf_counter()
-            scores = _scores(config, prompts, real_seen, fake_seen, images, clip, reference, seconds)
+            scores = _scores(config, prompts, real_seen, fake_seen, images, clip, reference, seconds, controls)
             timing["metrics_s"] += time.perf_counter() - started
             timing["images_scored"] += len(images)
             results.setdefault(name, {})[f"{guidance:g}"] = {k: v.as_dict() for k, v in scores.items()}

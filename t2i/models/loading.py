@@ -49,6 +49,15 @@ class OnceCache:
         self._items: dict[str, Any] = {}
         self._lock = threading.Lock()
 
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def put(self, key: str, value: Any) -> None:
+        """Set (or replace) an entry: a ControlNet in training is offered to generation this way."""
+        with self._lock:
+            self._items[key] = value
+
     def get(self, key: str, load: Callable[[], Any]) -> Any:
         with self._lock:
             if key not in self._items:

@@ -15,6 +15,7 @@ from t2i.formats.images import load_image
 from t2i.models.controlnet import LoadedControlNet, find, load_controlnet
 from t2i.sampling.control import ControlUnit, block_scales
 from t2i.sampling.control_maps import control_map
+from t2i.sampling.settings import ControlUse
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,16 @@ class PreparedControl:
     controlnet: LoadedControlNet
     map: Image.Image  # what the ControlNet reads, at the output size
     image_hash: str  # of the control image's pixels: a re-make can tell whether it got the same image
+
+    def record(self) -> ControlUse:
+        """The unit as an image's settings record it (a path for a file, None for an image in memory)."""
+        unit = self.unit
+        return ControlUse(
+            model=self.controlnet.path, title=self.controlnet.title,
+            image=unit.image if isinstance(unit.image, str) else None, image_hash=self.image_hash,
+            module=unit.module, weight=unit.weight, resize_mode=unit.resize_mode, processor_res=unit.processor_res,
+            threshold_a=unit.threshold_a, threshold_b=unit.threshold_b, guidance_start=unit.guidance_start,
+            guidance_end=unit.guidance_end, control_mode=unit.control_mode, pixel_perfect=unit.pixel_perfect)
 
 
 def image_hash(image: Image.Image) -> str:
@@ -37,7 +48,8 @@ def prepare_controls(model, units: tuple[ControlUnit, ...], size: tuple[int, int
     prepared = []
     for unit in units:
         image = load_image(unit.image, "control")
-        path = find(unit.model, folder)
+        # a name the model already holds (one offered by a training run) is used as it is
+        path = unit.model if unit.model in model.controlnets else find(unit.model, folder)
         controlnet = model.controlnets.get(path, lambda: load_controlnet(path, model.pipe.unet, model.config))
         detected = control_map(image, unit.module, size, unit.resize_mode, unit.processor_res, unit.threshold_a,
                                unit.threshold_b, unit.pixel_perfect)

@@ -31,7 +31,7 @@ from t2i.sampling.img2img_steps import prepare
 from t2i.sampling.outpaint import FILLS, make_canvas, parse_sides
 from t2i.sampling.prompts import split_lora_tags
 from t2i.sampling.samplers import SAMPLERS, schedule_arguments
-from t2i.sampling.settings import ControlUse, EmbeddingUse, ImageSettings, LoraUse
+from t2i.sampling.settings import EmbeddingUse, ImageSettings, LoraUse
 from t2i.sampling.text import context_length, embeddings_used, text_inputs
 from t2i.sampling.view import call_view, serialised_tokenizer
 
@@ -152,7 +152,8 @@ def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, se
                    loras: list[dict], embeddings: list, vae_tile_size: int | None,
                    written: str | None = None, controls: list | tuple = ()) -> ImageSettings:
     """One image's resolved settings (`prompt`: its text without LoRA tags, `written`: as the user
-    wrote it; `vae_tile_size`: the tiles it was decoded in, asked for or after running out of memory)."""
+    wrote it; `vae_tile_size`: the tiles it was decoded in, asked for or after running out of memory;
+    `controls`: its ControlNet units, t2i.sampling.control_run.PreparedControl)."""
     def source(value):
         return value if isinstance(value, (str, type(None))) else None  # an image given in memory has no path
 
@@ -173,18 +174,8 @@ def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, se
         resize_mode=config.resize_mode, mask_invert=config.mask_invert,
         outpaint_noise_q=config.outpaint_noise_q, outpaint_color_variation=config.outpaint_color_variation,
         cache_interval=config.cache_interval, vae_tile_size=vae_tile_size, vae=model.config.vae,
-        **_hires_settings(config), controls=tuple(_control_use(c) for c in controls),
+        **_hires_settings(config), controls=tuple(c.record() for c in controls),
         dtype=model.dtype_name, device=model.device.type, model_name=model.name, model_hash=model.hash)
-
-
-def _control_use(prepared) -> ControlUse:
-    unit = prepared.unit
-    return ControlUse(
-        model=prepared.controlnet.path, title=prepared.controlnet.title,
-        image=unit.image if isinstance(unit.image, str) else None, image_hash=prepared.image_hash, module=unit.module,
-        weight=unit.weight, resize_mode=unit.resize_mode, processor_res=unit.processor_res,
-        threshold_a=unit.threshold_a, threshold_b=unit.threshold_b, guidance_start=unit.guidance_start,
-        guidance_end=unit.guidance_end, control_mode=unit.control_mode, pixel_perfect=unit.pixel_perfect)
 
 
 def _outpaint_inputs(init: Image.Image, config: GenerationConfig):

@@ -30,7 +30,7 @@ from t2i.server.translate import api_field
 
 log = logging.getLogger("t2i")
 STATIC = resources.files("t2i.server") / "static"
-PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+PAGE_FILES = {"app.js": "text/javascript", "controlnet.js": "text/javascript", "style.css": "text/css"}
 RETRY_AFTER_S = 5  # a 429's hint: about one small job on a CPU; clients with a backoff of their own keep it
 
 

@@ -32,13 +32,13 @@ UNIT_FIELDS = {"module": "module", "weight": "weight", "resize_mode": "resize_mo
                "threshold_a": "threshold_a", "threshold_b": "threshold_b", "guidance_start": "guidance_start",
                "guidance_end": "guidance_end", "control_mode": "control_mode", "pixel_perfect": "pixel_perfect"}
 ALIASES = {"input_image": "image", "guidance": "guidance_end", "lowvram": "low_vram"}
-# fields clients send that change nothing here (memory hints, UI state, the hires pass t2i refuses with ControlNet)
-IGNORED = {"enabled", "model", "image", "low_vram", "save_detected_map", "hr_option", "inpaint_crop_input_image",
-           "is_ui", "input_mode", "batch_images", "output_dir", "loopback", "use_preview_as_input", "guessmode",
-           "batch_image_dir", "batch_mask_dir", "batch_input_gallery", "batch_mask_gallery", "generated_image",
-           "mask_image_fg", "pulid_mode", "ipadapter_input", "union_control_type", "mask",
-           "mask_image", "advanced_weighting", "effective_region_mask", "animatediff_batch", "batch_modifiers",
-           "batch_keyframe_idx", "image_fg"}
+# fields read elsewhere (enabled, model, image, guessmode) and fields that change nothing here: memory hints,
+# UI state, the hires pass (refused with ControlNet), batch and loopback options of the extension's UI
+OTHER_FIELDS = {"enabled", "model", "image", "guessmode", "low_vram", "save_detected_map", "hr_option",
+                "inpaint_crop_input_image", "is_ui", "input_mode", "batch_images", "output_dir", "loopback",
+                "use_preview_as_input", "batch_image_dir", "batch_mask_dir", "batch_input_gallery",
+                "batch_mask_gallery", "generated_image", "mask_image_fg", "pulid_mode", "animatediff_batch",
+                "batch_modifiers", "batch_keyframe_idx", "image_fg"}
 # set to anything but these, a field asks for something t2i does not do
 REFUSED = {"mask": (None, ""), "mask_image": (None, ""), "advanced_weighting": (None, []),
            "effective_region_mask": (None, ""), "ipadapter_input": (None, []),
@@ -136,7 +136,7 @@ def _one_unit(raw: Any, field: str, folder: ControlNetFolder, init: Image.Image 
     raw = {ALIASES.get(key, key): value for key, value in raw.items()}
     if raw.get("enabled", True) is False:
         return None
-    unknown = [key for key in raw if key not in UNIT_FIELDS and key not in IGNORED]
+    unknown = [key for key in raw if key not in UNIT_FIELDS and key not in OTHER_FIELDS and key not in REFUSED]
     check(not unknown, f"{field}.{unknown[0] if unknown else ''}", None, "not a ControlNet unit field t2i knows",
           choices=sorted(UNIT_FIELDS))
     for key, off in REFUSED.items():

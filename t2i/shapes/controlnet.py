@@ -126,18 +126,26 @@ def controls_for(shapes: list[Shape], kind: str = "mask") -> list[Image.Image]:
     return [control_image(s, kind) for s in shapes]
 
 
-def _agreement_rows(image: Image.Image, target: np.ndarray, spec: Shape) -> tuple[float, float, float]:
-    """(IoU, centroid distance in pixels, 1 if colour and shape both read right) of one image."""
+def mask_of(control: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """A control image as the mask it stands for (white: the object), at an image's size."""
+    return np.asarray(control.convert("L").resize(size, Image.Resampling.NEAREST)) > 127
+
+
+def placement(image: Image.Image, target: np.ndarray) -> tuple[float, float]:
+    """(IoU of the analyser's foreground with `target`, distance in pixels between their centres)."""
     drawn = foreground(image)
     union = (drawn | target).sum()
     iou = float((drawn & target).sum() / union) if union else 0.0
-    if drawn.sum() == 0:
-        distance = float(np.hypot(*image.size))  # no object at all: as far off as the image allows
-    else:
-        centre = np.argwhere(drawn).mean(axis=0)
-        distance = float(np.linalg.norm(centre - np.argwhere(target).mean(axis=0)))
+    if drawn.sum() == 0 or target.sum() == 0:
+        return iou, float(np.hypot(*image.size))  # nothing to compare: as far off as the image allows
+    centre = np.argwhere(drawn).mean(axis=0)
+    return iou, float(np.linalg.norm(centre - np.argwhere(target).mean(axis=0)))
+
+
+def _agreement_rows(image: Image.Image, target: np.ndarray, spec: Shape) -> tuple[float, float, float]:
+    """(IoU, centroid distance in pixels, 1 if colour and shape both read right) of one image."""
     colour, shape = analyse(image)
-    return iou, distance, float(colour == spec.colour and shape == spec.shape)
+    return (*placement(image, target), float(colour == spec.colour and shape == spec.shape))
 
 
 def control_agreement(model, masks: list[Image.Image], shapes: list[Shape], controlnet: str | None,
@@ -159,7 +167,7 @@ def control_agreement(model, masks: list[Image.Image], shapes: list[Shape], cont
                                control_mode=control_mode)
             config = dataclasses.replace(config, controls=(unit,))
         image = generate(model, config, progress=False)[0].image
-        rows.append(_agreement_rows(image, np.asarray(mask.convert("L")) > 127, spec))
+        rows.append(_agreement_rows(image, mask_of(mask, image.size), spec))
     table = np.array(rows)
     return bootstrap_many(lambda t: {"iou": float(t[:, 0].mean()), "centroid_px": float(t[:, 1].mean()),
                                      "accuracy": float(t[:, 2].mean())}, table,

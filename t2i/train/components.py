@@ -38,6 +38,7 @@ class Components:
     ema: EMAModel | None
     text_lora_config: Any = None  # the text encoder's LoraConfig when it is trained too
     text_params: list[torch.nn.Parameter] = dataclasses.field(default_factory=list)
+    controlnet: Any = None  # the ControlNet being trained (the UNet is then frozen)
 
     def param_groups(self, config: FinetuneConfig) -> list[dict]:
         """The optimizer's groups: the UNet's weights at --learning-rate, the text encoder's at its own."""
@@ -62,8 +63,14 @@ def load_components(config: FinetuneConfig, device: torch.device, weight_dtype: 
 
     for frozen in (pipe.text_encoder, pipe.vae):
         place(frozen.requires_grad_(False), weight_dtype).eval()
-    lora_config = None
-    if config.lora:
+    lora_config, controlnet = None, None
+    if config.controlnet:
+        from t2i.train.controlnet import embedding_channels, new_controlnet
+
+        place(pipe.unet.requires_grad_(False), weight_dtype)
+        controlnet = new_controlnet(pipe.unet, embedding_channels(pipe.vae_scale_factor), seed=config.seed)
+        place(controlnet, torch.float32).train()
+    elif config.lora:
         from peft import LoraConfig
 
         place(pipe.unet.requires_grad_(False), weight_dtype)
@@ -85,16 +92,20 @@ def load_components(config: FinetuneConfig, device: torch.device, weight_dtype: 
         cast_training_params(pipe.text_encoder, dtype=torch.float32)
         pipe.text_encoder.train()
         text_params = [p for p in pipe.text_encoder.parameters() if p.requires_grad]
-    if config.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-    if config.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-    if config.compile:  # in place: the module keeps its type and state-dict keys, so saving and resuming are unchanged
-        pipe.unet.compile(backend=COMPILE_BACKEND)  # inductor's default mode: autotuning would add minutes
+    networks = [pipe.unet] if controlnet is None else [pipe.unet, controlnet]
+    for network in networks:
+        if config.gradient_checkpointing:
+            network.enable_gradient_checkpointing()
+        if config.channels_last:
+            network.to(memory_format=torch.channels_last)
+        if config.compile:  # in place: the module keeps its type and state-dict keys: saving and resuming are unchanged
+            network.compile(backend=COMPILE_BACKEND)  # inductor's default mode: autotuning would add minutes
     # a list, not a filter(): the optimizer would exhaust an iterator and clipping would see nothing
-    params = [p for p in pipe.unet.parameters() if p.requires_grad] + text_params
+    trained = pipe.unet if controlnet is None else controlnet
+    params = [p for p in trained.parameters() if p.requires_grad] + text_params
     return Components(model, DDPMScheduler.from_config(model.scheduler_config), lora_config, params,
-                      EMAModel(pipe.unet.parameters()) if config.ema else None, text_lora_config, text_params)
+                      EMAModel(pipe.unet.parameters()) if config.ema else None, text_lora_config, text_params,
+                      controlnet)
 
 
 @dataclass
@@ -122,10 +133,18 @@ def load_data(config: FinetuneConfig, parts: Components, accelerator, progress: 
     """The training split, readable images only; with the cache, every latent (and, unless the text
     encoder is trained, every caption) encoded once; with buckets, each image placed in its bucket."""
     pipe, rank, world = parts.model.pipe, accelerator.process_index, accelerator.num_processes
-    layout, samples = read_collection(config.data, config.data_format)
+    layout, samples = read_collection(config.data, config.data_format, config.control_column)
     train = select_split(samples, "train", config.val_fraction, config.seed)
     if not train:
         raise InvalidInput(f"the {layout} layout has no training images", field="data", value=config.data)
+    without_control = {}
+    if config.controlnet:  # a ControlNet learns from (image, control image) pairs: the others are left out
+        without_control = {s.key: "no control image" for s in train if s.conditioning is None}
+        train = [s for s in train if s.conditioning is not None]
+        if not train:
+            raise InvalidInput(f"none of its training images has a control image ({config.control_column!r} in "
+                               "its captions file, or a twin in its conditioning/ folder)", field="data",
+                               value=config.data, hint="name the column with {control_column}")
     augment = Augment(config.resolution, config.random_crop, config.flip, config.caption_dropout)
     placements = None
     candidates = train
@@ -154,7 +173,9 @@ def load_data(config: FinetuneConfig, parts: Components, accelerator, progress: 
         skipped |= {s.key: "unreadable" for s in train if s.key not in placed}
     if not good:
         raise InvalidInput(f"none of the {len(train)} training images could be read", field="data", value=config.data)
-    dataset = TrainingSet(good, augment, config.seed, pipe.tokenizer, cache, vae_id, text_id, placements)
+    skipped |= without_control
+    dataset = TrainingSet(good, augment, config.seed, pipe.tokenizer, cache, vae_id, text_id, placements,
+                          controls=config.controlnet)
     if placements is not None:
         grouped = BucketBatches([placements[s.key].bucket for s in good], config.batch_size, config.seed, world)
         return TrainData(layout, dataset, skipped, grouped.per_rank(), grouped)

@@ -78,6 +78,10 @@ class FinetuneConfig:
     text_encoder_lr: float | None = None  # None: the UNet's learning rate
     optimizer: str = "adamw"
     optimizer_args: tuple[str, ...] = ()  # "key=value", the value a Python literal (kohya's --optimizer_args)
+    # ControlNet training (t2i.train.controlnet): a new ControlNet from the UNet, everything else frozen
+    controlnet: bool = False
+    control_column: str = "conditioning_image"  # an imagefolder's column naming each image's control image
+    validation_controls: tuple[str, ...] = ()  # control images for the validation prompts (one, or one each)
 
     def __post_init__(self):
         for f in fields(self):  # a NaN or infinite hyperparameter would only show as a NaN loss later
@@ -118,6 +122,7 @@ class FinetuneConfig:
               "applies only when the text encoder is trained", hint="add {train_text_encoder}")
         check(self.lora or not self.train_text_encoder, "train_text_encoder", None,
               "trains a LoRA on the text encoder beside the UNet's LoRA", hint="turn {lora} on")
+        self._check_controlnet()
         if self.buckets:
             for name in ("bucket_min", "bucket_max", "bucket_step"):
                 check(getattr(self, name) >= 1, name, getattr(self, name), "must be positive")
@@ -132,6 +137,25 @@ class FinetuneConfig:
                 check(value == default, name, None if isinstance(value, bool) else value,
                       "applies to bucketed training", hint="add {buckets}")
 
+    def _check_controlnet(self) -> None:
+        object.__setattr__(self, "validation_controls", tuple(self.validation_controls))
+        if not self.controlnet:
+            check(not self.validation_controls, "validation_controls", None, "are for ControlNet training",
+                  hint="add {controlnet}")
+            return
+        for name in ("train_text_encoder", "ema", "export_kohya"):
+            check(not getattr(self, name), name, None, "does not apply to ControlNet training",
+                  hint=f"leave {{{name}}} out")
+        given, prompts = len(self.validation_controls), len(self.validation_prompts)
+        check(not prompts or given in (1, prompts), "validation_controls", f"{given} images",
+              f"a ControlNet's validation needs a control image for its {prompts} prompt(s): one for all, "
+              "or one each")
+
+    @property
+    def trains(self) -> str:
+        """What the run trains: "controlnet", "lora" or "unet" (the whole UNet)."""
+        return "controlnet" if self.controlnet else "lora" if self.lora else "unet"
+
     @property
     def lora_alpha(self) -> float:
         return float(self.alpha if self.alpha is not None else self.rank)
@@ -140,8 +164,9 @@ class FinetuneConfig:
     def lr(self) -> float:
         """The UNet's learning rate: as given, else the optimizer's usual one (1.0 for Prodigy, which
         finds its own step size; 1e-4 for a LoRA and 1e-5 for the whole UNet with the others)."""
-        return self.learning_rate if self.learning_rate is not None else default_learning_rate(self.optimizer,
-                                                                                                 self.lora)
+        # a ControlNet is a whole network trained from the UNet's weights: the whole UNet's default
+        return self.learning_rate if self.learning_rate is not None else default_learning_rate(
+            self.optimizer, self.lora and not self.controlnet)
 
     @property
     def te_lr(self) -> float:

@@ -12,6 +12,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+SD_EMBEDDING = (16, 32, 96, 256)  # SD 1.x ControlNets' conditioning encoder: three halvings, 512 px to 64
+
+
+def embedding_channels(vae_factor: int) -> tuple[int, ...]:
+    """The conditioning encoder's widths for a VAE that shrinks images by `vae_factor` (a power of 2):
+    SD's, one halving per factor of 2."""
+    halvings = max(1, vae_factor.bit_length() - 1)
+    return SD_EMBEDDING[:halvings] + (SD_EMBEDDING[-1],) if halvings < 3 else SD_EMBEDDING
+
 
 def new_controlnet(unet, embedding_channels: tuple[int, ...], conditioning_channels: int = 3, seed: int = 0):
     """A ControlNet for `unet`: its encoder's weights, a conditioning encoder that reduces the control image

@@ -78,21 +78,45 @@ def image_grid(images: list[Image.Image]) -> Image.Image:
     return make_image_grid(images + [blank] * (rows * columns - len(images)), rows, columns)
 
 
-def validation_grid(model, prompts, steps: int, seed: int, resolution: int) -> Image.Image:
+TRAINING_CONTROLNET = "(the ControlNet being trained)"  # its key in the model's ControlNet cache
+
+
+def validation_grid(model, prompts, steps: int, seed: int, resolution: int, controlnet=None,
+                    controls: tuple[str, ...] = ()) -> Image.Image:
     """One image per prompt through t2i's own generation (prompt i always gets seed+i, so the grids
-    of successive steps compare)."""
+    of successive steps compare). With a ControlNet in training, prompt i reads control image i (or the
+    only one) and the grid shows each control image beside its output."""
+    import dataclasses
+
     from t2i.sampling.config import GenerationConfig
+    from t2i.sampling.control import ControlUnit
     from t2i.sampling.generate import generate
 
     config = GenerationConfig(prompts=tuple(prompts), steps=steps, seed=seed, width=resolution, height=resolution,
                               sampler="dpmpp-2m")
-    return image_grid([result.image for result in generate(model, config, progress=False)])
+    if controlnet is None:
+        return image_grid([result.image for result in generate(model, config, progress=False)])
+    from t2i.models.controlnet import LoadedControlNet
+
+    model.controlnets.put(TRAINING_CONTROLNET, LoadedControlNet(controlnet, "training", TRAINING_CONTROLNET, None))
+    cells = []
+    for index, prompt in enumerate(prompts):
+        unit = ControlUnit(TRAINING_CONTROLNET, controls[index if len(controls) > 1 else 0])
+        result = generate(model, dataclasses.replace(config, prompts=(prompt,), seed=seed + index, controls=(unit,)),
+                          progress=False)[0]
+        cells += [Image.open(unit.image).convert("RGB").resize(result.image.size), result.image]
+    from diffusers.utils import make_image_grid
+
+    return make_image_grid(cells, len(prompts), 2)
 
 
 def save_weights(folder: Path, parts, ema=None) -> None:
-    """A checkpoint's weights: the LoRA file (UNet and text encoder), or the whole UNet (and its EMA)."""
+    """A checkpoint's weights: the ControlNet, the LoRA file (UNet and text encoder), or the whole UNet
+    (and its EMA)."""
     unet = parts.model.pipe.unet
-    if parts.lora_config is not None:
+    if parts.controlnet is not None:
+        parts.controlnet.save_pretrained(folder / "controlnet")
+    elif parts.lora_config is not None:
         save_diffusers_lora(unet, folder, parts.lora_config.to_dict(), *_text_encoder_parts(parts))
     else:
         unet.save_pretrained(folder / "unet")
@@ -105,6 +129,11 @@ def load_weights(folder: Path, parts, ema=None) -> None:
     from t2i.formats.lora import DIFFUSERS_LORA_FILE, load_diffusers_lora_into
 
     unet = parts.model.pipe.unet
+    if parts.controlnet is not None:
+        from diffusers import ControlNetModel
+
+        parts.controlnet.load_state_dict(ControlNetModel.from_pretrained(folder / "controlnet").state_dict())
+        return
     if parts.lora_config is not None:
         load_diffusers_lora_into(unet, folder / DIFFUSERS_LORA_FILE, _text_encoder_parts(parts)[0])
         return
@@ -144,9 +173,15 @@ def kohya_training_metadata(config, bucket_placements: list | None, kohya_optimi
 
 
 def save_final(out: Path, parts, config, training_metadata: dict[str, str]) -> None:
-    """The run's result: a LoRA (diffusers, and kohya for A1111/ComfyUI on request) or a whole model."""
+    """The run's result: a ControlNet (a diffusers folder, and one .safetensors file A1111's extension and
+    ComfyUI load), a LoRA (diffusers, and kohya for A1111/ComfyUI on request) or a whole model."""
     model = parts.model
-    if config.lora:
+    if config.controlnet:
+        from t2i.models.controlnet import save_single_file
+
+        parts.controlnet.save_pretrained(out)
+        save_single_file(parts.controlnet, out / f"{out.name}.safetensors")
+    elif config.lora:
         save_weights(out, parts)
         if config.export_kohya:
             save_kohya_lora(model.pipe.unet, out / f"{out.name}.safetensors", config.rank, config.lora_alpha,

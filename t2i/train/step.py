@@ -20,8 +20,10 @@ def seed_for(*parts) -> int:
 
 
 def training_loss(unet, parts, config: FinetuneConfig, batch: dict, batch_index: int, rank: int,
-                  accelerator, text_encoder=None) -> torch.Tensor:
-    """`text_encoder`: the (prepared) text encoder when it is trained; its gradients then flow."""
+                  accelerator, text_encoder=None, controlnet=None) -> torch.Tensor:
+    """`text_encoder`: the (prepared) text encoder when it is trained; its gradients then flow.
+    `controlnet`: the (prepared) ControlNet being trained; it reads the batch's control images and its
+    residuals go into the frozen UNet (t2i.train.controlnet)."""
     pipe, scheduler = parts.model.pipe, parts.noise_scheduler
     device, dtype = accelerator.device, pipe.vae.dtype
     generator = torch.Generator().manual_seed(seed_for(config.seed, "noise", batch_index, rank))
@@ -45,7 +47,12 @@ def training_loss(unet, parts, config: FinetuneConfig, batch: dict, batch_index:
     with accelerator.autocast():
         if text_encoder is not None:
             text = text_encoder(batch["input_ids"].to(device))[0]
-        prediction = unet(noisy.to(dtype), timesteps, text.to(dtype)).sample
+        residuals = {}
+        if controlnet is not None:
+            down, mid = controlnet(noisy.to(dtype), timesteps, encoder_hidden_states=text.to(dtype),
+                                   controlnet_cond=batch["control"].to(device, dtype), return_dict=False)
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        prediction = unet(noisy.to(dtype), timesteps, text.to(dtype), **residuals).sample
     weights = min_snr_weights(scheduler, timesteps, config.snr_gamma) if config.snr_gamma else None
     return weighted_mse(prediction, target, weights)
 

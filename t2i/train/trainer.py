@@ -61,7 +61,7 @@ RESUME_KEYS = ("data", "model", "lora", "lora_targets", "rank", "alpha", "batch_
                "seed", "resolution", "flip", "random_crop", "caption_dropout", "cache", "learning_rate",
                "lr_scheduler", "lr_warmup_steps", "max_grad_norm", "snr_gamma", "noise_offset", "ema",
                "buckets", "bucket_min", "bucket_max", "bucket_step", "bucket_no_upscale", "train_text_encoder",
-               "text_encoder_lr", "optimizer", "optimizer_args")
+               "text_encoder_lr", "optimizer", "optimizer_args", "controlnet", "control_column")
 
 
 def _refuse_isolated_ranks(accelerator: Accelerator) -> None:
@@ -105,7 +105,9 @@ class Trainer:
 
     @property
     def trained_modules(self) -> tuple:
-        """What backward reaches: the prepared UNet, and the prepared text encoder when it is trained."""
+        """What backward reaches: the prepared UNet or ControlNet, and the prepared text encoder when trained."""
+        if self.controlnet is not None:
+            return (self.controlnet,)
         return (self.unet,) if self.text_encoder is None else (self.unet, self.text_encoder)
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -120,8 +122,11 @@ class Trainer:
         # stepped once per optimizer step on every rank: not prepared, so accelerate does not scale it
         self.lr_scheduler = get_scheduler(config.lr_scheduler, self.optimizer, num_warmup_steps=config.lr_warmup_steps,
                                           num_training_steps=self.total_steps)
-        self.text_encoder = None
-        if config.train_text_encoder:  # prepared too, so that its gradients are synced across processes
+        self.text_encoder, self.controlnet = None, None
+        if config.controlnet:  # the UNet is frozen: only the ControlNet's gradients are synced
+            self.unet = self.parts.model.pipe.unet
+            self.controlnet, self.optimizer = self.accelerator.prepare(self.parts.controlnet, self.optimizer)
+        elif config.train_text_encoder:  # prepared too, so that its gradients are synced across processes
             self.unet, self.text_encoder, self.optimizer = self.accelerator.prepare(
                 self.parts.model.pipe.unet, self.parts.model.pipe.text_encoder, self.optimizer)
         else:
@@ -208,7 +213,7 @@ class Trainer:
         for micro in range(accumulation):
             with self.accelerator.accumulate(*self.trained_modules):  # gradients synced on the last micro-batch
                 loss = training_loss(self.unet, self.parts, self.config, next(stream), step * accumulation + micro,
-                                     self.rank, self.accelerator, self.text_encoder)
+                                     self.rank, self.accelerator, self.text_encoder, self.controlnet)
                 self.accelerator.backward(loss)
             losses.append(loss.detach())
         every_rank = self.accelerator.gather(torch.stack(losses))  # once a step, not once a micro-batch
@@ -233,7 +238,7 @@ class Trainer:
             return ""
         text_encoder = self.parts.model.pipe.text_encoder if self.config.train_text_encoder else None
         value = validation_loss(self.trained_unet, self.held_out, self.parts.noise_scheduler, self.accelerator.autocast,
-                                text_encoder)
+                                text_encoder, self.parts.controlnet)
         self.accelerator.log({"val_loss": value}, step=step)
         return value
 
@@ -241,15 +246,19 @@ class Trainer:
     def _validate(self, step: int) -> None:
         if not self.config.validation_prompts or not self.main:
             return
-        pipe = self.parts.model.pipe
-        for module in (pipe.unet, pipe.text_encoder):
-            module.eval()
+        pipe, controlnet = self.parts.model.pipe, self.parts.controlnet
+        for module in (pipe.unet, pipe.text_encoder, controlnet):
+            if module is not None:
+                module.eval()
         with self.accelerator.autocast():
             sheet = validation_grid(self.parts.model, self.config.validation_prompts, self.config.validation_steps,
-                                    self.config.seed, self.config.resolution)
+                                    self.config.seed, self.config.resolution, controlnet,
+                                    self.config.validation_controls)
         atomic_write(self.out / "validation" / f"step-{step:06d}.png", lambda tmp: sheet.save(tmp, format="PNG"))
         pipe.unet.train()
         pipe.text_encoder.train(self.config.train_text_encoder)
+        if controlnet is not None:
+            controlnet.train()
 
     def _check_ranks_agree(self) -> None:
         """Every rank must end with the same weights; a silent divergence would ship rank 0's alone."""
@@ -278,7 +287,7 @@ class Trainer:
         # the wrapper goes first, while the group and every rank are still there.
         self.accelerator.wait_for_everyone()
         self.unet = self.trained_unet
-        self.text_encoder = None
+        self.text_encoder, self.controlnet = None, None
         self.accelerator.free_memory()
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from t2i.data.buckets import Bucketing
 from t2i.data.sources import read_collection, select_split
-from t2i.data.training_set import CENTRE, Augment, check_images, pixels, place_samples
+from t2i.data.training_set import CENTRE, Augment, check_images, control_pixels, pixels, place_samples
 from t2i.errors import InvalidInput
 from t2i.train.config import FinetuneConfig
 from t2i.train.step import seed_for
@@ -35,6 +35,7 @@ class HeldOutGroup:
     text: torch.Tensor  # (n, 77, width), from the frozen text encoder
     noise: torch.Tensor
     timesteps: torch.Tensor  # (n,)
+    controls: torch.Tensor | None = None  # (n, 3, H, W) in [0, 1], when a ControlNet is trained
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,10 @@ class HeldOut:
 def held_out_set(config: FinetuneConfig, pipe, scheduler, device, bucketing: Bucketing | None = None) -> HeldOut:
     """Encode the held-out images once, at set-up; the noise and timesteps are fixed with them. With
     buckets, each image is encoded in its own bucket, as it would have been trained."""
-    layout, samples = read_collection(config.data, config.data_format)
+    layout, samples = read_collection(config.data, config.data_format, config.control_column)
     held = select_split(samples, config.validation_split, config.val_fraction, config.seed)
+    if config.controlnet:
+        held = [s for s in held if s.conditioning is not None]
     readable, _ = check_images(held)
     if not readable:
         raise InvalidInput(f"the {layout} layout has no readable {config.validation_split!r} images for the "
@@ -70,7 +73,7 @@ def held_out_set(config: FinetuneConfig, pipe, scheduler, device, bucketing: Buc
     augment = Augment(config.resolution)
     groups = []
     for members in by_size.values():
-        latents, ids, texts = [], [], []
+        latents, ids, texts, controls = [], [], [], []
         for start in range(0, len(members), 8):
             part = [chosen[i] for i in members[start:start + 8]]
             batch = torch.stack([pixels(s, augment, CENTRE, False, placements[s.key] if placements else None)
@@ -79,20 +82,26 @@ def held_out_set(config: FinetuneConfig, pipe, scheduler, device, bucketing: Buc
             tokens = pipe.tokenizer([s.captions[0] for s in part], padding="max_length", truncation=True,
                                     max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
             ids.append(tokens)
+            if config.controlnet:
+                controls += [control_pixels(s, augment, CENTRE, False, placements[s.key] if placements else None)
+                             for s in part]
             texts.append(pipe.text_encoder(tokens.to(device))[0])
         latent_batch = torch.cat(latents)
         noise = torch.randn(latent_batch.shape, generator=generator).to(device)
         groups.append(HeldOutGroup(latent_batch, torch.cat(ids), torch.cat(texts), noise,
-                                   spread[members].to(device)))
+                                   spread[members].to(device), torch.stack(controls).to(device) if controls else None))
     return HeldOut(groups)
 
 
 @torch.no_grad()
-def validation_loss(unet, held: HeldOut, scheduler, autocast, text_encoder=None, batch_size: int = 8) -> float:
+def validation_loss(unet, held: HeldOut, scheduler, autocast, text_encoder=None, controlnet=None,
+                    batch_size: int = 8) -> float:
     """The mean held-out MSE of `unet` (which is left in the mode it was in); with `text_encoder` (a
-    trained one), the captions are encoded by it now."""
-    training = unet.training
+    trained one), the captions are encoded by it now; with `controlnet`, its residuals go into the UNet."""
+    training = unet.training, controlnet.training if controlnet is not None else False
     unet.eval()
+    if controlnet is not None:
+        controlnet.eval()
     total = 0.0
     dtype = next(unet.parameters()).dtype
     epsilon = scheduler.config.prediction_type == "epsilon"
@@ -105,7 +114,14 @@ def validation_loss(unet, held: HeldOut, scheduler, autocast, text_encoder=None,
             with autocast():
                 text = group.text[part] if text_encoder is None else \
                     text_encoder(group.input_ids[part].to(latents.device))[0]
-                prediction = unet(noisy.to(dtype), timesteps, text.to(dtype)).sample
+                residuals = {}
+                if controlnet is not None and group.controls is not None:
+                    down, mid = controlnet(noisy.to(dtype), timesteps, encoder_hidden_states=text.to(dtype),
+                                           controlnet_cond=group.controls[part].to(dtype), return_dict=False)
+                    residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+                prediction = unet(noisy.to(dtype), timesteps, text.to(dtype), **residuals).sample
             total += F.mse_loss(prediction.float(), target.float(), reduction="sum").item() / latents[0].numel()
-    unet.train(training)
+    unet.train(training[0])
+    if controlnet is not None:
+        controlnet.train(training[1])
     return total / len(held)

@@ -107,6 +107,8 @@ function request() {
   for (const side of ["width", "height"]) {
     if (number(side) !== null) body[side] = number(side);
   }
+  const units = controlnetArgs(mode() === "img2img");  // controlnet.js: A1111's ControlNet extension's units
+  if (units.length > 0) body.alwayson_scripts = {controlnet: {args: units}};
   if (mode() === "txt2img" && $("hires-on").checked) {
     Object.assign(body, {enable_hr: true, hr_scale: number("hires-scale"), hr_upscaler: $("hires-upscaler").value,
                          hr_second_pass_steps: number("hires-steps"), denoising_strength: number("hires-denoise")});
@@ -538,6 +540,7 @@ function setUp() {
   refreshQueue();
   setInterval(refreshQueue, 2000);
   loadLists().catch((error) => { $("error").textContent = `Could not reach the API: ${error.message}`; });
+  setUpControlNet();
 }
 
 setUp();
