@@ -213,6 +213,55 @@ def canvas_table(args) -> None:
             print(f"{name:<40}{median[name]:>10.3f}{ratio:>8.3f}")
 
 
+def guidance_table(args) -> None:
+    """(e) PAG on the --size model: t2i against diffusers' StableDiffusionPAGPipeline over the same components,
+    and PAG's cost over plain CFG (a third UNet pass a step)."""
+    from diffusers import StableDiffusionPAGPipeline
+
+    side = SIZES[args.size][1]
+    with tempfile.TemporaryDirectory() as scratch:
+        source = "tiny" if args.size == "tiny" else str(Path(scratch) / "model")
+        if args.size != "tiny":
+            make_model(Path(source), SIZES[args.size][0])
+        model = load_model(ModelConfig(model=source, device="cpu"))
+        pag = StableDiffusionPAGPipeline(**model.pipe.components, pag_applied_layers=["mid"])
+        plain = StableDiffusionPipeline(**model.pipe.components)
+        for pipe in (pag, plain):
+            pipe.set_progress_bar_config(disable=True)
+            pipe.scheduler = DPMSolverMultistepScheduler.from_config(model.scheduler_config, use_karras_sigmas=True)
+
+        def diffusers_pag(seed: int) -> None:
+            pag("a photo", num_inference_steps=args.steps, pag_scale=3.0, guidance_scale=4.0, width=side, height=side,
+                generator=torch.Generator().manual_seed(seed))
+
+        def diffusers_cfg(seed: int) -> None:
+            plain("a photo", num_inference_steps=args.steps, guidance_scale=4.0, width=side, height=side,
+                  generator=torch.Generator().manual_seed(seed))
+
+        def ours(seed: int, pag_scale: float = 3.0) -> None:
+            generate(model, GenerationConfig(prompts=("a photo",), seed=seed, steps=args.steps, guidance_scale=4.0,
+                                             sampler="dpmpp-2m-karras", width=side, height=side, pag_scale=pag_scale),
+                     progress=False)
+
+        rows = {"PAG 3, diffusers": diffusers_pag, "PAG 3, t2i": ours, "CFG alone, diffusers": diffusers_cfg,
+                "CFG alone, t2i": lambda seed: ours(seed, 0.0)}
+        for fn in rows.values():
+            fn(0)
+        times: dict[str, list[float]] = {name: [] for name in rows}
+        names = list(rows)
+        for repeat in range(args.repeats):
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                times[name].append(timed(rows[name], 100 + repeat))
+        median = {name: statistics.median(values) for name, values in times.items()}
+        print(f"(e) guidance, {args.size} model, {side} px, {args.steps} steps, CFG 4, CPU {torch.get_num_threads()} "
+              f"threads, median of {args.repeats}")
+        print(f"{'row':<40}{'s/image':>10}{'ratio':>8}")
+        for name in names:
+            ratio = median[name] / median[name.replace(", t2i", ", diffusers")] if name.endswith("t2i") else 1.0
+            print(f"{name:<40}{median[name]:>10.3f}{ratio:>8.3f}")
+        print(f"{'PAG over CFG alone (t2i)':<40}{'':>10}{median['PAG 3, t2i'] / median['CFG alone, t2i']:>8.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
@@ -225,7 +274,10 @@ def main() -> None:
     parser.add_argument("--only-options", action="store_true", help="table (c) alone")
     parser.add_argument("--only-canvas", action="store_true", help="table (d) alone")
     parser.add_argument("--canvas-side", type=int, default=128, help="table (d): the hires and outpainted side")
+    parser.add_argument("--only-guidance", action="store_true", help="table (e) alone: PAG")
     args = parser.parse_args()
+    if args.only_guidance:
+        return guidance_table(args)
     if args.only_options:
         return options_table(args)
     if args.only_canvas:

@@ -355,3 +355,29 @@ def test_bad_command_lines_are_one_line_usage_errors(run_cli, nets, tmp_path, mo
                            "--out", tmp_path / "o", *args)
     assert code == 2 and words in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_hub_id_offline_never_touches_the_network(tiny):
+    from t2i.errors import LoadError
+    from t2i.models.controlnet import find
+
+    assert find("lllyasviel/control_v11p_sd15_canny", None) == "lllyasviel/control_v11p_sd15_canny"
+    offline = dataclasses.replace(tiny.config, offline=True)
+    with pytest.raises(LoadError, match="not in the local Hugging Face cache, and t2i is offline") as caught:
+        load_controlnet("lllyasviel/control_v11p_sd15_canny", tiny.pipe.unet, offline)
+    assert caught.value.field == "control"
+
+
+def test_a_compiled_unet_takes_the_residuals(nets):
+    """--compile compiles the shared UNet (and VAE decoder); a unit's residuals go into the compiled graph."""
+    from conftest import CountingBackend
+
+    from t2i.models.speed import compile_components
+
+    eager = load_model(ModelConfig(model="tiny", device="cpu"))
+    expected = _image(eager, controls=(_unit(nets, "a"),))
+    compiled = load_model(ModelConfig(model="tiny", device="cpu"))
+    backend = CountingBackend()
+    compile_components(compiled.pipe, torch.device("cpu"), backend=backend)
+    assert np.array_equal(_image(compiled, controls=(_unit(nets, "a"),)), expected)
+    assert backend.graphs >= 2

@@ -64,6 +64,8 @@ def build_configs(options: dict) -> tuple[ModelConfig, GenerationConfig]:
         typed["prompts"] = _read_prompts(typed.get("prompts"), typed.pop("prompts_file", None))
     if "loras" in typed:
         typed["loras"] = tuple(typed["loras"] or ())
+    if "pag_layers" in typed:
+        typed["pag_layers"] = tuple(typed["pag_layers"] or ())
     controls = control_units(typed)
     if controls is not None:
         typed["controls"] = controls
@@ -162,6 +164,12 @@ def generate(
     control_mode: Optional[List[str]] = ControlOptions.mode,
     control_pixel_perfect: bool = ControlOptions.pixel_perfect,
     controlnet_dir: Optional[str] = ControlOptions.folder,
+    pag_scale: float = typer.Option(_default("pag_scale"), help="Perturbed-Attention Guidance scale (0: off; 3 is "
+                                    "the paper's, with a low CFG)."),
+    pag_adaptive: float = typer.Option(_default("pag_adaptive"), help="PAG's scale falls by this much a timestep "
+                                       "towards the end (diffusers' adaptive scale; 0: constant)."),
+    pag_layers: Optional[List[str]] = typer.Option(None, help="Self-attention layers PAG perturbs, as diffusers "
+                                                   "matches them (default mid; e.g. down_blocks.2); repeatable."),
     vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in overlapping tiles: large images in "
                                     "little GPU memory."),
     vae_tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (multiple of 8). Default: the "

@@ -86,6 +86,10 @@ class GenerationConfig:
     # ControlNet (t2i.sampling.control): units, each a ControlNet and the image it reads
     controls: tuple[ControlUnit, ...] = ()
     controlnet_dir: str = "controlnet"  # where a unit's model name is looked up (A1111's models/ControlNet)
+    # Perturbed-Attention Guidance (t2i.sampling.pag): 0 is off; the paper uses 3 with CFG 4 or less
+    pag_scale: float = 0.0
+    pag_adaptive: float = 0.0  # the scale falls by this much a timestep towards t=0 (diffusers' adaptive scale)
+    pag_layers: tuple[str, ...] = ("mid",)  # patterns of the self-attention layers perturbed (diffusers' regexes)
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -125,6 +129,7 @@ class GenerationConfig:
         self._check_hires()
         self._check_outpaint()
         self._check_controls()
+        self._check_pag()
         object.__setattr__(self, "loras", tuple(LoraRef.parse(r) if isinstance(r, str) else r for r in self.loras))
 
     @property
@@ -180,6 +185,23 @@ class GenerationConfig:
               hint="run the hires pass as img2img with the same --control at the larger size")
         check(self.outpaint is None or self.outpaint_mode != "mk2", "outpaint_mode", self.outpaint_mode,
               "mk2 generates a side at a time and does not combine with ControlNet", hint="use poor-man or pad")
+
+    def _check_pag(self) -> None:
+        object.__setattr__(self, "pag_layers", tuple(self.pag_layers))
+        for name in ("pag_scale", "pag_adaptive"):
+            value = getattr(self, name)
+            check(math.isfinite(value) and 0 <= value <= 100, name, value, "must be a finite number from 0 to 100")
+        check(len(self.pag_layers) >= 1 and all(isinstance(x, str) and x for x in self.pag_layers), "pag_layers",
+              None, "give at least one layer pattern (e.g. mid)")
+        if self.pag_scale == 0:
+            return
+        check(self.cache_interval == 1, "cache_interval", self.cache_interval,
+              "does not combine with {pag_scale} (the perturbed pass needs the whole UNet)", hint="leave it at 1")
+        check(not (self.controls and self.mode == "img2img"), "pag_scale", self.pag_scale,
+              "diffusers has no ControlNet img2img pipeline with PAG", hint="use txt2img or inpainting with PAG")
+        check(not self.hires, "pag_scale", self.pag_scale, "does not combine with hires fix yet")
+        check(self.outpaint is None or self.outpaint_mode != "mk2", "pag_scale", self.pag_scale,
+              "does not combine with Outpainting mk2", hint="use poor-man or pad")
 
     def _check_hires(self) -> None:
         given = [name for name in ("hires_sampler", "hires_schedule", "hires_prompt", "hires_negative_prompt")

@@ -175,6 +175,7 @@ def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, se
         outpaint_noise_q=config.outpaint_noise_q, outpaint_color_variation=config.outpaint_color_variation,
         cache_interval=config.cache_interval, vae_tile_size=vae_tile_size, vae=model.config.vae,
         **_hires_settings(config), controls=tuple(c.record() for c in controls),
+        pag_scale=config.pag_scale, pag_adaptive=config.pag_adaptive, pag_layers=config.pag_layers,
         dtype=model.dtype_name, device=model.device.type, model_name=model.name, model_hash=model.hash)
 
 
@@ -249,6 +250,10 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         from t2i.sampling.control_run import prepare_controls
 
         controls = prepare_controls(model, config.controls, (width, height), config.controlnet_dir)
+    if config.pag_scale > 0:
+        from t2i.sampling.pag import check_layers
+
+        check_layers(model.pipe.unet, config.pag_layers)
     layers = model.pipe.text_encoder.config.num_hidden_layers
     check(config.clip_skip is None or config.clip_skip <= layers, "clip_skip", config.clip_skip,
           f"this text encoder has only {layers} layers")
@@ -274,7 +279,8 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
     def view(loras):
         if loras not in views:
             views[loras] = call_view(model, config.mode, *config.sampling, loras, progress,
-                                     config.cache_interval, controls, config.guidance_scale > 1)
+                                     config.cache_interval, controls, config.guidance_scale > 1,
+                                     config.pag_layers if config.pag_scale > 0 else None)
         return views[loras]
 
     scheduler = view(config.loras)[0].scheduler
@@ -295,6 +301,8 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         from t2i.sampling.control_run import pipeline_arguments
 
         mode_args.update(pipeline_arguments(controls, config.mode))
+    if config.pag_scale > 0:
+        mode_args.update(pag_scale=config.pag_scale, pag_adaptive_scale=config.pag_adaptive)
     if on_step is not None:
         def step_end(_pipe, index, _timestep, tensors):
             on_step(index + 1, _pipe.num_timesteps)

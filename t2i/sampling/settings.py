@@ -158,6 +158,10 @@ class ImageSettings:
     hires_negative_prompt: str | None = _setting((str, NONE), "generation", None, since=None)
     # ControlNet units (t2i.sampling.control)
     controls: tuple[ControlUse, ...] = _setting((list, tuple), "generation", (), since=())
+    # Perturbed-Attention Guidance (t2i.sampling.pag)
+    pag_scale: float = _setting((int, float), "generation", 0.0, since=0.0)
+    pag_adaptive: float = _setting((int, float), "generation", 0.0, since=0.0)
+    pag_layers: tuple[str, ...] = _setting((list, tuple), "generation", ("mid",), since=("mid",))
     # the model: what to load, and how other tools name it
     vae: str | None = _setting((str, NONE), "model", None)
     dtype: str = _setting((str,), "model", "fp32")
@@ -179,6 +183,7 @@ class ImageSettings:
         record["loras"] = [asdict(lora) for lora in self.loras]
         record["embeddings"] = [asdict(e) for e in self.embeddings]
         record["controls"] = [asdict(c) for c in self.controls]
+        record["pag_layers"] = list(self.pag_layers)
         record["mode"] = self.mode  # for people and other tools; derived, never read back
         return record
 
@@ -202,6 +207,9 @@ class ImageSettings:
         values["loras"] = tuple(_entry(LoraUse, item, origin) for item in values["loras"])
         values["embeddings"] = tuple(_entry(EmbeddingUse, item, origin) for item in values["embeddings"])
         values["controls"] = tuple(ControlUse.from_dict(item, origin) for item in values["controls"])
+        check(all(isinstance(layer, str) for layer in values["pag_layers"]), "image", origin,
+              f"its t2i setting 'pag_layers' holds {values['pag_layers']!r}, not layer names")
+        values["pag_layers"] = tuple(values["pag_layers"])
         return cls(**values)
 
     # ---- back to what made it -------------------------------------------------------------------
@@ -272,6 +280,10 @@ class ImageSettings:
             "Color variation": self.outpaint_color_variation if self.outpaint_mode == "mk2" and self.outpaint else None,
             **self._hires_fields(),
             **{f"ControlNet {index}": control.infotext() for index, control in enumerate(self.controls)},
+            # SD.Next's keys (A1111 has no PAG); t2i's own for layers other than the default
+            "PAG scale": _number(self.pag_scale) if self.pag_scale else None,
+            "PAG adaptive": _number(self.pag_adaptive) if self.pag_scale and self.pag_adaptive else None,
+            "PAG layers": ", ".join(self.pag_layers) if self.pag_scale and tuple(self.pag_layers) != ("mid",) else None,
             "Version": f"t2i {self.version}",
         }
 

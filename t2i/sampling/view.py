@@ -16,9 +16,14 @@ import torch
 from diffusers import (
     StableDiffusionControlNetImg2ImgPipeline,
     StableDiffusionControlNetInpaintPipeline,
+    StableDiffusionControlNetPAGInpaintPipeline,
+    StableDiffusionControlNetPAGPipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
+    StableDiffusionPAGImg2ImgPipeline,
+    StableDiffusionPAGInpaintPipeline,
+    StableDiffusionPAGPipeline,
     StableDiffusionPipeline,
 )
 
@@ -29,6 +34,10 @@ from t2i.sampling.samplers import build_scheduler
 
 PIPELINES = {"txt2img": StableDiffusionPipeline, "img2img": StableDiffusionImg2ImgPipeline,
              "inpaint": StableDiffusionInpaintPipeline}
+PAG_PIPELINES = {"txt2img": StableDiffusionPAGPipeline, "img2img": StableDiffusionPAGImg2ImgPipeline,
+                 "inpaint": StableDiffusionPAGInpaintPipeline}
+CONTROL_PAG_PIPELINES = {"txt2img": StableDiffusionControlNetPAGPipeline,
+                         "inpaint": StableDiffusionControlNetPAGInpaintPipeline}
 CONTROL_PIPELINES = {"txt2img": StableDiffusionControlNetPipeline, "img2img": StableDiffusionControlNetImg2ImgPipeline,
                      "inpaint": StableDiffusionControlNetInpaintPipeline}
 
@@ -109,11 +118,13 @@ def _offload_copies(components: dict, device) -> None:
 
 
 def call_view(model, mode: str, sampler: str, schedule: str, loras: tuple[LoraRef, ...] = (),
-              progress: bool = True, cache_interval: int = 1, controls=(), cfg: bool = True):
+              progress: bool = True, cache_interval: int = 1, controls=(), cfg: bool = True,
+              pag_layers: tuple[str, ...] | None = None):
     """(pipeline for `mode` over `model`'s weights, the LoRAs applied as the metadata records them;
     with `cache_interval` > 1, a UNet that reuses its deep features: t2i.sampling.feature_cache;
     with `controls` (t2i.sampling.control_run.PreparedControl), a ControlNet pipeline whose ControlNet
-    is this call's own wrapper of theirs; `cfg`: the call runs classifier-free guidance)."""
+    is this call's own wrapper of theirs; `cfg`: the call runs classifier-free guidance; with
+    `pag_layers`, a PAG pipeline perturbing those layers of this call's own copy of the UNet)."""
     components = dict(model.pipe.components)
     components["scheduler"] = build_scheduler(sampler, schedule, model.scheduler_config)
     components["tokenizer"] = serialised_tokenizer(components["tokenizer"])
@@ -135,6 +146,14 @@ def call_view(model, mode: str, sampler: str, schedule: str, loras: tuple[LoraRe
         from t2i.sampling.control_run import control_net
 
         components["controlnet"] = control_net(list(controls), cfg)
-    pipe = (CONTROL_PIPELINES if controls else PIPELINES)[mode](**components, requires_safety_checker=False)
+    extra = {}
+    if pag_layers is not None:  # the PAG pipelines swap the UNet's attention processors during each call
+        if not loras:
+            components["unet"] = lora_copy(components["unet"])
+        extra["pag_applied_layers"] = list(pag_layers)
+        table = CONTROL_PAG_PIPELINES if controls else PAG_PIPELINES
+    else:
+        table = CONTROL_PIPELINES if controls else PIPELINES
+    pipe = table[mode](**components, requires_safety_checker=False, **extra)
     pipe.set_progress_bar_config(leave=False, disable=not progress)
     return pipe, applied

@@ -31,12 +31,13 @@ class GridScore:
 def grid_accuracy(model, colours=tuple(COLOURS), shapes=SHAPES, images_per_prompt: int = 4, seed: int = 0,
                   sampler: str = "dpmpp-2m", steps: int = 20, guidance: float = 7.5, batch_size: int = 16,
                   loras: tuple[LoraRef, ...] = (), schedule: str | None = None,
-                  cache_interval: int = 1) -> GridScore:
-    """Generate 'a <colour> <shape>' for every combination, `images_per_prompt` each (seeds seed, seed+1, ...)."""
+                  cache_interval: int = 1, **generation) -> GridScore:
+    """Generate 'a <colour> <shape>' for every combination, `images_per_prompt` each (seeds seed, seed+1, ...);
+    `generation`: other GenerationConfig fields (pag_scale=3.0)."""
     asked = [(c, s) for c in colours for s in shapes]
     config = GenerationConfig(prompts=tuple(f"a {c} {s}" for c, s in asked), num_images=images_per_prompt,
                               seed=seed, sampler=sampler, schedule=schedule, steps=steps, guidance_scale=guidance,
-                              batch_size=batch_size, loras=loras, cache_interval=cache_interval)
+                              batch_size=batch_size, loras=loras, cache_interval=cache_interval, **generation)
     started = time.perf_counter()
     seen = [analyse(result.image) for result in generate_iter(model, config, progress=False)]
     seconds = (time.perf_counter() - started) / len(seen)
