@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2i.sampling.control_maps import (
-    PREPROCESSORS,
-    control_map,
-    detect,
-    fit_map,
-    pixel_perfect_resolution,
-    resolve_module,
-    resolve_resize_mode,
-)
+from t2i.sampling.control_maps import control_map, detect, fit_map
+from t2i.sampling.control_modules import PREPROCESSORS, pixel_perfect_resolution, resolve_module, resolve_resize_mode
 from t2i.shapes.world import Shape, control_image, make_image
 
 

@@ -83,8 +83,9 @@ def detect(
     """Write the map a ControlNet preprocessor makes of IMAGE (the map a unit with that module reads)."""
     from t2i.files import write_new
     from t2i.formats.images import load_image
-    from t2i.sampling.control_maps import control_map, resolve_module
+    from t2i.sampling.control_maps import control_map
     from t2i.sampling.control_maps import detect as run_detect
+    from t2i.sampling.control_modules import resolve_module
 
     resolve_module(module)
     if out.exists():

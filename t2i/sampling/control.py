@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from t2i.errors import check
-from t2i.sampling.control_maps import DEFAULT_PROCESSOR_RES, check_thresholds, resolve_module, resolve_resize_mode
+from t2i.sampling.control_modules import DEFAULT_PROCESSOR_RES, check_thresholds, resolve_module, resolve_resize_mode
 
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 MODE_ALIASES = {"balanced": "Balanced", "prompt": "My prompt is more important",
@@ -30,7 +30,7 @@ MAX_WEIGHT = 2.0  # A1111's slider; more is allowed by ComfyUI (10) but ruins im
 
 
 def resolve_mode(name: str) -> str:
-    name = MODE_ALIASES.get(name.lower() if name.lower() in MODE_ALIASES else name, name)
+    name = MODE_ALIASES.get(name.lower(), name)
     check(name in CONTROL_MODES, "control_mode", name, "unknown control mode",
           choices=[*CONTROL_MODES, "or balanced, prompt, controlnet"])
     return name

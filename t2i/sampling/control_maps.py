@@ -1,5 +1,5 @@
 """ControlNet preprocessors that need no weights, and fitting a detected map to the output, as A1111's
-ControlNet extension does them.
+ControlNet extension does them (the preprocessors' names and settings: t2i.sampling.control_modules).
 
 A preprocessor ("module") turns the user's image into the map a ControlNet reads: canny edges, a
 threshold, a blur, an XDoG scribble, a tile resample, an inversion, or the image as it is ("none").
@@ -11,48 +11,25 @@ OpenCV's Canny on the same thresholds.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-from t2i.errors import check
-
-#: A1111's resize modes for control maps, with the older names its API still accepts
-RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
-RESIZE_ALIASES = {"Inner Fit (Scale to Fit)": "Crop and Resize", "Outer Fit (Shrink to Fit)": "Resize and Fill",
-                  "Envelope (Outer Fit)": "Resize and Fill", "Scale to Fit (Inner Fit)": "Crop and Resize",
-                  "just resize": "Just Resize", "crop and resize": "Crop and Resize",
-                  "resize and fill": "Resize and Fill", "resize": "Just Resize", "crop": "Crop and Resize",
-                  "fill": "Resize and Fill", "0": "Just Resize", "1": "Crop and Resize", "2": "Resize and Fill"}
-DEFAULT_PROCESSOR_RES = 512  # A1111's
+from t2i.sampling.control_modules import (
+    DEFAULT_PROCESSOR_RES,
+    PREPROCESSORS,
+    check_thresholds,
+    pixel_perfect_resolution,
+    resolve_module,
+    resolve_resize_mode,
+)
 
 
 def _cv2():
     import cv2  # imported on use: `t2i --help` and config checks stay light
 
     return cv2
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """A preprocessor's slider, as A1111 names and bounds it."""
-
-    name: str
-    default: float
-    low: float
-    high: float
-
-
-@dataclass(frozen=True)
-class Preprocessor:
-    run: Callable[[np.ndarray, float | None, float | None], np.ndarray]  # (HxWx3 uint8, a, b) -> HxWx3 uint8
-    summary: str
-    threshold_a: Threshold | None = None
-    threshold_b: Threshold | None = None
-    uses_resolution: bool = True  # resized to the processor resolution before it runs
 
 
 def _three(gray: np.ndarray) -> np.ndarray:
@@ -93,53 +70,8 @@ def _tile(image: np.ndarray, rate: float | None, _: float | None) -> np.ndarray:
     return _cv2().resize(image, size, interpolation=_cv2().INTER_AREA)
 
 
-PREPROCESSORS = {
-    "none": Preprocessor(lambda image, _a, _b: image, "the image is the map", uses_resolution=False),
-    "canny": Preprocessor(_canny, "OpenCV's Canny edges", Threshold("Canny Low Threshold", 100, 1, 255),
-                          Threshold("Canny High Threshold", 200, 1, 255)),
-    "invert": Preprocessor(_invert, "black lines on white become white on black", uses_resolution=False),
-    "threshold": Preprocessor(_threshold, "each channel white above the level, else black",
-                              Threshold("Binarization Threshold", 127, 0, 255)),
-    "blur_gaussian": Preprocessor(_blur, "Gaussian blur", Threshold("Sigma", 9.0, 0.01, 64.0)),
-    "scribble_xdog": Preprocessor(_xdog, "XDoG lines, as a scribble", Threshold("XDoG Threshold", 32, 1, 64)),
-    "tile_resample": Preprocessor(_tile, "down-sampled, for tile ControlNets",
-                                  Threshold("Down Sampling Rate", 1.0, 1.0, 8.0), uses_resolution=False),
-}
-MODULE_ALIASES = {"None": "none", "invert (from white bg & black line)": "invert", "blur": "blur_gaussian",
-                  "scribble": "scribble_xdog", "tile": "tile_resample"}
-
-
-def resolve_module(name: str) -> str:
-    name = MODULE_ALIASES.get(name, name)
-    check(name in PREPROCESSORS, "control_module", name, "unknown or not a weight-free preprocessor",
-          choices=list(PREPROCESSORS))
-    return name
-
-
-def resolve_resize_mode(name: str) -> str:
-    name = RESIZE_ALIASES.get(name, name)
-    check(name in RESIZE_MODES, "control_resize", name, "unknown ControlNet resize mode", choices=RESIZE_MODES)
-    return name
-
-
-def check_thresholds(module: str, a: float | None, b: float | None) -> None:
-    spec = PREPROCESSORS[resolve_module(module)]
-    for value, slider, field in ((a, spec.threshold_a, "control_threshold_a"),
-                                 (b, spec.threshold_b, "control_threshold_b")):
-        if value is None:
-            continue
-        check(math.isfinite(value), field, value, "must be a finite number")
-        if slider is not None:
-            check(slider.low <= value <= slider.high, field, value,
-                  f"{module}'s {slider.name} goes from {slider.low:g} to {slider.high:g}")
-
-
-def pixel_perfect_resolution(image_size: tuple[int, int], target: tuple[int, int], resize_mode: str) -> int:
-    """A1111's Pixel Perfect: the processor resolution at which the map needs no resizing to fill the output."""
-    (width, height), (target_width, target_height) = image_size, target
-    scale_h, scale_w = target_height / height, target_width / width
-    scale = min(scale_h, scale_w) if resize_mode == "Resize and Fill" else max(scale_h, scale_w)
-    return int(round(scale * min(width, height)))
+RUNS = {"none": lambda image, _a, _b: image, "canny": _canny, "invert": _invert, "threshold": _threshold,
+        "blur_gaussian": _blur, "scribble_xdog": _xdog, "tile_resample": _tile}  # (HxWx3 uint8, a, b) -> map
 
 
 def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -198,11 +130,12 @@ def detect(image: Image.Image, module: str, processor_res: int = DEFAULT_PROCESS
            threshold_a: float | None = None, threshold_b: float | None = None) -> Image.Image:
     """The map `module` makes of `image` (RGB), at the processor resolution (or the image's size when
     the module works on the image as it is)."""
-    spec = PREPROCESSORS[resolve_module(module)]
+    module = resolve_module(module)
+    spec, work = PREPROCESSORS[module], RUNS[module]
     check_thresholds(module, threshold_a, threshold_b)
     pixels = np.asarray(image.convert("RGB"))
     def run(p):
-        return spec.run(p, threshold_a, threshold_b)
+        return work(p, threshold_a, threshold_b)
 
     detected = _at_resolution(pixels, processor_res, run) if spec.uses_resolution else run(pixels)
     return Image.fromarray(np.ascontiguousarray(detected))

@@ -80,7 +80,7 @@ class ControlUse:
 
     def infotext(self) -> str:
         """The value of A1111's `ControlNet N` key."""
-        from t2i.sampling.control_maps import PREPROCESSORS
+        from t2i.sampling.control_modules import PREPROCESSORS
 
         spec = PREPROCESSORS[self.module]
         pairs = {"Module": self.module, "Model": self.title, "Weight": _number(self.weight),

@@ -22,7 +22,8 @@ from PIL import Image
 from t2i.errors import InvalidInput, T2IError, check
 from t2i.formats.hashes import file_sha256
 from t2i.sampling.control import MAX_UNITS, ControlUnit
-from t2i.sampling.control_maps import DEFAULT_PROCESSOR_RES, PREPROCESSORS, control_map, detect
+from t2i.sampling.control_maps import control_map, detect
+from t2i.sampling.control_modules import DEFAULT_PROCESSOR_RES, PREPROCESSORS
 from t2i.server.img2img import decode_image
 
 API_VERSION = 2  # what clients check /controlnet/version against (the extension's API generation)
@@ -157,11 +158,15 @@ def _one_unit(raw: Any, field: str, folder: ControlNetFolder, init: Image.Image 
     if raw.get("guessmode") is True and "control_mode" not in options:  # its old name for cfg injection
         options["control_mode"] = "ControlNet is more important"
     for key, value in options.items():
-        kind = bool if key == "pixel_perfect" else str if key in ("module", "resize_mode", "control_mode") else float
-        good = isinstance(value, kind) if kind is not float else (
-            value is None and key.startswith("threshold")) or (isinstance(value, (int, float)) and
-                                                               not isinstance(value, bool))
-        check(good, f"{field}.{key}", value, f"must be a {'number' if kind is float else kind.__name__}")
+        if key == "pixel_perfect":
+            good, kind = isinstance(value, bool), "true or false"
+        elif key in ("module", "resize_mode", "control_mode"):
+            good, kind = isinstance(value, str), "a string"
+        else:  # a threshold may also be null: the preprocessor's default
+            good = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+                value is None and key.startswith("threshold"))
+            kind = "a number"
+        check(good, f"{field}.{key}", value, f"must be {kind}")
     if "processor_res" in options:
         options["processor_res"] = int(options["processor_res"])
     path = folder.find(model, f"{field}.model")

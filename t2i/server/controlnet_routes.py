@@ -9,7 +9,7 @@ from fastapi import Request
 
 from t2i.errors import InvalidInput, check
 from t2i.sampling.control import CONTROL_MODES, MAX_UNITS
-from t2i.sampling.control_maps import RESIZE_MODES
+from t2i.sampling.control_modules import RESIZE_MODES
 from t2i.server.controlnet_api import API_VERSION, ControlNetFolder, control_types, detect_maps, module_list
 
 
