@@ -20,6 +20,8 @@
     from a fresh generator, A1111's step count), and outpainting (a quarter of the side grown on the
     right) against pad + inpaint + overlay by hand; alternating sides, median of --repeats. Rows after
     the ratios: each canvas's cost over plain txt2img of the final size.
+(e) Guidance (--only-guidance): PAG, IP-Adapter and SAG, each beside diffusers' own pipeline for it, and each
+    one's cost over plain CFG.
 """
 
 from __future__ import annotations
@@ -213,10 +215,39 @@ def canvas_table(args) -> None:
             print(f"{name:<40}{median[name]:>10.3f}{ratio:>8.3f}")
 
 
+def _random_ip_adapter(unet, folder: Path, width: int = 32) -> Path:
+    """A random h94-layout adapter for `unet` and a random CLIP vision encoder beside it (h94's layout)."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, projection_dim=width, num_hidden_layers=2,
+                                                   num_attention_heads=4, image_size=32, patch_size=4,
+                                                   intermediate_size=37)).save_pretrained(folder / "image_encoder")
+    cross = unet.config.cross_attention_dim
+    tensors = {"image_proj.proj.weight": torch.randn(4 * cross, width) * 0.1,
+               "image_proj.proj.bias": torch.zeros(4 * cross),
+               "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    for index, name in enumerate(unet.attn_processors):
+        if name.endswith("attn2.processor"):
+            module = unet.get_submodule(name[:-len(".processor")])
+            for kind in ("k", "v"):
+                tensors[f"ip_adapter.{index}.to_{kind}_ip.weight"] = torch.randn(
+                    getattr(module, f"to_{kind}").out_features, cross) * 0.1
+    save_file(tensors, folder / "ip-adapter.safetensors")
+    return folder / "ip-adapter.safetensors"
+
+
 def guidance_table(args) -> None:
-    """(e) PAG on the --size model: t2i against diffusers' StableDiffusionPAGPipeline over the same components,
-    and PAG's cost over plain CFG (a third UNet pass a step)."""
-    from diffusers import StableDiffusionPAGPipeline
+    """(e) Guidance on the --size model, each t2i row against diffusers' own pipeline over the same components:
+    PAG (StableDiffusionPAGPipeline), IP-Adapter (`load_ip_adapter` of the same file, the picture encoded by the
+    pipeline) and SAG (diffusers' deprecated StableDiffusionSAGPipeline, which takes DPM++ 2M); then each one's
+    cost over plain CFG."""
+    from diffusers import StableDiffusionPAGPipeline, StableDiffusionSAGPipeline
+    from PIL import Image
+    from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
+
+    from t2i.sampling.ip_adapter import IPAdapterUnit
 
     side = SIZES[args.size][1]
     with tempfile.TemporaryDirectory() as scratch:
@@ -224,27 +255,42 @@ def guidance_table(args) -> None:
         if args.size != "tiny":
             make_model(Path(source), SIZES[args.size][0])
         model = load_model(ModelConfig(model=source, device="cpu"))
+        adapter = _random_ip_adapter(model.pipe.unet, Path(scratch))
+        picture = Image.new("RGB", (48, 40), (200, 60, 30))
+        components = {k: v for k, v in model.pipe.components.items()
+                      if k not in ("image_encoder", "feature_extractor", "unet")}
         pag = StableDiffusionPAGPipeline(**model.pipe.components, pag_applied_layers=["mid"])
+        sag = StableDiffusionSAGPipeline(**model.pipe.components)
         plain = StableDiffusionPipeline(**model.pipe.components)
-        for pipe in (pag, plain):
+        ip = StableDiffusionPipeline(**components, unet=type(model.pipe.unet).from_config(model.pipe.unet.config),
+                                     image_encoder=CLIPVisionModelWithProjection.from_pretrained(
+                                         Path(scratch) / "image_encoder"),
+                                     feature_extractor=CLIPImageProcessorPil(size={"shortest_edge": 32},
+                                                                             crop_size={"height": 32, "width": 32}))
+        ip.unet.load_state_dict(model.pipe.unet.state_dict())
+        ip.load_ip_adapter(scratch, subfolder="", weight_name="ip-adapter.safetensors", image_encoder_folder=None)
+        for pipe in (pag, sag, plain, ip):
             pipe.set_progress_bar_config(disable=True)
             pipe.scheduler = DPMSolverMultistepScheduler.from_config(model.scheduler_config, use_karras_sigmas=True)
 
-        def diffusers_pag(seed: int) -> None:
-            pag("a photo", num_inference_steps=args.steps, pag_scale=3.0, guidance_scale=4.0, width=side, height=side,
-                generator=torch.Generator().manual_seed(seed))
+        def theirs(pipe, **extra):
+            def run(seed: int) -> None:
+                pipe("a photo", num_inference_steps=args.steps, guidance_scale=4.0, width=side, height=side,
+                     generator=torch.Generator().manual_seed(seed), **extra)
+            return run
 
-        def diffusers_cfg(seed: int) -> None:
-            plain("a photo", num_inference_steps=args.steps, guidance_scale=4.0, width=side, height=side,
-                  generator=torch.Generator().manual_seed(seed))
+        def ours(**extra):
+            def run(seed: int) -> None:
+                generate(model, GenerationConfig(prompts=("a photo",), seed=seed, steps=args.steps, guidance_scale=4.0,
+                                                 sampler="dpmpp-2m-karras", width=side, height=side, **extra),
+                         progress=False)
+            return run
 
-        def ours(seed: int, pag_scale: float = 3.0) -> None:
-            generate(model, GenerationConfig(prompts=("a photo",), seed=seed, steps=args.steps, guidance_scale=4.0,
-                                             sampler="dpmpp-2m-karras", width=side, height=side, pag_scale=pag_scale),
-                     progress=False)
-
-        rows = {"PAG 3, diffusers": diffusers_pag, "PAG 3, t2i": ours, "CFG alone, diffusers": diffusers_cfg,
-                "CFG alone, t2i": lambda seed: ours(seed, 0.0)}
+        rows = {"PAG 3, diffusers": theirs(pag, pag_scale=3.0), "PAG 3, t2i": ours(pag_scale=3.0),
+                "IP-Adapter, diffusers": theirs(ip, ip_adapter_image=picture),
+                "IP-Adapter, t2i": ours(ip_adapters=(IPAdapterUnit(str(adapter), picture),)),
+                "SAG 0.75, diffusers": theirs(sag, sag_scale=0.75), "SAG 0.75, t2i": ours(sag_scale=0.75),
+                "CFG alone, diffusers": theirs(plain), "CFG alone, t2i": ours()}
         for fn in rows.values():
             fn(0)
         times: dict[str, list[float]] = {name: [] for name in rows}
@@ -259,7 +305,9 @@ def guidance_table(args) -> None:
         for name in names:
             ratio = median[name] / median[name.replace(", t2i", ", diffusers")] if name.endswith("t2i") else 1.0
             print(f"{name:<40}{median[name]:>10.3f}{ratio:>8.3f}")
-        print(f"{'PAG over CFG alone (t2i)':<40}{'':>10}{median['PAG 3, t2i'] / median['CFG alone, t2i']:>8.3f}")
+        for kind in ("PAG 3", "IP-Adapter", "SAG 0.75"):
+            cost = median[kind + ", t2i"] / median["CFG alone, t2i"]
+            print(f"{kind + ' over CFG alone (t2i)':<40}{'':>10}{cost:>8.3f}")
 
 
 def main() -> None:
@@ -274,7 +322,7 @@ def main() -> None:
     parser.add_argument("--only-options", action="store_true", help="table (c) alone")
     parser.add_argument("--only-canvas", action="store_true", help="table (d) alone")
     parser.add_argument("--canvas-side", type=int, default=128, help="table (d): the hires and outpainted side")
-    parser.add_argument("--only-guidance", action="store_true", help="table (e) alone: PAG")
+    parser.add_argument("--only-guidance", action="store_true", help="table (e) alone: PAG, IP-Adapter, SAG")
     args = parser.parse_args()
     if args.only_guidance:
         return guidance_table(args)

@@ -160,10 +160,11 @@ def server_files(tmp_path_factory):
     save_file({"emb_params": torch.randn(2, 64, generator=torch.Generator().manual_seed(0))},
               root / "embeddings" / "shapestyle.safetensors")
     torch.save({"string_to_param": {"*": torch.zeros(1, 64)}}, root / "embeddings" / "pickled.pt")
-    from t2i.models import SHAPE_CONTROLNET
+    from t2i.models import SHAPE_CONTROLNET, SHAPE_IP_ADAPTER
 
     (root / "controlnet").mkdir()
     shutil.copy(SHAPE_CONTROLNET, root / "controlnet" / "shapes-mask.safetensors")
+    shutil.copy(SHAPE_IP_ADAPTER, root / "controlnet" / "ip-adapter_shapes.safetensors")
     return root
 
 

@@ -30,8 +30,14 @@ def api(demo_server):
 @pytest.fixture(scope="module")
 def model_title(api):
     titles = requests.get(f"{api.baseurl.rsplit('/sdapi', 1)[0]}/controlnet/model_list").json()["model_list"]
-    assert len(titles) == 1 and titles[0].startswith("shapes-mask [") and len(titles[0]) == len("shapes-mask []") + 8
-    return titles[0]
+    assert [t.split(" [")[0] for t in titles] == ["ip-adapter_shapes", "shapes-mask"]
+    assert titles[1].startswith("shapes-mask [") and len(titles[1]) == len("shapes-mask []") + 8
+    return titles[1]
+
+
+@pytest.fixture(scope="module")
+def adapter_title(api):
+    return requests.get(f"{root(api)}/controlnet/model_list").json()["model_list"][0]
 
 
 def root(api) -> str:
@@ -86,7 +92,7 @@ def test_disabled_units_and_save_detected_map_false(api, model_title):
 
 @pytest.mark.parametrize("unit, field, words", [
     ({"module": "depth_midas"}, "args[0].module", "not a weight-free preprocessor"),
-    ({"model": "control_v11p_sd15_canny [d14c016b]"}, "args[0].model", "no such ControlNet on this server"),
+    ({"model": "control_v11p_sd15_canny [d14c016b]"}, "args[0].model", "no such ControlNet or IP-Adapter on this server"),
     ({"model": "None"}, "args[0].model", "names no ControlNet model"),
     ({"weight": "heavy"}, "args[0].weight", "must be a number"),
     ({"weight": 3.0}, "args[0].weight", "from 0 to 2"),
@@ -116,14 +122,18 @@ def test_a_txt2img_unit_needs_an_image(api, model_title):
 def test_the_extensions_routes(api, model_title):
     base = root(api)
     modules = requests.get(f"{base}/controlnet/module_list").json()
-    assert {"none", "canny", "invert", "threshold", "blur_gaussian", "scribble_xdog", "tile_resample"} == set(
+    assert {"none", "canny", "invert", "threshold", "blur_gaussian", "scribble_xdog", "tile_resample",
+            "ip-adapter_clip_sd15", "ip-adapter_clip_h", "ip-adapter-auto", "ip-adapter_shape_features"} == set(
         modules["module_list"])
+    assert modules["module_detail"]["ip-adapter-auto"]["model_free"] is False
     assert modules["module_detail"]["canny"]["sliders"][1] == {"name": "Canny Low Threshold", "value": 100, "min": 1,
                                                                 "max": 255}
     aliased = requests.get(f"{base}/controlnet/module_list", params={"alias_names": "true"}).json()
     assert "invert (from white bg & black line)" in aliased["module_list"]
     types = requests.get(f"{base}/controlnet/control_types").json()["control_types"]
-    assert types["All"]["model_list"] == ["None", model_title] and types["Canny"]["default_option"] == "canny"
+    assert types["All"]["model_list"][0] == "None" and model_title in types["All"]["model_list"]
+    assert types["Canny"]["default_option"] == "canny"
+    assert [m.split(" [")[0] for m in types["IP-Adapter"]["model_list"]] == ["None", "ip-adapter_shapes"]
     assert requests.get(f"{base}/controlnet/settings").json()["control_net_unit_count"] == 8
     picture = make_image(SPEC)
     answer = requests.post(f"{base}/controlnet/detect", json={
@@ -135,3 +145,44 @@ def test_the_extensions_routes(api, model_title):
     bad = requests.post(f"{base}/controlnet/detect", json={"controlnet_module": "openpose",
                                                             "controlnet_input_images": [webuiapi.raw_b64_img(picture)]})
     assert bad.status_code == 422 and bad.json()["detail"].startswith("controlnet_module openpose")
+
+
+def test_an_ip_adapter_unit_equals_t2i_generate_and_shows_no_map(api, adapter_title, run_cli, tmp_path):
+    """An IP-Adapter unit as A1111's extension takes it (an ip-adapter module among the ControlNet units)."""
+    reference = make_image(Shape("green", "triangle", 18, 6, 8))
+    unit = webuiapi.ControlNetUnit(image=reference, module="ip-adapter-auto", model=adapter_title, weight=0.8)
+    result = api.txt2img(prompt="", seed=5, steps=8, sampler_name="Euler", cfg_scale=5, controlnet_units=[unit],
+                         alwayson_scripts={}, **SMALL)
+    assert len(result.images) == 1  # an adapter has no detected map
+    assert 'ControlNet 0: "Module: ip-adapter_shape_features, Model: ip-adapter_shapes [' in result.info["infotexts"][0]
+    reference.save(tmp_path / "reference.png")
+    from t2i.models import SHAPE_IP_ADAPTER
+
+    code, _, err = run_cli("generate", "", "--model", "demo", "--seed", 5, "--steps", 8, "--sampler", "euler",
+                           "--guidance-scale", 5, "--out", tmp_path / "cli", "--ip-adapter", SHAPE_IP_ADAPTER,
+                           "--ip-image", tmp_path / "reference.png", "--ip-scale", 0.8)
+    assert code == 0, err
+    assert np.array_equal(pixels(result.image), pixels(Image.open(next((tmp_path / "cli").glob("*.png")))))
+
+
+@pytest.mark.parametrize("unit, field, words", [
+    ({"weight": 2.5}, "args[0].weight", "from 0 to 2"),
+    ({"guidance_start": 0.9, "guidance_end": 0.5}, "args[0].guidance_start", "less than the end"),
+    ({"image": None}, "args[0].image", "has no image"),
+    ({"ipadapter_input": ["gANjdG9yY2g="]}, "args[0].ipadapter_input", "does not take it"),
+])
+def test_bad_ip_adapter_units_are_422s(api, adapter_title, unit, field, words):
+    raw = {"image": webuiapi.raw_b64_img(make_image(SPEC)), "module": "ip-adapter-auto", "model": adapter_title,
+           **unit}
+    response = requests.post(f"{api.baseurl}/txt2img", json={"prompt": "x", "steps": 2, **SMALL,
+                                                              "alwayson_scripts": {"controlnet": {"args": [raw]}}})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith(f"alwayson_scripts.controlnet.{field}") and words in detail, detail
+
+
+def test_a_controlnet_named_as_an_ip_adapter_is_refused(api, model_title):
+    raw = {"image": webuiapi.raw_b64_img(make_image(SPEC)), "module": "ip-adapter-auto", "model": model_title}
+    response = requests.post(f"{api.baseurl}/txt2img", json={"prompt": "x", "steps": 2, **SMALL,
+                                                              "alwayson_scripts": {"controlnet": {"args": [raw]}}})
+    assert response.status_code == 422 and "not an IP-Adapter" in response.json()["detail"], response.text

@@ -2,6 +2,7 @@
 download). The page talks to `t2i serve --model demo` only through /sdapi/v1."""
 
 import base64
+import dataclasses
 import io
 import json
 import shutil
@@ -466,3 +467,34 @@ def test_a_controlnet_unit_from_the_page(page, tmp_path, server_files):
     assert np.array_equal(got, np.asarray(expected.image))
     drawn, target = foreground(Image.fromarray(got)), np.asarray(mask)[..., 0] > 127
     assert (drawn & target).sum() / (drawn | target).sum() > 0.6
+
+
+def test_an_image_prompt_from_the_page(page, tmp_path, server_files):
+    """Choose a picture in the image-prompt box and generate with an empty prompt: the image equals t2i generate
+    with the same IP-Adapter unit (and not the one without it)."""
+    from t2i import GenerationConfig, generate, load_model
+    from t2i.models.config import ModelConfig
+    from t2i.sampling.ip_adapter import IPAdapterUnit
+    from t2i.shapes.world import Shape, make_image
+
+    picture = make_image(Shape("orange", "cross", 20, 6, 5))
+    picture.save(tmp_path / "picture.png")
+    settings(page, steps=10, width=32, height=32, seed=2, cfg=7)
+    page.select_option("#sampler", "Euler")
+    page.click("#image-prompt summary")
+    assert page.locator("#ip-model").input_value().startswith("ip-adapter_shapes [")
+    assert page.locator("#controlnet-units .unit").count() == 0
+    page.locator("#ip-file").set_input_files(str(tmp_path / "picture.png"))
+    page.wait_for_function("!document.querySelector('#ip-image').hidden")
+    page.click("#generate")
+    page.wait_for_selector("#gallery figure img")
+    caption = page.locator("#gallery figcaption").first.inner_text()
+    assert 'ControlNet 0: "Module: ip-adapter_shape_features, Model: ip-adapter_shapes [' in caption
+    adapter = str(server_files / "controlnet" / "ip-adapter_shapes.safetensors")
+    demo = load_model(ModelConfig(model="demo", device="cpu"))
+    config = GenerationConfig(prompts=("",), steps=10, seed=2, guidance_scale=7, width=32, height=32, sampler="euler")
+    expected, = generate(demo, dataclasses.replace(config, ip_adapters=(IPAdapterUnit(adapter, picture),)),
+                         progress=False)
+    got = image_pixels(page)
+    assert np.array_equal(got, np.asarray(expected.image))
+    assert not np.array_equal(got, np.asarray(generate(demo, config, progress=False)[0].image))

@@ -55,16 +55,53 @@ def control_units(options: dict) -> tuple | None:
             raise InvalidInput(f"{name} is a setting of a ControlNet unit", field="control", value=None,
                                hint="give the unit with --control MODEL=IMAGE[:WEIGHT]")
         return None
-    for flag, values in typed.items():
-        if len(values) not in (1, len(specs)):
-            raise InvalidInput(f"given {len(values)} times for {len(specs)} ControlNet units", field=flag,
-                               value=None, hint="give it once (every unit) or once a unit, in the order of --control")
-    units = []
     fields = {**UNIT_OPTIONS, "control_pixel_perfect": "pixel_perfect"}
-    for index, spec in enumerate(specs):
-        settings = {fields[flag]: values[index if len(values) > 1 else 0] for flag, values in typed.items()}
-        units.append(ControlUnit.parse(spec, **settings))
-    return tuple(units)
+    return tuple(ControlUnit.parse(spec, **settings)
+                 for spec, settings in zip(specs, per_unit(typed, fields, len(specs), "ControlNet units", "--control")))
+
+
+def per_unit(typed: dict[str, list], fields: dict[str, str], count: int, what: str, order: str) -> list[dict]:
+    """Each unit's settings from flags given once (every unit) or once a unit, in the order of `order`."""
+    for flag, values in typed.items():
+        if len(values) not in (1, count):
+            raise InvalidInput(f"given {len(values)} times for {count} {what}", field=flag, value=None,
+                               hint=f"give it once (every unit) or once a unit, in the order of {order}")
+    return [{fields[flag]: values[index if len(values) > 1 else 0] for flag, values in typed.items()}
+            for index in range(count)]
+
+
+class IPAdapterOptions:
+    """`t2i generate`'s IP-Adapter flags: --ip-adapter and --ip-image pair up in order; the others are given once
+    (every adapter) or once an adapter."""
+
+    adapter = typer.Option(None, help="An IP-Adapter .safetensors (a path or a name in --controlnet-dir): "
+                           "--ip-image is used as a prompt; repeatable.")
+    image = typer.Option(None, help="The picture an --ip-adapter reads, one per adapter.")
+    scale = typer.Option(None, help="How strongly the picture steers, 0 to 2 (default 1; ~0.5 beside a prompt).")
+    start = typer.Option(None, help="Where in the steps the adapter starts acting, 0 to 1 (default 0).")
+    end = typer.Option(None, help="Where it stops, 0 to 1 (default 1).")
+    encoder = typer.Option(None, help="The image encoder: a CLIP vision model's folder (h94's models/image_encoder) "
+                           "or shape-features. Default: the one the adapter names, else image_encoder/ beside it.")
+
+
+def ip_adapter_units(options: dict) -> tuple | None:
+    """The `ip_adapters` of a generation from the typed flags (popped from `options`); None if none were typed."""
+    from t2i.sampling.ip_adapter import IPAdapterUnit
+
+    adapters, images = options.pop("ip_adapter", None) or [], options.pop("ip_image", None) or []
+    fields = {"ip_scale": "scale", "ip_start": "start", "ip_end": "end"}
+    typed = {flag: options.pop(flag) for flag in fields if options.get(flag)}
+    if not adapters:
+        if images or typed:
+            name = "--ip-image" if images else "--" + next(iter(typed)).replace("_", "-")
+            raise InvalidInput(f"{name} is a setting of an IP-Adapter", field="ip_adapter", value=None,
+                               hint="name the adapter with --ip-adapter FILE")
+        return None
+    if len(images) != len(adapters):
+        raise InvalidInput(f"given {len(images)} time(s) for {len(adapters)} IP-Adapter(s)", field="ip_image",
+                           value=None, hint="give one --ip-image for each --ip-adapter, in the same order")
+    return tuple(IPAdapterUnit(model, image, **settings) for model, image, settings
+                 in zip(adapters, images, per_unit(typed, fields, len(adapters), "IP-Adapters", "--ip-adapter")))
 
 
 @control_app.command("detect")

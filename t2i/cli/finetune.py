@@ -27,6 +27,7 @@ def build_config(options: dict) -> FinetuneConfig:
                            value=", ".join(sorted(exports - {"kohya"})))
     prompts = tuple(options.pop("validation_prompt", None) or ())
     options["validation_controls"] = tuple(options.pop("validation_control", None) or ())
+    options["validation_ip_images"] = tuple(options.pop("validation_ip_image", None) or ())
     optimizer_args = tuple(options.pop("optimizer_arg", None) or ())
     return FinetuneConfig(**options, validation_prompts=prompts, export_kohya="kohya" in exports,
                           optimizer_args=optimizer_args)
@@ -101,11 +102,19 @@ def finetune(
                                        "control image (else: a twin in DATA/conditioning/)."),
     validation_control: Optional[List[str]] = typer.Option(None, help="A control image for the validation prompts "
                                                            "(one for all, or one each); repeatable."),
+    ip_adapter: bool = typer.Option(_tuning("ip_adapter"), "--ip-adapter", help="Train an IP-Adapter (its image "
+                                    "projection and key/value layers; UNet, VAE, CLIP and the image encoder frozen)."),
+    image_encoder: Optional[str] = typer.Option(None, help="The image encoder an --ip-adapter reads: a CLIP vision "
+                                                "model's folder, or shape-features (for demo)."),
+    ip_image_dropout: float = typer.Option(_tuning("ip_image_dropout"), help="Share of examples trained without "
+                                           "their image (with --caption-dropout: guidance keeps working)."),
+    validation_ip_image: Optional[List[str]] = typer.Option(None, help="A reference picture for the validation "
+                                                            "prompts (one for all, or one each); repeatable."),
     offline: bool = typer.Option(False, help="Never touch the network."),
     allow_pickle: bool = typer.Option(False, help="Allow a pickled base checkpoint (it can run code)."),
 ):
-    """Fine-tune on captioned images: a LoRA (default), the whole UNet, or a ControlNet. Works under accelerate
-    launch."""
+    """Fine-tune on captioned images: a LoRA (default), the whole UNet, a ControlNet or an IP-Adapter. Works
+    under accelerate launch."""
     prepare_environment(offline)
     config = build_config(given(ctx))
 

@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from t2i.cli import RuntimeOptions, app, default_of, given, log, prepare_environment
-from t2i.cli.control import ControlOptions, control_units
+from t2i.cli.control import ControlOptions, IPAdapterOptions, control_units, ip_adapter_units
 from t2i.errors import InvalidInput, T2IError
 from t2i.models.config import DEFAULT_MODEL, DEVICES, DTYPE_NAMES, ModelConfig
 from t2i.sampling.config import GenerationConfig
@@ -69,6 +69,9 @@ def build_configs(options: dict) -> tuple[ModelConfig, GenerationConfig]:
     controls = control_units(typed)
     if controls is not None:
         typed["controls"] = controls
+    ip_adapters = ip_adapter_units(typed)
+    if ip_adapters is not None:
+        typed["ip_adapters"] = ip_adapters
     if "hires_resize" in typed:
         typed["hires_resize_x"], typed["hires_resize_y"] = _size(typed.pop("hires_resize"), "hires_resize")
     if options.get("from_image"):
@@ -164,12 +167,23 @@ def generate(
     control_mode: Optional[List[str]] = ControlOptions.mode,
     control_pixel_perfect: bool = ControlOptions.pixel_perfect,
     controlnet_dir: Optional[str] = ControlOptions.folder,
+    ip_adapter: Optional[List[str]] = IPAdapterOptions.adapter,
+    ip_image: Optional[List[str]] = IPAdapterOptions.image,
+    ip_scale: Optional[List[float]] = IPAdapterOptions.scale,
+    ip_start: Optional[List[float]] = IPAdapterOptions.start,
+    ip_end: Optional[List[float]] = IPAdapterOptions.end,
+    image_encoder: Optional[str] = IPAdapterOptions.encoder,
     pag_scale: float = typer.Option(_default("pag_scale"), help="Perturbed-Attention Guidance scale (0: off; 3 is "
                                     "the paper's, with a low CFG)."),
     pag_adaptive: float = typer.Option(_default("pag_adaptive"), help="PAG's scale falls by this much a timestep "
                                        "towards the end (diffusers' adaptive scale; 0: constant)."),
     pag_layers: Optional[List[str]] = typer.Option(None, help="Self-attention layers PAG perturbs, as diffusers "
                                                    "matches them (default mid; e.g. down_blocks.2); repeatable."),
+    sag_scale: float = typer.Option(_default("sag_scale"), help="Self-Attention Guidance scale, any sampler (0: off; "
+                                    "0.75 is diffusers' and A1111's)."),
+    sag_threshold: float = typer.Option(_default("sag_threshold"), help="SAG's mask threshold (A1111's; 1: keys "
+                                        "attended more than average are blurred)."),
+    sag_blur_sigma: float = typer.Option(_default("sag_blur_sigma"), help="SAG's blur, in latent pixels."),
     vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in overlapping tiles: large images in "
                                     "little GPU memory."),
     vae_tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (multiple of 8). Default: the "
@@ -188,7 +202,7 @@ def generate(
                                       "(they can run code)."),
 ):
     """Generate images: txt2img, img2img (--init-image) or inpainting (--init-image --mask), each steered by
-    ControlNet units if given (--control)."""
+    ControlNet units (--control) and pictures as prompts (--ip-adapter) if given."""
     prepare_environment(offline)
     options = given(ctx)
     model_config, config = build_configs(options)  # checks every value before the slow imports

@@ -28,6 +28,8 @@ def serve(
     embeddings_dir: Optional[str] = typer.Option(None, help="Textual-inversion embeddings prompts may name."),
     controlnet_dir: Optional[str] = typer.Option(None, help="ControlNets requests may name (A1111's ControlNet "
                                                  "extension API; /controlnet/model_list lists them)."),
+    image_encoder: Optional[str] = typer.Option(None, help="The image encoder of IP-Adapter units (a CLIP vision "
+                                                "folder); default: the one each adapter names, else beside it."),
     output_dir: str = typer.Option(_default("output_dir"), help="Where requests with save_images=true write."),
     host: str = typer.Option(_default("host"), help="Address to bind; other than 127.0.0.1 exposes the server."),
     port: int = typer.Option(_default("port")),

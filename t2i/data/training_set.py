@@ -127,10 +127,12 @@ class TrainingSet(torch.utils.data.Dataset):
 
     def __init__(self, samples: list[Sample], augment: Augment, seed: int, tokenizer,
                  cache: TensorCache | None = None, vae_id: str = "", text_id: str = "",
-                 placements: dict[str, Placement] | None = None, controls: bool = False):
+                 placements: dict[str, Placement] | None = None, controls: bool = False, references=None):
         self.samples, self.augment, self.seed, self.tokenizer = samples, augment, seed, tokenizer
         self.cache, self.vae_id, self.text_id, self.placements = cache, vae_id, text_id, placements
         self.controls = controls  # ControlNet training: each example carries its control image
+        # IP-Adapter training: an image encoder's processor; each example carries the image as it reads it
+        self.references = references
 
     def placement(self, index: int) -> Placement | None:
         return self.placements[self.samples[index].key] if self.placements is not None else None
@@ -158,6 +160,9 @@ class TrainingSet(torch.utils.data.Dataset):
             example |= {"latent_mean": latent["mean"], "latent_std": latent["std"]}
         if self.controls:  # read every draw (never cached): small next to the image, and cropped as it is
             example["control"] = control_pixels(sample, self.augment, centering, flip, placement)
+        if self.references is not None:  # the image as trained (cropped, flipped), as the encoder reads it
+            placed = _placed(read_rgb(sample), self.augment, centering, flip, placement)
+            example["reference"] = self.references(placed, return_tensors="pt").pixel_values[0]
         if self.cache is not None and self.text_id:
             example["text"] = self.cache.get(text_key(caption, self.text_id))["text"]
         else:

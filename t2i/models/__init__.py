@@ -10,3 +10,5 @@ DEMO_MODEL_DIR = Path(__file__).parent / "demo"
 SHAPE_FEATURES_DIR = Path(__file__).parent / "shape-features"
 #: the shipped ControlNet for `demo` (control: the object's mask), trained by `t2i shapes train-controlnet`
 SHAPE_CONTROLNET = Path(__file__).parent / "shape-controlnet" / "model.safetensors"
+#: the shipped IP-Adapter for `demo` (image encoder: shape-features), trained by `t2i shapes train-ip-adapter`
+SHAPE_IP_ADAPTER = Path(__file__).parent / "shape-ip-adapter" / "model.safetensors"

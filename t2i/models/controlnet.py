@@ -43,8 +43,9 @@ class LoadedControlNet:
         return f"{self.name} [{self.hash}]" if self.hash else self.name
 
 
-def find(source: str, folder: str | None) -> str:
-    """A ControlNet by path, by hub id, or by name in `folder` (with or without its suffix)."""
+def find(source: str, folder: str | None, field: str = "control", what: str = "ControlNet", hub: bool = True) -> str:
+    """A ControlNet (or, with `what`, another model kept in A1111's ControlNet folder) by path, by hub id
+    (where `hub`), or by name in `folder` (with or without its suffix)."""
     path = Path(source).expanduser()
     if path.exists():
         return str(path)
@@ -53,11 +54,13 @@ def find(source: str, folder: str | None) -> str:
         for candidate in [base / source] + [base / (source + suffix) for suffix in SUFFIXES]:
             if candidate.exists():
                 return str(candidate)
-    if HUB_ID.match(source) and not path.suffix:
+    if hub and HUB_ID.match(source) and not path.suffix:
         return source
-    raise NotFound("no such ControlNet file, folder or hub id", field="control", value=source,
-                   hint=f"give a path, a hub id, or the name of a file in {folder}" if folder else
-                   "give a path or a hub id")
+    kinds = ["a path", "a hub id"] if hub else ["a path"]
+    if folder:
+        kinds.append(f"the name of a file in {folder}")
+    raise NotFound(f"no such {what} file{', folder or hub id' if hub else ''}", field=field, value=source,
+                   hint="give " + (", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]))
 
 
 def _cross_width(state: dict, original: bool) -> int | None:

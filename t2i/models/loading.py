@@ -79,6 +79,8 @@ class LoadedModel:
     upscalers: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # ControlNets generations on this model have named, by path (t2i.models.controlnet), loaded once
     controlnets: OnceCache = field(default_factory=OnceCache, compare=False, repr=False)
+    # IP-Adapter files and image encoders, by path (t2i.sampling.ip_run), loaded once
+    adapters: OnceCache = field(default_factory=OnceCache, compare=False, repr=False)
 
     @property
     def is_inpainting_model(self) -> bool:

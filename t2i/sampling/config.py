@@ -16,6 +16,7 @@ from t2i.errors import check
 from t2i.formats.lora import LoraRef
 from t2i.sampling.control import MAX_UNITS, ControlUnit
 from t2i.sampling.hires import check_hires, resolve_upscaler
+from t2i.sampling.ip_adapter import MAX_ADAPTERS, IPAdapterUnit
 from t2i.sampling.outpaint import FILLS, parse_sides
 from t2i.sampling.outpaint import MODES as OUTPAINT_MODES
 from t2i.sampling.prompts import EMPHASIS, parse_prompt, split_lora_tags
@@ -90,6 +91,15 @@ class GenerationConfig:
     pag_scale: float = 0.0
     pag_adaptive: float = 0.0  # the scale falls by this much a timestep towards t=0 (diffusers' adaptive scale)
     pag_layers: tuple[str, ...] = ("mid",)  # patterns of the self-attention layers perturbed (diffusers' regexes)
+    # IP-Adapter (t2i.sampling.ip_adapter): units, each an adapter file (or a name in controlnet_dir) and the
+    # picture it reads as a prompt; image_encoder: what embeds the pictures (None: the one each adapter names,
+    # else image_encoder/ beside the adapter file, as h94's repository has it)
+    ip_adapters: tuple[IPAdapterUnit, ...] = ()
+    image_encoder: str | None = None
+    # Self-Attention Guidance (t2i.sampling.sag), any sampler: 0 is off; 0.75 is diffusers' and A1111's
+    sag_scale: float = 0.0
+    sag_threshold: float = 1.0  # A1111's SAG Mask Threshold: keys attended more than this (1: the average)
+    sag_blur_sigma: float = 1.0  # of the blur over the masked parts of the predicted image, in latent pixels
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -130,6 +140,8 @@ class GenerationConfig:
         self._check_outpaint()
         self._check_controls()
         self._check_pag()
+        self._check_ip_adapters()
+        self._check_sag()
         object.__setattr__(self, "loras", tuple(LoraRef.parse(r) if isinstance(r, str) else r for r in self.loras))
 
     @property
@@ -202,6 +214,38 @@ class GenerationConfig:
         check(not self.hires, "pag_scale", self.pag_scale, "does not combine with hires fix yet")
         check(self.outpaint is None or self.outpaint_mode != "mk2", "pag_scale", self.pag_scale,
               "does not combine with Outpainting mk2", hint="use poor-man or pad")
+
+    def _check_sag(self) -> None:
+        for name, low, high in (("sag_scale", 0, 10), ("sag_threshold", 0, 10), ("sag_blur_sigma", 0.1, 10)):
+            value = getattr(self, name)
+            check(isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high, name, value,
+                  f"must be a finite number from {low:g} to {high:g}")
+        if self.sag_scale == 0:
+            return
+        check(self.pag_scale == 0, "sag_scale", self.sag_scale,
+              "does not combine with {pag_scale} (both rewrite the mid block's self-attention)", hint="use one")
+        check(self.cache_interval == 1, "cache_interval", self.cache_interval,
+              "does not combine with {sag_scale} (its degraded pass needs the whole UNet)", hint="leave it at 1")
+        check(not self.hires, "sag_scale", self.sag_scale, "does not combine with hires fix yet")
+        check(self.outpaint is None or self.outpaint_mode != "mk2", "sag_scale", self.sag_scale,
+              "does not combine with Outpainting mk2", hint="use poor-man or pad")
+
+    def _check_ip_adapters(self) -> None:
+        object.__setattr__(self, "ip_adapters", tuple(self.ip_adapters))
+        check(len(self.ip_adapters) <= MAX_ADAPTERS, "ip_adapters", len(self.ip_adapters),
+              f"at most {MAX_ADAPTERS} IP-Adapters at once")
+        check(all(isinstance(unit, IPAdapterUnit) for unit in self.ip_adapters), "ip_adapters", None,
+              "each unit must be an IPAdapterUnit")
+        if not self.ip_adapters:
+            check(self.image_encoder is None, "image_encoder", self.image_encoder, "is for IP-Adapters",
+                  hint="add --ip-adapter FILE --ip-image IMAGE")
+            return
+        check(self.cache_interval == 1, "cache_interval", self.cache_interval,
+              "does not combine with IP-Adapter (its image tokens go into every cross-attention)", hint="leave it at 1")
+        check(not self.hires, "hires_scale", self.hires_scale, "does not combine with IP-Adapter yet",
+              hint="run the hires pass as img2img with the same --ip-adapter at the larger size")
+        check(self.outpaint is None or self.outpaint_mode != "mk2", "outpaint_mode", self.outpaint_mode,
+              "mk2 generates a side at a time and does not combine with IP-Adapter", hint="use poor-man or pad")
 
     def _check_hires(self) -> None:
         given = [name for name in ("hires_sampler", "hires_schedule", "hires_prompt", "hires_negative_prompt")

@@ -150,10 +150,12 @@ def decode(pipe, latents: torch.Tensor, generators, tile_size: int | None = None
 
 def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, seed: int, size: tuple[int, int],
                    loras: list[dict], embeddings: list, vae_tile_size: int | None,
-                   written: str | None = None, controls: list | tuple = ()) -> ImageSettings:
+                   written: str | None = None, controls: list | tuple = (), ip_adapters: list | tuple = ()
+                   ) -> ImageSettings:
     """One image's resolved settings (`prompt`: its text without LoRA tags, `written`: as the user
     wrote it; `vae_tile_size`: the tiles it was decoded in, asked for or after running out of memory;
-    `controls`: its ControlNet units, t2i.sampling.control_run.PreparedControl)."""
+    `controls`: its ControlNet units, t2i.sampling.control_run.PreparedControl; `ip_adapters`: its
+    IP-Adapter units, t2i.sampling.ip_run.PreparedIPAdapter)."""
     def source(value):
         return value if isinstance(value, (str, type(None))) else None  # an image given in memory has no path
 
@@ -176,6 +178,8 @@ def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, se
         cache_interval=config.cache_interval, vae_tile_size=vae_tile_size, vae=model.config.vae,
         **_hires_settings(config), controls=tuple(c.record() for c in controls),
         pag_scale=config.pag_scale, pag_adaptive=config.pag_adaptive, pag_layers=config.pag_layers,
+        ip_adapters=tuple(unit.record() for unit in ip_adapters), image_encoder=config.image_encoder,
+        sag_scale=config.sag_scale, sag_threshold=config.sag_threshold, sag_blur_sigma=config.sag_blur_sigma,
         dtype=model.dtype_name, device=model.device.type, model_name=model.name, model_hash=model.hash)
 
 
@@ -250,10 +254,19 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         from t2i.sampling.control_run import prepare_controls
 
         controls = prepare_controls(model, config.controls, (width, height), config.controlnet_dir)
+    ip_adapters = []
+    if config.ip_adapters:  # every adapter and encoder loaded and checked, every picture embedded, before sampling
+        from t2i.sampling.ip_run import batch_embeds, prepare_ip_adapters
+
+        ip_adapters = prepare_ip_adapters(model, config.ip_adapters, config.controlnet_dir, config.image_encoder)
     if config.pag_scale > 0:
         from t2i.sampling.pag import check_layers
 
         check_layers(model.pipe.unet, config.pag_layers)
+    if config.sag_scale > 0:
+        from t2i.sampling.sag import check_model
+
+        check_model(model.pipe.unet)
     layers = model.pipe.text_encoder.config.num_hidden_layers
     check(config.clip_skip is None or config.clip_skip <= layers, "clip_skip", config.clip_skip,
           f"this text encoder has only {layers} layers")
@@ -280,7 +293,9 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         if loras not in views:
             views[loras] = call_view(model, config.mode, *config.sampling, loras, progress,
                                      config.cache_interval, controls, config.guidance_scale > 1,
-                                     config.pag_layers if config.pag_scale > 0 else None)
+                                     config.pag_layers if config.pag_scale > 0 else None, ip_adapters,
+                                     (config.sag_scale, config.sag_threshold, config.sag_blur_sigma)
+                                     if config.sag_scale > 0 else None)
         return views[loras]
 
     scheduler = view(config.loras)[0].scheduler
@@ -317,6 +332,9 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         generators = [torch.Generator("cpu").manual_seed(s) for _, _, s, _ in batch]
         if config.cache_interval > 1:  # each batch denoises from its own noise: nothing kept carries over
             pipe.unet.feature_cache.reset()
+        if ip_adapters:  # each image of the batch reads the same pictures; the scale window starts again
+            mode_args["ip_adapter_image_embeds"] = batch_embeds(ip_adapters, len(batch), config.guidance_scale > 1)
+            pipe.unet.ip_window.reset()
         if SAMPLERS[config.sampling[0]].brownian:  # one Brownian tree an image: each re-makes alone
             pipe.scheduler.noise_sampler_seed = [s for _, _, s, _ in batch]
         text = text_inputs(pipe, [p for p, _, _, _ in batch], config.negative_prompt, config.clip_skip, config.emphasis,
@@ -338,7 +356,7 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
                 used[prompt] = embeddings_used(tokenizer, [prompt, config.negative_prompt], config.emphasis,
                                                embeddings)
             settings = image_settings(model, config, prompt, image_seed, (width, height), loras, used[prompt],
-                                      tile_size, written, controls)
+                                      tile_size, written, controls, ip_adapters)
             yield GeneratedImage(image, settings)
 
 

@@ -69,14 +69,7 @@ class ControlUse:
 
     @classmethod
     def from_dict(cls, item, origin: str) -> ControlUse:
-        if isinstance(item, cls):
-            return item
-        good = isinstance(item, dict) and all(
-            isinstance(item.get(name), types) and (not isinstance(item.get(name), bool) or bool in types)
-            for name, types in cls._TYPES.items())
-        check(good, "image", origin,
-              f"its t2i settings hold a ControlNet unit without one of {', '.join(cls._TYPES)}")
-        return cls(**{name: item[name] for name in cls._TYPES})
+        return _unit_entry(cls, item, origin, "ControlNet unit")
 
     def infotext(self) -> str:
         """The value of A1111's `ControlNet N` key."""
@@ -104,6 +97,53 @@ class ControlUse:
                            threshold_a=self.threshold_a, threshold_b=self.threshold_b,
                            guidance_start=self.guidance_start, guidance_end=self.guidance_end,
                            control_mode=self.control_mode, pixel_perfect=self.pixel_perfect)
+
+
+@dataclass(frozen=True)
+class IPAdapterUse:
+    """One IP-Adapter unit as it ran (t2i.sampling.ip_adapter.IPAdapterUnit, resolved)."""
+
+    model: str  # the adapter file that was loaded
+    title: str  # "name [hash]", as A1111's ControlNet extension shows its models
+    image: str | None  # the reference image's path; None for an image given in memory
+    image_hash: str  # of its pixels
+    scale: float
+    start: float
+    end: float
+    encoder: str  # the image encoder that embedded the image
+    module: str  # A1111's preprocessor name for that encoder
+
+    _TYPES = {"model": (str,), "title": (str,), "image": (str, NONE), "image_hash": (str,), "scale": (int, float),
+              "start": (int, float), "end": (int, float), "encoder": (str,), "module": (str,)}
+
+    @classmethod
+    def from_dict(cls, item, origin: str) -> IPAdapterUse:
+        return _unit_entry(cls, item, origin, "IP-Adapter unit")
+
+    def infotext(self) -> str:
+        """The value of A1111's `ControlNet N` key, which its ControlNet extension writes for IP-Adapter units."""
+        return (f"Module: {self.module}, Model: {self.title}, Weight: {_number(self.scale)}, "
+                f"Guidance Start: {_number(self.start)}, Guidance End: {_number(self.end)}")
+
+    def unit(self, image=None):
+        """The IPAdapterUnit that re-makes it, reading `image` (default: the recorded path)."""
+        from t2i.sampling.ip_adapter import IPAdapterUnit
+
+        check(image is not None or self.image is not None, "ip_adapters", self.title,
+              "its reference image was given in memory, not as a file", hint="give the reference image again")
+        return IPAdapterUnit(model=self.model, image=image if image is not None else self.image, scale=self.scale,
+                             start=self.start, end=self.end)
+
+
+def _unit_entry(cls, item, origin: str, what: str):
+    """A ControlUse or IPAdapterUse from a record's dict, every field of its `_TYPES` present and typed."""
+    if isinstance(item, cls):
+        return item
+    good = isinstance(item, dict) and all(
+        isinstance(item.get(name), types) and (not isinstance(item.get(name), bool) or bool in types)
+        for name, types in cls._TYPES.items())
+    check(good, "image", origin, f"its t2i settings hold a {what} without one of {', '.join(cls._TYPES)}")
+    return cls(**{name: item[name] for name in cls._TYPES})
 
 
 @dataclass(frozen=True)
@@ -162,6 +202,13 @@ class ImageSettings:
     pag_scale: float = _setting((int, float), "generation", 0.0, since=0.0)
     pag_adaptive: float = _setting((int, float), "generation", 0.0, since=0.0)
     pag_layers: tuple[str, ...] = _setting((list, tuple), "generation", ("mid",), since=("mid",))
+    # IP-Adapter units (t2i.sampling.ip_adapter) and the encoder the user named (None: each adapter's own)
+    ip_adapters: tuple[IPAdapterUse, ...] = _setting((list, tuple), "generation", (), since=())
+    image_encoder: str | None = _setting((str, NONE), "generation", None, since=None)
+    # Self-Attention Guidance (t2i.sampling.sag)
+    sag_scale: float = _setting((int, float), "generation", 0.0, since=0.0)
+    sag_threshold: float = _setting((int, float), "generation", 1.0, since=1.0)
+    sag_blur_sigma: float = _setting((int, float), "generation", 1.0, since=1.0)
     # the model: what to load, and how other tools name it
     vae: str | None = _setting((str, NONE), "model", None)
     dtype: str = _setting((str,), "model", "fp32")
@@ -183,6 +230,7 @@ class ImageSettings:
         record["loras"] = [asdict(lora) for lora in self.loras]
         record["embeddings"] = [asdict(e) for e in self.embeddings]
         record["controls"] = [asdict(c) for c in self.controls]
+        record["ip_adapters"] = [asdict(unit) for unit in self.ip_adapters]
         record["pag_layers"] = list(self.pag_layers)
         record["mode"] = self.mode  # for people and other tools; derived, never read back
         return record
@@ -207,6 +255,7 @@ class ImageSettings:
         values["loras"] = tuple(_entry(LoraUse, item, origin) for item in values["loras"])
         values["embeddings"] = tuple(_entry(EmbeddingUse, item, origin) for item in values["embeddings"])
         values["controls"] = tuple(ControlUse.from_dict(item, origin) for item in values["controls"])
+        values["ip_adapters"] = tuple(IPAdapterUse.from_dict(item, origin) for item in values["ip_adapters"])
         check(all(isinstance(layer, str) for layer in values["pag_layers"]), "image", origin,
               f"its t2i setting 'pag_layers' holds {values['pag_layers']!r}, not layer names")
         values["pag_layers"] = tuple(values["pag_layers"])
@@ -243,6 +292,8 @@ class ImageSettings:
         generation["vae_tiling"] = self.vae_tile_size is not None
         if "controls" not in overrides:  # a unit whose image came in memory must be given again
             generation["controls"] = tuple(control.unit() for control in self.controls)
+        if "ip_adapters" not in overrides:
+            generation["ip_adapters"] = tuple(unit.unit() for unit in self.ip_adapters)
         if "sampler" in overrides and "schedule" not in overrides:  # another sampler on A1111's default for it
             generation["schedule"] = "automatic"
         for name, value in overrides.items():
@@ -279,11 +330,17 @@ class ImageSettings:
             "Fall-off exponent": self.outpaint_noise_q if self.outpaint_mode == "mk2" and self.outpaint else None,
             "Color variation": self.outpaint_color_variation if self.outpaint_mode == "mk2" and self.outpaint else None,
             **self._hires_fields(),
-            **{f"ControlNet {index}": control.infotext() for index, control in enumerate(self.controls)},
+            # A1111's ControlNet extension numbers its IP-Adapter units among the ControlNet ones
+            **{f"ControlNet {index}": text for index, text in enumerate(
+                [unit.infotext() for unit in self.controls] + [unit.infotext() for unit in self.ip_adapters])},
             # SD.Next's keys (A1111 has no PAG); t2i's own for layers other than the default
             "PAG scale": _number(self.pag_scale) if self.pag_scale else None,
             "PAG adaptive": _number(self.pag_adaptive) if self.pag_scale and self.pag_adaptive else None,
             "PAG layers": ", ".join(self.pag_layers) if self.pag_scale and tuple(self.pag_layers) != ("mid",) else None,
+            # A1111's SAG extension's keys; t2i's own for a blur other than the extension's fixed one
+            "SAG Guidance Scale": _number(self.sag_scale) if self.sag_scale else None,
+            "SAG Mask Threshold": _number(self.sag_threshold) if self.sag_scale else None,
+            "SAG Blur Sigma": _number(self.sag_blur_sigma) if self.sag_scale and self.sag_blur_sigma != 1 else None,
             "Version": f"t2i {self.version}",
         }
 

@@ -119,12 +119,16 @@ def _offload_copies(components: dict, device) -> None:
 
 def call_view(model, mode: str, sampler: str, schedule: str, loras: tuple[LoraRef, ...] = (),
               progress: bool = True, cache_interval: int = 1, controls=(), cfg: bool = True,
-              pag_layers: tuple[str, ...] | None = None):
+              pag_layers: tuple[str, ...] | None = None, ip_adapters=(),
+              sag: tuple[float, float, float] | None = None):
     """(pipeline for `mode` over `model`'s weights, the LoRAs applied as the metadata records them;
     with `cache_interval` > 1, a UNet that reuses its deep features: t2i.sampling.feature_cache;
     with `controls` (t2i.sampling.control_run.PreparedControl), a ControlNet pipeline whose ControlNet
     is this call's own wrapper of theirs; `cfg`: the call runs classifier-free guidance; with
-    `pag_layers`, a PAG pipeline perturbing those layers of this call's own copy of the UNet)."""
+    `pag_layers`, a PAG pipeline perturbing those layers of this call's own copy of the UNet; with
+    `ip_adapters` (t2i.sampling.ip_run.PreparedIPAdapter), their layers built in this call's own copy of
+    the UNet, whose scales `pipe.unet.ip_window` sets step by step; with `sag` (scale, mask threshold, blur
+    sigma), this call's own copy of the UNet guides itself by SAG: t2i.sampling.sag)."""
     components = dict(model.pipe.components)
     components["scheduler"] = build_scheduler(sampler, schedule, model.scheduler_config)
     components["tokenizer"] = serialised_tokenizer(components["tokenizer"])
@@ -147,13 +151,26 @@ def call_view(model, mode: str, sampler: str, schedule: str, loras: tuple[LoraRe
 
         components["controlnet"] = control_net(list(controls), cfg)
     extra = {}
+    if (ip_adapters or sag is not None or pag_layers is not None) and not loras:
+        # each changes the UNet's attention processors (or its forward) for the call: on a copy of its own
+        components["unet"] = lora_copy(components["unet"])
+    window = None
+    if ip_adapters:
+        from t2i.sampling.ip_run import install
+
+        window = install(components["unet"], list(ip_adapters))
+    if sag is not None:
+        from t2i.sampling.sag import self_attention_guided
+
+        self_attention_guided(components["unet"], *sag, cfg=cfg, scheduler=components["scheduler"])
     if pag_layers is not None:  # the PAG pipelines swap the UNet's attention processors during each call
-        if not loras:
-            components["unet"] = lora_copy(components["unet"])
         extra["pag_applied_layers"] = list(pag_layers)
         table = CONTROL_PAG_PIPELINES if controls else PAG_PIPELINES
     else:
         table = CONTROL_PIPELINES if controls else PIPELINES
     pipe = table[mode](**components, requires_safety_checker=False, **extra)
+    if window is not None:
+        window.pipe = pipe
+        pipe.unet.ip_window = window
     pipe.set_progress_bar_config(leave=False, disable=not progress)
     return pipe, applied

@@ -4,8 +4,10 @@ img2img, and the answers of the extension's `/controlnet/*` routes (t2i.server.c
 Unit fields keep the extension's names and old aliases (`input_image`, `guidance`, `lowvram`, `guessmode`).
 A model is named as `/controlnet/model_list` lists it ("name [hash]", the hash optional) and resolves
 only to a file or folder in the server's `--controlnet-dir`. A field t2i cannot honour (an effective-region
-mask, per-block advanced weights, union control types, IP-Adapter inputs) is refused by name when it
-is set, never dropped in silence.
+mask, per-block advanced weights, union control types, IP-Adapter embeddings sent as pickles) is
+refused by name when it is set, never dropped in silence. A unit whose module is an IP-Adapter one
+(`ip-adapter_clip_sd15`, ...) is an IP-Adapter unit, as in the extension: its model is an adapter file in
+the same folder, its image the picture used as a prompt, its weight and guidance window the adapter's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from t2i.formats.hashes import file_sha256
 from t2i.sampling.control import MAX_UNITS, ControlUnit
 from t2i.sampling.control_maps import control_map, detect
 from t2i.sampling.control_modules import DEFAULT_PROCESSOR_RES, PREPROCESSORS
+from t2i.sampling.ip_adapter import MAX_ADAPTERS, IPAdapterUnit, is_ip_module
+from t2i.sampling.ip_adapter import MODULES as IP_MODULES
 from t2i.server.img2img import decode_image
 
 API_VERSION = 2  # what clients check /controlnet/version against (the extension's API generation)
@@ -45,7 +49,8 @@ REFUSED = {"mask": (None, ""), "mask_image": (None, ""), "advanced_weighting": (
            "effective_region_mask": (None, ""), "ipadapter_input": (None, []),
            "union_control_type": (None, "Unknown", "")}
 # the error fields ControlUnit names (the command line's) -> the unit field a client sent
-CLI_FIELDS = {"control": "weight", "control_module": "module", "control_resize": "resize_mode",
+CLI_FIELDS = {"control": "weight", "ip_scale": "weight", "ip_start": "guidance_start", "ip_end": "guidance_end",
+              "ip_image": "image", "control_module": "module", "control_resize": "resize_mode",
               "control_res": "processor_res", "control_threshold_a": "threshold_a",
               "control_threshold_b": "threshold_b", "control_start": "guidance_start",
               "control_end": "guidance_end", "control_mode": "control_mode"}
@@ -96,7 +101,7 @@ class ControlNetFolder:
         for key in (name, Path(name).stem):
             if key in entries:
                 return str(entries[key])
-        raise InvalidInput("no such ControlNet on this server", field=field, value=wanted,
+        raise InvalidInput("no such ControlNet or IP-Adapter on this server", field=field, value=wanted,
                        choices=list(entries)[:20] or ["(none: start the server with --controlnet-dir)"],
                        hint="GET /controlnet/model_list lists them")
 
@@ -105,6 +110,7 @@ class ControlNetFolder:
 class RequestControls:
     units: tuple[ControlUnit, ...] = ()
     shown: tuple[ControlUnit, ...] = ()  # units whose maps the response appends (A1111's save_detected_map)
+    ip_adapters: tuple[IPAdapterUnit, ...] = ()
 
     def detected_maps(self, size: tuple[int, int]) -> list[Image.Image]:
         return [control_map(u.image, u.module, size, u.resize_mode, u.processor_res, u.threshold_a, u.threshold_b,
@@ -132,7 +138,8 @@ def _renamed(exc: T2IError, field: str) -> T2IError:
     return exc
 
 
-def _one_unit(raw: Any, field: str, folder: ControlNetFolder, init: Image.Image | None) -> ControlUnit | None:
+def _one_unit(raw: Any, field: str, folder: ControlNetFolder,
+              init: Image.Image | None) -> ControlUnit | IPAdapterUnit | None:
     check(isinstance(raw, dict), field, None, "must be a ControlNet unit (a JSON object)")
     raw = {ALIASES.get(key, key): value for key, value in raw.items()}
     if raw.get("enabled", True) is False:
@@ -172,6 +179,9 @@ def _one_unit(raw: Any, field: str, folder: ControlNetFolder, init: Image.Image 
     path = folder.find(model, f"{field}.model")
     image = _unit_image(raw, field, init)
     try:
+        if is_ip_module(options.get("module", "none")):  # the map settings mean nothing to an adapter
+            return IPAdapterUnit(model=path, image=image, scale=options.get("weight", 1.0),
+                                 start=options.get("guidance_start", 0.0), end=options.get("guidance_end", 1.0))
         return ControlUnit(model=path, image=image, **options)
     except T2IError as exc:
         raise _renamed(exc, field) from None
@@ -188,17 +198,20 @@ def request_controls(scripts: dict, folder: ControlNetFolder, init: Image.Image 
     field = f"alwayson_scripts.{key}.args"
     check(isinstance(args, list), field, None, "must be a list of ControlNet units")
     check(len(args) <= MAX_UNITS, field, f"{len(args)} units", f"this server takes at most {MAX_UNITS}")
-    units, shown = [], []
+    units, shown, adapters = [], [], []
     for index, raw in enumerate(args):
         if raw in (False, None):  # a client's placeholder for an unused slot
             continue
         unit = _one_unit(raw, f"{field}[{index}]", folder, init)
-        if unit is None:
-            continue
-        units.append(unit)
-        if raw.get("save_detected_map", True) is not False:
-            shown.append(unit)
-    return RequestControls(tuple(units), tuple(shown))
+        if isinstance(unit, IPAdapterUnit):
+            adapters.append(unit)
+            check(len(adapters) <= MAX_ADAPTERS, f"{field}[{index}]", None,
+                  f"this server takes at most {MAX_ADAPTERS} IP-Adapter units")
+        elif unit is not None:
+            units.append(unit)
+            if raw.get("save_detected_map", True) is not False:
+                shown.append(unit)
+    return RequestControls(tuple(units), tuple(shown), tuple(adapters))
 
 
 def png_base64(image: Image.Image) -> str:
@@ -220,15 +233,15 @@ def _sliders(module: str) -> list[dict]:
 def module_list(alias_names: bool = False) -> dict:
     aliases = {"invert": "invert (from white bg & black line)"} if alias_names else {}
     names = [aliases.get(name, name) for name in PREPROCESSORS]
-    return {"module_list": names,
-            "module_detail": {aliases.get(name, name): {"model_free": True, "sliders": _sliders(name)}
-                              for name in PREPROCESSORS}}
+    detail = {aliases.get(name, name): {"model_free": True, "sliders": _sliders(name)} for name in PREPROCESSORS}
+    detail.update({name: {"model_free": False, "sliders": []} for name in IP_MODULES})
+    return {"module_list": names + list(IP_MODULES), "module_detail": detail}
 
 
 def control_types(models: list[str]) -> dict:
     types = {"All": {"module_list": list(PREPROCESSORS), "model_list": ["None", *models], "default_option": "none",
                      "default_model": "None"}}
-    for label, (default, modules) in CONTROL_TYPES.items():
+    for label, (default, modules) in {**CONTROL_TYPES, "IP-Adapter": ("ip-adapter-auto", IP_MODULES)}.items():
         word = label.split("/")[0].lower()
         matching = [m for m in models if word in m.lower()]
         types[label] = {"module_list": list(modules), "model_list": ["None", *matching], "default_option": default,

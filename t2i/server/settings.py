@@ -15,6 +15,7 @@ class ServerSettings:
     lora_dir: str = "loras"  # what <lora:NAME:W> tags and GET loras see
     embeddings_dir: str | None = None  # textual-inversion embeddings prompts may name (GET embeddings lists them)
     controlnet_dir: str | None = None  # ControlNets units may name (GET /controlnet/model_list lists them)
+    image_encoder: str | None = None  # IP-Adapter units' image encoder (None: each adapter's own, or beside it)
     output_dir: str = "outputs"  # where save_images=true writes (NNNNN-SEED.png, as t2i generate)
     host: str = "127.0.0.1"
     port: int = 7860

@@ -136,6 +136,9 @@ def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: 
         init = fields.get("init_image") if isinstance(fields.get("init_image"), Image.Image) else None
         controls = request_controls(request.alwayson_scripts, controlnets, init)
         fields["controls"] = controls.units
+        fields["ip_adapters"] = controls.ip_adapters
+        if controls.ip_adapters and settings.image_encoder:
+            fields["image_encoder"] = settings.image_encoder
     config = GenerationConfig(**fields)
     if config.hires and config.width and config.height:  # the second pass's size, before any work
         final = hires_size(config.width, config.height, config.hires_scale or 1, config.hires_resize_x,

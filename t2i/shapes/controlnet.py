@@ -66,6 +66,16 @@ def _training_tensors(pipe, recipe: ControlRecipe, specs: list[Shape], rng: rand
     return latents, text, controls, empty
 
 
+def draw_batch(generator: torch.Generator, images: int, batch: int, text: torch.Tensor, empty: torch.Tensor,
+               caption_dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows of one training batch, their caption embeddings with a share replaced by the empty caption's,
+    which keeps classifier-free guidance working)."""
+    rows = torch.randint(0, images, (batch,), generator=generator)
+    captions = text[rows].clone()
+    captions[torch.rand(batch, generator=generator) < caption_dropout] = empty
+    return rows, captions
+
+
 def train_shape_controlnet(out: Path, recipe: ControlRecipe = ControlRecipe(), progress: bool = True) -> Path:
     """Train on `demo` and write `out/model.safetensors` and `out/recipe.json` (recipe, timings, agreement)."""
     from diffusers import DDPMScheduler
@@ -92,9 +102,7 @@ def train_shape_controlnet(out: Path, recipe: ControlRecipe = ControlRecipe(), p
     generator = torch.Generator().manual_seed(recipe.seed)
     started, losses = time.perf_counter(), []
     for _ in tqdm(range(recipe.steps), desc="training the ControlNet", disable=not progress):
-        rows = torch.randint(0, recipe.images, (recipe.batch,), generator=generator)
-        captions = text[rows].clone()
-        captions[torch.rand(recipe.batch, generator=generator) < recipe.caption_dropout] = empty  # keeps CFG working
+        rows, captions = draw_batch(generator, recipe.images, recipe.batch, text, empty, recipe.caption_dropout)
         loss = controlnet_loss(controlnet, pipe.unet, noise_scheduler, latents[rows], captions, controls[rows],
                                generator)
         optimizer.zero_grad(set_to_none=True)

@@ -39,6 +39,8 @@ class Components:
     text_lora_config: Any = None  # the text encoder's LoraConfig when it is trained too
     text_params: list[torch.nn.Parameter] = dataclasses.field(default_factory=list)
     controlnet: Any = None  # the ControlNet being trained (the UNet is then frozen)
+    ip_adapter: Any = None  # the IP-Adapter layers being trained, inside the frozen UNet (t2i.train.ip_adapter)
+    image_encoder: Any = None  # t2i.models.image_encoder.LoadedEncoder: embeds the training images (frozen)
 
     def param_groups(self, config: FinetuneConfig) -> list[dict]:
         """The optimizer's groups: the UNet's weights at --learning-rate, the text encoder's at its own."""
@@ -63,8 +65,17 @@ def load_components(config: FinetuneConfig, device: torch.device, weight_dtype: 
 
     for frozen in (pipe.text_encoder, pipe.vae):
         place(frozen.requires_grad_(False), weight_dtype).eval()
-    lora_config, controlnet = None, None
-    if config.controlnet:
+    lora_config, controlnet, ip_adapter, encoder = None, None, None, None
+    if config.ip_adapter:
+        from t2i.models.image_encoder import load_image_encoder
+        from t2i.train.ip_adapter import AdapterInUNet, new_ip_layers
+
+        encoder = load_image_encoder(str(config.image_encoder), model.config)
+        place(encoder.module.requires_grad_(False), weight_dtype).eval()
+        place(pipe.unet.requires_grad_(False), weight_dtype)
+        new_ip_layers(pipe.unet, encoder.width, seed=config.seed)
+        ip_adapter = AdapterInUNet(pipe.unet).to(device)
+    elif config.controlnet:
         from t2i.train.controlnet import embedding_channels, new_controlnet
 
         place(pipe.unet.requires_grad_(False), weight_dtype)
@@ -101,11 +112,11 @@ def load_components(config: FinetuneConfig, device: torch.device, weight_dtype: 
         if config.compile:  # in place: the module keeps its type and state-dict keys: saving and resuming are unchanged
             network.compile(backend=COMPILE_BACKEND)  # inductor's default mode: autotuning would add minutes
     # a list, not a filter(): the optimizer would exhaust an iterator and clipping would see nothing
-    trained = pipe.unet if controlnet is None else controlnet
+    trained = controlnet if controlnet is not None else ip_adapter if ip_adapter is not None else pipe.unet
     params = [p for p in trained.parameters() if p.requires_grad] + text_params
     return Components(model, DDPMScheduler.from_config(model.scheduler_config), lora_config, params,
                       EMAModel(pipe.unet.parameters()) if config.ema else None, text_lora_config, text_params,
-                      controlnet)
+                      controlnet, ip_adapter, encoder)
 
 
 @dataclass
@@ -175,7 +186,8 @@ def load_data(config: FinetuneConfig, parts: Components, accelerator, progress: 
         raise InvalidInput(f"none of the {len(train)} training images could be read", field="data", value=config.data)
     skipped |= without_control
     dataset = TrainingSet(good, augment, config.seed, pipe.tokenizer, cache, vae_id, text_id, placements,
-                          controls=config.controlnet)
+                          controls=config.controlnet,
+                          references=parts.image_encoder.processor if parts.image_encoder is not None else None)
     if placements is not None:
         grouped = BucketBatches([placements[s.key].bucket for s in good], config.batch_size, config.seed, world)
         return TrainData(layout, dataset, skipped, grouped.per_rank(), grouped)

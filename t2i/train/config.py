@@ -82,6 +82,11 @@ class FinetuneConfig:
     controlnet: bool = False
     control_column: str = "conditioning_image"  # an imagefolder's column naming each image's control image
     validation_controls: tuple[str, ...] = ()  # control images for the validation prompts (one, or one each)
+    # IP-Adapter training (t2i.train.ip_adapter): the image projection and new key/value layers, all else frozen
+    ip_adapter: bool = False
+    image_encoder: str | None = None  # what embeds the images: a CLIP vision folder or shape-features
+    ip_image_dropout: float = 0.05  # the share of examples trained without their image (h94's)
+    validation_ip_images: tuple[str, ...] = ()  # reference pictures for the validation prompts (one, or one each)
 
     def __post_init__(self):
         for f in fields(self):  # a NaN or infinite hyperparameter would only show as a NaN loss later
@@ -123,6 +128,7 @@ class FinetuneConfig:
         check(self.lora or not self.train_text_encoder, "train_text_encoder", None,
               "trains a LoRA on the text encoder beside the UNet's LoRA", hint="turn {lora} on")
         self._check_controlnet()
+        self._check_ip_adapter()
         if self.buckets:
             for name in ("bucket_min", "bucket_max", "bucket_step"):
                 check(getattr(self, name) >= 1, name, getattr(self, name), "must be positive")
@@ -151,10 +157,30 @@ class FinetuneConfig:
               f"a ControlNet's validation needs a control image for its {prompts} prompt(s): one for all, "
               "or one each")
 
+    def _check_ip_adapter(self) -> None:
+        object.__setattr__(self, "validation_ip_images", tuple(self.validation_ip_images))
+        check(0 <= self.ip_image_dropout < 1, "ip_image_dropout", self.ip_image_dropout, "must be in [0, 1)")
+        if not self.ip_adapter:
+            for name in ("image_encoder", "validation_ip_images"):
+                check(not getattr(self, name), name, None, "is for IP-Adapter training", hint="add {ip_adapter}")
+            return
+        check(self.image_encoder is not None, "image_encoder", None, "IP-Adapter training needs the image encoder "
+              "its adapter will read", hint="give a CLIP vision model's folder, or shape-features for demo")
+        for name in ("controlnet", "train_text_encoder", "ema", "export_kohya", "buckets"):
+            check(not getattr(self, name), name, None, "does not apply to IP-Adapter training",
+                  hint=f"leave {{{name}}} out")
+        check(not self.validation_loss_every, "validation_loss_every", self.validation_loss_every,
+              "the held-out loss is not computed for IP-Adapter training yet", hint="leave it at 0")
+        given, prompts = len(self.validation_ip_images), len(self.validation_prompts)
+        check(not prompts or given in (1, prompts), "validation_ip_images", f"{given} images",
+              f"an IP-Adapter's validation needs a reference picture for its {prompts} prompt(s): one for all, "
+              "or one each")
+
     @property
     def trains(self) -> str:
-        """What the run trains: "controlnet", "lora" or "unet" (the whole UNet)."""
-        return "controlnet" if self.controlnet else "lora" if self.lora else "unet"
+        """What the run trains: "controlnet", "ip-adapter", "lora" or "unet" (the whole UNet)."""
+        return ("controlnet" if self.controlnet else "ip-adapter" if self.ip_adapter else
+                "lora" if self.lora else "unet")
 
     @property
     def lora_alpha(self) -> float:
@@ -166,7 +192,7 @@ class FinetuneConfig:
         finds its own step size; 1e-4 for a LoRA and 1e-5 for the whole UNet with the others)."""
         # a ControlNet is a whole network trained from the UNet's weights: the whole UNet's default
         return self.learning_rate if self.learning_rate is not None else default_learning_rate(
-            self.optimizer, self.lora and not self.controlnet)
+            self.optimizer, self.lora and not self.controlnet and not self.ip_adapter)
 
     @property
     def te_lr(self) -> float:

@@ -78,14 +78,16 @@ def image_grid(images: list[Image.Image]) -> Image.Image:
     return make_image_grid(images + [blank] * (rows * columns - len(images)), rows, columns)
 
 
+IP_ADAPTER_FILE = "ip_adapter.safetensors"  # an IP-Adapter run's checkpoint (and final) weights, h94's layout
 TRAINING_CONTROLNET = "(the ControlNet being trained)"  # its key in the model's ControlNet cache
 
 
 def validation_grid(model, prompts, steps: int, seed: int, resolution: int, controlnet=None,
-                    controls: tuple[str, ...] = ()) -> Image.Image:
+                    controls: tuple[str, ...] = (), ip_units: tuple = ()) -> Image.Image:
     """One image per prompt through t2i's own generation (prompt i always gets seed+i, so the grids
     of successive steps compare). With a ControlNet in training, prompt i reads control image i (or the
-    only one) and the grid shows each control image beside its output."""
+    only one), with an IP-Adapter in training, IP-Adapter unit i (or the only one); the grid then shows
+    each control image or reference picture beside its output."""
     import dataclasses
 
     from t2i.sampling.config import GenerationConfig
@@ -94,16 +96,22 @@ def validation_grid(model, prompts, steps: int, seed: int, resolution: int, cont
 
     config = GenerationConfig(prompts=tuple(prompts), steps=steps, seed=seed, width=resolution, height=resolution,
                               sampler="dpmpp-2m")
-    if controlnet is None:
+    if controlnet is None and not ip_units:
         return image_grid([result.image for result in generate(model, config, progress=False)])
-    from t2i.models.controlnet import LoadedControlNet
+    if controlnet is not None:
+        from t2i.models.controlnet import LoadedControlNet
 
-    model.controlnets.put(TRAINING_CONTROLNET, LoadedControlNet(controlnet, "training", TRAINING_CONTROLNET, None))
+        model.controlnets.put(TRAINING_CONTROLNET, LoadedControlNet(controlnet, "training", TRAINING_CONTROLNET, None))
     cells = []
     for index, prompt in enumerate(prompts):
-        unit = ControlUnit(TRAINING_CONTROLNET, controls[index if len(controls) > 1 else 0])
-        result = generate(model, dataclasses.replace(config, prompts=(prompt,), seed=seed + index, controls=(unit,)),
-                          progress=False)[0]
+        one = dataclasses.replace(config, prompts=(prompt,), seed=seed + index)
+        if controlnet is not None:
+            unit = ControlUnit(TRAINING_CONTROLNET, controls[index if len(controls) > 1 else 0])
+            one = dataclasses.replace(one, controls=(unit,))
+        else:
+            unit = ip_units[index if len(ip_units) > 1 else 0]
+            one = dataclasses.replace(one, ip_adapters=(unit,))
+        result = generate(model, one, progress=False)[0]
         cells += [Image.open(unit.image).convert("RGB").resize(result.image.size), result.image]
     from diffusers.utils import make_image_grid
 
@@ -116,6 +124,10 @@ def save_weights(folder: Path, parts, ema=None) -> None:
     unet = parts.model.pipe.unet
     if parts.controlnet is not None:
         parts.controlnet.save_pretrained(folder / "controlnet")
+    elif parts.ip_adapter is not None:
+        from t2i.models.ip_adapter import save_ip_adapter
+
+        save_ip_adapter(unet, folder / IP_ADAPTER_FILE, parts.image_encoder.reference)
     elif parts.lora_config is not None:
         save_diffusers_lora(unet, folder, parts.lora_config.to_dict(), *_text_encoder_parts(parts))
     else:
@@ -133,6 +145,13 @@ def load_weights(folder: Path, parts, ema=None) -> None:
         from diffusers import ControlNetModel
 
         parts.controlnet.load_state_dict(ControlNetModel.from_pretrained(folder / "controlnet").state_dict())
+        return
+    if parts.ip_adapter is not None:
+        from safetensors.torch import load_file
+
+        from t2i.train.ip_adapter import load_adapter_into
+
+        load_adapter_into(unet, load_file(str(folder / IP_ADAPTER_FILE)))
         return
     if parts.lora_config is not None:
         load_diffusers_lora_into(unet, folder / DIFFUSERS_LORA_FILE, _text_encoder_parts(parts)[0])
@@ -176,7 +195,9 @@ def save_final(out: Path, parts, config, training_metadata: dict[str, str]) -> N
     """The run's result: a ControlNet (a diffusers folder, and one .safetensors file A1111's extension and
     ComfyUI load), a LoRA (diffusers, and kohya for A1111/ComfyUI on request) or a whole model."""
     model = parts.model
-    if config.controlnet:
+    if config.ip_adapter:
+        save_weights(out, parts)
+    elif config.controlnet:
         from t2i.models.controlnet import save_single_file
 
         parts.controlnet.save_pretrained(out)

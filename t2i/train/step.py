@@ -20,10 +20,11 @@ def seed_for(*parts) -> int:
 
 
 def training_loss(unet, parts, config: FinetuneConfig, batch: dict, batch_index: int, rank: int,
-                  accelerator, text_encoder=None, controlnet=None) -> torch.Tensor:
+                  accelerator, text_encoder=None, controlnet=None, ip_adapter=None) -> torch.Tensor:
     """`text_encoder`: the (prepared) text encoder when it is trained; its gradients then flow.
     `controlnet`: the (prepared) ControlNet being trained; it reads the batch's control images and its
-    residuals go into the frozen UNet (t2i.train.controlnet)."""
+    residuals go into the frozen UNet (t2i.train.controlnet). `ip_adapter`: the (prepared) IP-Adapter
+    layers being trained; the frozen image encoder embeds the batch's images (t2i.train.ip_adapter)."""
     pipe, scheduler = parts.model.pipe, parts.noise_scheduler
     device, dtype = accelerator.device, pipe.vae.dtype
     generator = torch.Generator().manual_seed(seed_for(config.seed, "noise", batch_index, rank))
@@ -44,6 +45,12 @@ def training_loss(unet, parts, config: FinetuneConfig, batch: dict, batch_index:
                                   generator=generator).to(device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         target = prediction_target(scheduler, latents, noise, timesteps)
+        if ip_adapter is not None:  # drawn after the rest: the other modes' draws are as they were
+            from t2i.train.ip_adapter import drop_images
+
+            encoder = parts.image_encoder.module
+            embeds = encoder(batch["reference"].to(device, next(encoder.parameters()).dtype)).image_embeds
+            embeds = drop_images(embeds, generator, config.ip_image_dropout)
     with accelerator.autocast():
         if text_encoder is not None:
             text = text_encoder(batch["input_ids"].to(device))[0]
@@ -52,7 +59,10 @@ def training_loss(unet, parts, config: FinetuneConfig, batch: dict, batch_index:
             down, mid = controlnet(noisy.to(dtype), timesteps, encoder_hidden_states=text.to(dtype),
                                    controlnet_cond=batch["control"].to(device, dtype), return_dict=False)
             residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        prediction = unet(noisy.to(dtype), timesteps, text.to(dtype), **residuals).sample
+        if ip_adapter is not None:
+            prediction = ip_adapter(unet, noisy.to(dtype), timesteps, text.to(dtype), embeds.to(dtype))
+        else:
+            prediction = unet(noisy.to(dtype), timesteps, text.to(dtype), **residuals).sample
     weights = min_snr_weights(scheduler, timesteps, config.snr_gamma) if config.snr_gamma else None
     return weighted_mse(prediction, target, weights)
 

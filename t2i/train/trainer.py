@@ -61,7 +61,8 @@ RESUME_KEYS = ("data", "model", "lora", "lora_targets", "rank", "alpha", "batch_
                "seed", "resolution", "flip", "random_crop", "caption_dropout", "cache", "learning_rate",
                "lr_scheduler", "lr_warmup_steps", "max_grad_norm", "snr_gamma", "noise_offset", "ema",
                "buckets", "bucket_min", "bucket_max", "bucket_step", "bucket_no_upscale", "train_text_encoder",
-               "text_encoder_lr", "optimizer", "optimizer_args", "controlnet", "control_column")
+               "text_encoder_lr", "optimizer", "optimizer_args", "controlnet", "control_column",
+               "ip_adapter", "image_encoder", "ip_image_dropout")
 
 
 def _refuse_isolated_ranks(accelerator: Accelerator) -> None:
@@ -108,6 +109,8 @@ class Trainer:
         """What backward reaches: the prepared UNet or ControlNet, and the prepared text encoder when trained."""
         if self.controlnet is not None:
             return (self.controlnet,)
+        if self.ip_adapter is not None:
+            return (self.ip_adapter,)
         return (self.unet,) if self.text_encoder is None else (self.unet, self.text_encoder)
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -122,8 +125,11 @@ class Trainer:
         # stepped once per optimizer step on every rank: not prepared, so accelerate does not scale it
         self.lr_scheduler = get_scheduler(config.lr_scheduler, self.optimizer, num_warmup_steps=config.lr_warmup_steps,
                                           num_training_steps=self.total_steps)
-        self.text_encoder, self.controlnet = None, None
-        if config.controlnet:  # the UNet is frozen: only the ControlNet's gradients are synced
+        self.text_encoder, self.controlnet, self.ip_adapter = None, None, None
+        if config.ip_adapter:  # the UNet is frozen: only the adapter layers' gradients are synced
+            self.unet = self.parts.model.pipe.unet
+            self.ip_adapter, self.optimizer = self.accelerator.prepare(self.parts.ip_adapter, self.optimizer)
+        elif config.controlnet:  # the UNet is frozen: only the ControlNet's gradients are synced
             self.unet = self.parts.model.pipe.unet
             self.controlnet, self.optimizer = self.accelerator.prepare(self.parts.controlnet, self.optimizer)
         elif config.train_text_encoder:  # prepared too, so that its gradients are synced across processes
@@ -213,7 +219,8 @@ class Trainer:
         for micro in range(accumulation):
             with self.accelerator.accumulate(*self.trained_modules):  # gradients synced on the last micro-batch
                 loss = training_loss(self.unet, self.parts, self.config, next(stream), step * accumulation + micro,
-                                     self.rank, self.accelerator, self.text_encoder, self.controlnet)
+                                     self.rank, self.accelerator, self.text_encoder, self.controlnet,
+                                     self.ip_adapter)
                 self.accelerator.backward(loss)
             losses.append(loss.detach())
         every_rank = self.accelerator.gather(torch.stack(losses))  # once a step, not once a micro-batch
@@ -253,12 +260,24 @@ class Trainer:
         with self.accelerator.autocast():
             sheet = validation_grid(self.parts.model, self.config.validation_prompts, self.config.validation_steps,
                                     self.config.seed, self.config.resolution, controlnet,
-                                    self.config.validation_controls)
+                                    self.config.validation_controls, self._validation_ip_units())
         atomic_write(self.out / "validation" / f"step-{step:06d}.png", lambda tmp: sheet.save(tmp, format="PNG"))
         pipe.unet.train()
         pipe.text_encoder.train(self.config.train_text_encoder)
         if controlnet is not None:
             controlnet.train()
+
+    def _validation_ip_units(self) -> tuple:
+        """The adapter as it is now, offered to generation, read by each validation prompt's picture."""
+        if not self.config.ip_adapter or not self.config.validation_ip_images:
+            return ()
+        from t2i.models.ip_adapter import TRAINING_ADAPTER, training_snapshot
+        from t2i.sampling.ip_adapter import IPAdapterUnit
+        from t2i.sampling.ip_run import adapter_key
+
+        snapshot = training_snapshot(self.trained_unet, str(self.config.image_encoder))
+        self.parts.model.adapters.put(adapter_key(TRAINING_ADAPTER), snapshot)
+        return tuple(IPAdapterUnit(TRAINING_ADAPTER, image) for image in self.config.validation_ip_images)
 
     def _check_ranks_agree(self) -> None:
         """Every rank must end with the same weights; a silent divergence would ship rank 0's alone."""
@@ -287,7 +306,7 @@ class Trainer:
         # the wrapper goes first, while the group and every rank are still there.
         self.accelerator.wait_for_everyone()
         self.unet = self.trained_unet
-        self.text_encoder, self.controlnet = None, None
+        self.text_encoder, self.controlnet, self.ip_adapter = None, None, None
         self.accelerator.free_memory()
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()

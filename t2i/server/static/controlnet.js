@@ -1,21 +1,25 @@
 // ControlNet units on the page, sent as A1111's ControlNet extension takes them (alwayson_scripts.controlnet),
-// with the extension's own routes for the lists and the map preview (/controlnet/*). Uses app.js's $, api, fill
-// and readFile; app.js calls setUpControlNet() and, for each request, controlnetArgs().
+// with the extension's own routes for the lists and the map preview (/controlnet/*), and the image prompt: one
+// IP-Adapter unit, which the extension takes among the ControlNet ones (an ip-adapter module). Uses app.js's $,
+// api, fill and readFile; app.js calls setUpControlNet() and, for each request, controlnetArgs().
 "use strict";
 
-const controlNetLists = {modules: [], models: []};
+const controlNetLists = {modules: [], models: [], adapters: []};
 
 async function setUpControlNet() {
   $("add-unit").addEventListener("click", () => addUnit());
   try {
     const [modules, models] = await Promise.all([api("/module_list", undefined, "/controlnet"),
                                                  api("/model_list", undefined, "/controlnet")]);
-    controlNetLists.modules = modules.module_list;
-    controlNetLists.models = models.model_list;
+    const adapter = (name) => /ip[-_]?adapter/i.test(name);
+    controlNetLists.modules = modules.module_list.filter((m) => !adapter(m));
+    controlNetLists.models = models.model_list.filter((m) => !adapter(m));
+    controlNetLists.adapters = models.model_list.filter(adapter);
   } catch (error) {
     $("controlnet-note").textContent = `ControlNet lists unavailable: ${error.message}`;
     return;
   }
+  setUpImagePrompt();
   if (controlNetLists.models.length === 0) {
     $("add-unit").disabled = true;
     $("controlnet-note").textContent = "No ControlNets on this server (start it with --controlnet-dir).";
@@ -67,6 +71,35 @@ async function previewMap(unit) {
   }
 }
 
+function setUpImagePrompt() {
+  fill($("ip-model"), controlNetLists.adapters.map((m) => [m, m]), controlNetLists.adapters[0]);
+  if (controlNetLists.adapters.length === 0) {
+    $("ip-file").disabled = true;
+    $("ip-note").textContent = "No IP-Adapters on this server (put one in its --controlnet-dir).";
+  }
+  $("ip-file").addEventListener("change", async () => {
+    const file = $("ip-file").files[0];
+    if (!file) return;
+    $("ip-image").src = await readFile(file);
+    $("ip-image").hidden = false;
+    $("image-prompt-count").textContent = "(on)";
+  });
+  $("ip-clear").addEventListener("click", () => {
+    $("ip-file").value = "";
+    $("ip-image").hidden = true;
+    $("ip-image").removeAttribute("src");
+    $("image-prompt-count").textContent = "";
+  });
+}
+
+function imagePromptArgs() {
+  // the picture as an IP-Adapter unit; the adapter says which image encoder reads it (ip-adapter-auto)
+  if ($("ip-image").hidden) return [];
+  return [{enabled: true, image: $("ip-image").src, module: "ip-adapter-auto", model: $("ip-model").value,
+           weight: Number($("ip-weight").value), guidance_start: Number($("ip-start").value),
+           guidance_end: Number($("ip-end").value)}];
+}
+
 function controlnetArgs(img2img) {
   // an img2img unit without an image reads the init image (as the extension does); txt2img needs one
   return units().map((unit, index) => {
@@ -76,5 +109,5 @@ function controlnetArgs(img2img) {
             model: value(".unit-model"), weight: Number(value(".unit-weight")),
             guidance_start: Number(value(".unit-start")), guidance_end: Number(value(".unit-end")),
             control_mode: value(".unit-mode"), resize_mode: value(".unit-resize"), save_detected_map: false};
-  });
+  }).concat(imagePromptArgs());
 }
