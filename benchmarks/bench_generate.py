@@ -22,11 +22,14 @@
     the ratios: each canvas's cost over plain txt2img of the final size.
 (e) Guidance (--only-guidance): PAG, IP-Adapter and SAG, each beside diffusers' own pipeline for it, and each
     one's cost over plain CFG.
+(f) Watching (--only-watching): the denoising strip, live previews and attention maps, each against the same
+    generation.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import subprocess
 import sys
@@ -215,6 +218,27 @@ def canvas_table(args) -> None:
             print(f"{name:<40}{median[name]:>10.3f}{ratio:>8.3f}")
 
 
+def size_model(size: str, scratch: Path):
+    """The --size model, loaded on the CPU (made in `scratch` unless it is the tiny preset)."""
+    if size == "tiny":
+        return load_model(ModelConfig(model="tiny", device="cpu"))
+    make_model(scratch / "model", SIZES[size][0])
+    return load_model(ModelConfig(model=str(scratch / "model"), device="cpu"))
+
+
+def rotated_medians(rows: dict, repeats: int) -> dict[str, float]:
+    """Each row's median seconds over `repeats` rounds (after one warm-up call each), the rows run in a rotated
+    order each round, so that this CPU's drift falls on every row alike; row i's call gets seed 100 + round."""
+    for fn in rows.values():
+        fn(0)
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    names = list(rows)
+    for repeat in range(repeats):
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            times[name].append(timed(rows[name], 100 + repeat))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def _random_ip_adapter(unet, folder: Path, width: int = 32) -> Path:
     """A random h94-layout adapter for `unet` and a random CLIP vision encoder beside it (h94's layout)."""
     from safetensors.torch import save_file
@@ -251,10 +275,7 @@ def guidance_table(args) -> None:
 
     side = SIZES[args.size][1]
     with tempfile.TemporaryDirectory() as scratch:
-        source = "tiny" if args.size == "tiny" else str(Path(scratch) / "model")
-        if args.size != "tiny":
-            make_model(Path(source), SIZES[args.size][0])
-        model = load_model(ModelConfig(model=source, device="cpu"))
+        model = size_model(args.size, Path(scratch))
         adapter = _random_ip_adapter(model.pipe.unet, Path(scratch))
         picture = Image.new("RGB", (48, 40), (200, 60, 30))
         components = {k: v for k, v in model.pipe.components.items()
@@ -291,14 +312,7 @@ def guidance_table(args) -> None:
                 "IP-Adapter, t2i": ours(ip_adapters=(IPAdapterUnit(str(adapter), picture),)),
                 "SAG 0.75, diffusers": theirs(sag, sag_scale=0.75), "SAG 0.75, t2i": ours(sag_scale=0.75),
                 "CFG alone, diffusers": theirs(plain), "CFG alone, t2i": ours()}
-        for fn in rows.values():
-            fn(0)
-        times: dict[str, list[float]] = {name: [] for name in rows}
-        names = list(rows)
-        for repeat in range(args.repeats):
-            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
-                times[name].append(timed(rows[name], 100 + repeat))
-        median = {name: statistics.median(values) for name, values in times.items()}
+        names, median = list(rows), rotated_medians(rows, args.repeats)
         print(f"(e) guidance, {args.size} model, {side} px, {args.steps} steps, CFG 4, CPU {torch.get_num_threads()} "
               f"threads, median of {args.repeats}")
         print(f"{'row':<40}{'s/image':>10}{'ratio':>8}")
@@ -308,6 +322,36 @@ def guidance_table(args) -> None:
         for kind in ("PAG 3", "IP-Adapter", "SAG 0.75"):
             cost = median[kind + ", t2i"] / median["CFG alone, t2i"]
             print(f"{kind + ' over CFG alone (t2i)':<40}{'':>10}{cost:>8.3f}")
+
+
+def watching_table(args) -> None:
+    """(f) Watching the denoising on the --size model: the strip (every 5 steps, decoded at the end), live
+    previews every 10 steps (A1111's default interval) by the fitted colour map and by the VAE, and the
+    cross-attention maps, each against the same generation unwatched; rows alternate, median of --repeats."""
+    from t2i.sampling.generate import generate_iter
+
+    side = SIZES[args.size][1]
+    with tempfile.TemporaryDirectory() as scratch:
+        model = size_model(args.size, Path(scratch))
+        config = GenerationConfig(prompts=("a photo",), steps=args.steps, sampler="dpmpp-2m-karras", width=side,
+                                  height=side, guidance_scale=7.0)
+
+        def run(strip=None, every=0, mode="approx", maps=False):
+            def once(seed: int) -> None:
+                list(generate_iter(model, dataclasses.replace(config, strip=strip, seed=seed, attention_maps=maps),
+                                   progress=False,
+                                   on_preview=(lambda image: None) if every else None, preview_every=every,
+                                   preview_mode=mode))
+            return once
+
+        rows = {"plain": run(), "strip every 5": run(strip=5), "previews every 10, approx": run(every=10),
+                "previews every 10, full (VAE)": run(every=10, mode="full"), "attention maps": run(maps=True)}
+        names, median = list(rows), rotated_medians(rows, args.repeats)
+        print(f"(f) watching, {args.size} model, {side} px, {args.steps} steps, CPU {torch.get_num_threads()} threads, "
+              f"median of {args.repeats}")
+        print(f"{'row':<40}{'s/image':>10}{'x plain':>8}")
+        for name in names:
+            print(f"{name:<40}{median[name]:>10.3f}{median[name] / median['plain']:>8.3f}")
 
 
 def main() -> None:
@@ -323,9 +367,12 @@ def main() -> None:
     parser.add_argument("--only-canvas", action="store_true", help="table (d) alone")
     parser.add_argument("--canvas-side", type=int, default=128, help="table (d): the hires and outpainted side")
     parser.add_argument("--only-guidance", action="store_true", help="table (e) alone: PAG, IP-Adapter, SAG")
+    parser.add_argument("--only-watching", action="store_true", help="table (f) alone: the strip, live previews")
     args = parser.parse_args()
     if args.only_guidance:
         return guidance_table(args)
+    if args.only_watching:
+        return watching_table(args)
     if args.only_options:
         return options_table(args)
     if args.only_canvas:

@@ -66,10 +66,12 @@ def test_ip_adapter_training_resumes_exactly_and_its_file_is_the_trained_adapter
     assert result.settings.ip_adapters[0].encoder == encoder
 
 
-def test_validation_grid_shows_each_reference_beside_its_output(shapes, encoder, tmp_path):  # noqa: F811
-    out = finetune(config(shapes, tmp_path, ip_adapter=True, image_encoder=encoder, max_steps=2,
-                          validation_prompts=("a red circle", ""),
+def test_validation_grid_and_the_held_out_loss(shapes, encoder, tmp_path):  # noqa: F811
+    out = finetune(config(shapes, tmp_path, ip_adapter=True, image_encoder=encoder, max_steps=2, val_fraction=0.25,
+                          validation_loss_every=1, validation_prompts=("a red circle", ""), learning_rate=1e-2,
                           validation_ip_images=(str(shapes / "00.png"), str(shapes / "01.png"))), progress=False)
+    losses = [float(r["val_loss"]) for r in __import__("csv").DictReader(open(out / "loss.csv")) if r["val_loss"]]
+    assert len(losses) == 3 and losses[0] != losses[-1]  # before training, after each step: the adapter moves it
     grid = Image.open(out / "validation" / "step-000002.png")
     assert grid.size == (64, 64)
     shown = np.asarray(grid.crop((0, 32, 32, 64)).convert("RGB"), dtype=np.int16)
@@ -80,7 +82,6 @@ def test_validation_grid_shows_each_reference_beside_its_output(shapes, encoder,
 @pytest.mark.parametrize("overrides, words", [
     ({"controlnet": True}, "does not apply to IP-Adapter training"),
     ({"train_text_encoder": True}, "does not apply to IP-Adapter training"),
-    ({"validation_loss_every": 2}, "not computed for IP-Adapter training"),
     ({"image_encoder": None}, "needs the image encoder"),
     ({"validation_prompts": ("a", "b"), "validation_ip_images": ("x.png",) * 3}, "one for all, or one each"),
     ({"ip_image_dropout": 1.0}, r"must be in \[0, 1\)"),

@@ -2,6 +2,7 @@
 equals `t2i generate` with the same settings, pixel for pixel and infotext for infotext."""
 
 import base64
+import io
 import threading
 import time
 
@@ -171,9 +172,9 @@ def test_switching_the_model_through_options(api):
 def test_options_round_trip_and_unknown_ones_are_kept_without_effect(api):
     before = api.get_options()
     api.set_options(before)  # what A1111 clients do: GET, change a value, POST the whole body back
-    api.set_options({"jpeg_quality": 80, "show_progress_every_n_steps": 5})
+    api.set_options({"jpeg_quality": 80, "live_previews_image_format": "jpeg"})
     after = api.get_options()
-    assert after["jpeg_quality"] == 80 and after["show_progress_every_n_steps"] == 5
+    assert after["jpeg_quality"] == 80 and after["live_previews_image_format"] == "jpeg"
     assert {k: after[k] for k in before} == before, "nothing t2i acts on changed"
     result = api.txt2img(prompt="x", seed=1, steps=2, **SMALL)
     assert f"Model: {before['sd_model_checkpoint']}" in result.info["infotexts"][0]
@@ -301,3 +302,48 @@ def test_save_images_writes_into_the_output_folder_and_send_images_false_sends_n
     assert result.images == [] and result.info["all_seeds"] == [21]
     new, = set(folder.glob("*.png")) - before
     assert new.name.endswith("-21.png") and Image.open(new).info["parameters"] == result.info["infotexts"][0]
+
+
+def _preview_when_stepping(demo_server, **params):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = requests.get(f"{demo_server.api}/progress", params=params).json()
+        if state["state"]["sampling_step"] > 4:
+            return state
+        time.sleep(0.05)
+    raise AssertionError("the job never got past step 4")
+
+
+@pytest.mark.parametrize("kind", ["Approx cheap", "Full"])
+def test_live_previews_when_the_request_asks(api, demo_server, kind):
+    """/progress's current_image: the running job's latest preview (A1111's show_progress_every_n_steps and
+    show_progress_type, per request), none with skip_current_image, none when not asked."""
+    results = []
+    overrides = {"show_progress_every_n_steps": 2, "show_progress_type": kind}
+    worker = threading.Thread(target=_long_job, args=(api, results), kwargs={"override_settings": overrides})
+    worker.start()
+    try:
+        state = _preview_when_stepping(demo_server)
+        preview = Image.open(io.BytesIO(base64.b64decode(state["current_image"])))
+        assert preview.size == (96, 96)
+        assert _preview_when_stepping(demo_server, skip_current_image="true")["current_image"] is None
+    finally:
+        api.interrupt()
+        worker.join(timeout=60)
+    results.clear()
+    worker = threading.Thread(target=_long_job, args=(api, results))
+    worker.start()
+    try:
+        assert _preview_when_stepping(demo_server)["current_image"] is None
+    finally:
+        api.interrupt()
+        worker.join(timeout=60)
+    api.util_wait_for_ready(check_interval=0.1)
+
+
+def test_an_unknown_preview_type_is_a_422(api, demo_server):
+    response = requests.post(f"{demo_server.api}/txt2img", json={
+        "prompt": "x", "steps": 2, **SMALL, "override_settings": {"show_progress_type": "Sketch"}})
+    assert response.status_code == 422 and "show_progress_type" in response.json()["detail"]
+    response = requests.post(f"{demo_server.api}/options", json={"show_progress_type": "Sketch"})
+    assert response.status_code == 422

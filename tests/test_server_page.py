@@ -498,3 +498,17 @@ def test_an_image_prompt_from_the_page(page, tmp_path, server_files):
     got = image_pixels(page)
     assert np.array_equal(got, np.asarray(expected.image))
     assert not np.array_equal(got, np.asarray(generate(demo, config, progress=False)[0].image))
+
+
+def test_a_live_preview_shows_while_a_job_runs(page):
+    page.fill("#prompt", "a slow blue square")
+    settings(page, steps=150, width=96, height=96, seed=1)
+    page.select_option("#live-preview", "Full")
+    page.click("#generate")
+    page.wait_for_function("!document.getElementById('live-preview-image').hidden", timeout=60_000)
+    source = page.locator("#live-preview-image").get_attribute("src")
+    shown = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+    assert shown.size == (96, 96)
+    page.click("#interrupt")
+    page.wait_for_function("!document.getElementById('generate').disabled", timeout=30_000)
+    assert page.locator("#live-preview-image").is_hidden()

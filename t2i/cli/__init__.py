@@ -93,7 +93,7 @@ class _StderrHandler(logging.Handler):
 
 
 # the commands register themselves on `app` when imported
-from t2i.cli import control, evaluate, finetune, generate, grid, serve, shapes  # noqa: E402,F401
+from t2i.cli import control, evaluate, finetune, generate, grid, invert, serve, shapes  # noqa: E402,F401
 
 
 def main() -> None:

@@ -64,6 +64,8 @@ def build_configs(options: dict) -> tuple[ModelConfig, GenerationConfig]:
         typed["prompts"] = _read_prompts(typed.get("prompts"), typed.pop("prompts_file", None))
     if "loras" in typed:
         typed["loras"] = tuple(typed["loras"] or ())
+    if "attention_words" in typed:
+        typed["attention_words"] = tuple(typed["attention_words"] or ())
     if "pag_layers" in typed:
         typed["pag_layers"] = tuple(typed["pag_layers"] or ())
     controls = control_units(typed)
@@ -72,6 +74,12 @@ def build_configs(options: dict) -> tuple[ModelConfig, GenerationConfig]:
     ip_adapters = ip_adapter_units(typed)
     if ip_adapters is not None:
         typed["ip_adapters"] = ip_adapters
+    if typed.get("from_noise"):  # the inversion's settings, for what was not typed: it reconstructs as it stands
+        from t2i.sampling.inversion import load_noise
+
+        inversion = load_noise(typed["from_noise"]).settings
+        for name in ("steps", "guidance_scale", "width", "height", "sampler", "schedule", "model"):
+            typed.setdefault(name, inversion[name])
     if "hires_resize" in typed:
         typed["hires_resize_x"], typed["hires_resize_y"] = _size(typed.pop("hires_resize"), "hires_resize")
     if options.get("from_image"):
@@ -184,6 +192,13 @@ def generate(
     sag_threshold: float = typer.Option(_default("sag_threshold"), help="SAG's mask threshold (A1111's; 1: keys "
                                         "attended more than average are blurred)."),
     sag_blur_sigma: float = typer.Option(_default("sag_blur_sigma"), help="SAG's blur, in latent pixels."),
+    attention_maps: bool = typer.Option(False, "--attention-maps", help="Save each word's cross-attention map "
+                                        "beside each image (NNNNN-SEED-attention.png, .safetensors)."),
+    attention_words: Optional[List[str]] = typer.Option(None, help="Only these words' maps (repeatable)."),
+    from_noise: Optional[str] = typer.Option(None, help="Start from inverted noise (`t2i invert`) instead of a "
+                                             "seed's: its steps, size, CFG, DDIM and model unless given."),
+    strip: Optional[int] = typer.Option(None, help="Save the denoising strip beside each image: the predicted "
+                                        "clean image every STRIP steps, then the image (NNNNN-SEED-strip.png)."),
     vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in overlapping tiles: large images in "
                                     "little GPU memory."),
     vae_tile_size: Optional[int] = typer.Option(None, help="Tile side in pixels (multiple of 8). Default: the "
@@ -222,7 +237,17 @@ def generate(
     loaded = load_model(model_config)
     written = 0
     for result in generate_iter(loaded, config, rank=rank, world=world):
-        print(save_png(result.image, result.settings, out_dir), flush=True)
+        path = save_png(result.image, result.settings, out_dir)
+        print(path, flush=True)
+        if result.strip:
+            from t2i.formats.png import save_strip
+
+            print(save_strip(result.strip, path), flush=True)
+        if result.attention is not None:
+            from t2i.formats.png import save_attention
+
+            for written_path in save_attention(result.attention, result.image, path):
+                print(written_path, flush=True)
         written += 1
     log.info("wrote %d image(s) to %s", written, out_dir)
 

@@ -30,6 +30,9 @@ def serve(
                                                  "extension API; /controlnet/model_list lists them)."),
     image_encoder: Optional[str] = typer.Option(None, help="The image encoder of IP-Adapter units (a CLIP vision "
                                                 "folder); default: the one each adapter names, else beside it."),
+    live_preview: int = typer.Option(_default("live_preview"), help="Steps between live previews in "
+                                     "/sdapi/v1/progress's current_image (0: none; a request's override_settings "
+                                     "show_progress_every_n_steps changes it)."),
     output_dir: str = typer.Option(_default("output_dir"), help="Where requests with save_images=true write."),
     host: str = typer.Option(_default("host"), help="Address to bind; other than 127.0.0.1 exposes the server."),
     port: int = typer.Option(_default("port")),

@@ -82,10 +82,16 @@ def _tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
+def placed_image(sample: Sample, augment: Augment, centering: tuple[float, float], flip: bool,
+                 placement: Placement | None = None) -> Image.Image:
+    """The sample as it is trained: cropped, resized and flipped (`_placed`)."""
+    return _placed(read_rgb(sample), augment, centering, flip, placement)
+
+
 def pixels(sample: Sample, augment: Augment, centering: tuple[float, float], flip: bool,
            placement: Placement | None = None) -> torch.Tensor:
     """The sample as a (3, H, W) tensor in [-1, 1], placed (`_placed`)."""
-    return _tensor(_placed(read_rgb(sample), augment, centering, flip, placement)) * 2.0 - 1.0
+    return _tensor(placed_image(sample, augment, centering, flip, placement)) * 2.0 - 1.0
 
 
 def control_pixels(sample: Sample, augment: Augment, centering: tuple[float, float], flip: bool,
@@ -161,7 +167,7 @@ class TrainingSet(torch.utils.data.Dataset):
         if self.controls:  # read every draw (never cached): small next to the image, and cropped as it is
             example["control"] = control_pixels(sample, self.augment, centering, flip, placement)
         if self.references is not None:  # the image as trained (cropped, flipped), as the encoder reads it
-            placed = _placed(read_rgb(sample), self.augment, centering, flip, placement)
+            placed = placed_image(sample, self.augment, centering, flip, placement)
             example["reference"] = self.references(placed, return_tensors="pt").pixel_values[0]
         if self.cache is not None and self.text_id:
             example["text"] = self.cache.get(text_key(caption, self.text_id))["text"]

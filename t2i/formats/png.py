@@ -63,6 +63,33 @@ def save_png(image: Image.Image, settings: Recorded, out_dir: Path) -> Path:
     return write_new(out_dir, _names(out_dir, settings.seed), lambda tmp: tmp.write_bytes(data))
 
 
+def save_strip(frames, beside: Path) -> Path:
+    """The denoising strip, frames left to right, as `<image's name>-strip.png` beside its image."""
+    width, height = frames[0].size
+    strip = Image.new("RGB", (width * len(frames), height), "white")
+    for index, frame in enumerate(frames):
+        strip.paste(frame.convert("RGB"), (index * width, 0))
+    names = [f"{beside.stem}-strip.png"] + [f"{beside.stem}-strip-{n}.png" for n in range(1, 1000)]
+    return write_new(beside.parent, names, lambda tmp: strip.save(tmp, format="PNG"))
+
+
+def save_attention(maps, image: Image.Image, beside: Path) -> list[Path]:
+    """A word's cross-attention maps beside its image: the overlay grid (`-attention.png`) and the raw maps
+    (`-attention.safetensors`: `words` (words, H, W) at the image's size, `tokens` per context position at
+    the latent's, the words and their positions and weights as JSON in the metadata)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    grid = maps.overlay(image)
+    words = json.dumps([{"word": w.text, "positions": list(w.positions), "weight": w.weight} for w in maps.words])
+    tensors = {"words": maps.maps.contiguous(), "tokens": maps.tokens.contiguous()}
+    png = write_new(beside.parent, [f"{beside.stem}-attention.png"], lambda tmp: grid.save(tmp, format="PNG"))
+    raw = write_new(beside.parent, [f"{beside.stem}-attention.safetensors"],
+                    lambda tmp: save_file(tensors, str(tmp), metadata={"words": words}))
+    return [png, raw]
+
+
 def save_grid_png(image: Image.Image, text: str, out_dir: Path) -> Path:
     """Write an X/Y/Z grid as `NNNNN-grid.png`, carrying `text` (its first cell's infotext, as A1111 does)."""
     out_dir.mkdir(parents=True, exist_ok=True)

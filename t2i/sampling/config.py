@@ -100,6 +100,13 @@ class GenerationConfig:
     sag_scale: float = 0.0
     sag_threshold: float = 1.0  # A1111's SAG Mask Threshold: keys attended more than this (1: the average)
     sag_blur_sigma: float = 1.0  # of the blur over the masked parts of the predicted image, in latent pixels
+    # the denoising strip (t2i.sampling.previews): the predicted clean image every `strip` steps, then the image
+    strip: int | None = None
+    # cross-attention maps per word (t2i.sampling.attention_maps), of every word or of the words named
+    attention_maps: bool = False
+    attention_words: tuple[str, ...] = ()
+    # start from inverted noise (t2i.sampling.inversion: `t2i invert`) instead of a seed's: txt2img with DDIM
+    from_noise: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -142,6 +149,9 @@ class GenerationConfig:
         self._check_pag()
         self._check_ip_adapters()
         self._check_sag()
+        self._check_strip()
+        self._check_attention_maps()
+        self._check_from_noise()
         object.__setattr__(self, "loras", tuple(LoraRef.parse(r) if isinstance(r, str) else r for r in self.loras))
 
     @property
@@ -214,6 +224,33 @@ class GenerationConfig:
         check(not self.hires, "pag_scale", self.pag_scale, "does not combine with hires fix yet")
         check(self.outpaint is None or self.outpaint_mode != "mk2", "pag_scale", self.pag_scale,
               "does not combine with Outpainting mk2", hint="use poor-man or pad")
+
+    def _check_attention_maps(self) -> None:
+        object.__setattr__(self, "attention_words", tuple(self.attention_words))
+        check(not self.attention_words or self.attention_maps, "attention_words", self.attention_words[0]
+              if self.attention_words else None, "filters the attention maps", hint="add {attention_maps}")
+        if not self.attention_maps:
+            return
+        check(not self.ip_adapters, "attention_maps", None, "does not combine with IP-Adapter (both replace the "
+              "cross-attention processors)", hint="leave one of them out")
+        check(self.cache_interval == 1, "cache_interval", self.cache_interval,
+              "does not combine with {attention_maps} (every layer must run every step)", hint="leave it at 1")
+        check(not self.hires, "attention_maps", None, "does not combine with hires fix yet")
+        check(self.outpaint is None or self.outpaint_mode != "mk2", "attention_maps", None,
+              "does not combine with Outpainting mk2", hint="use poor-man or pad")
+
+    def _check_from_noise(self) -> None:
+        if self.from_noise is None:
+            return
+        check(self.init_image is None, "from_noise", self.from_noise, "is a txt2img start; it does not combine "
+              "with {init_image}", hint="invert the image with `t2i invert` and leave {init_image} out")
+        check(not self.hires, "from_noise", self.from_noise, "does not combine with hires fix")
+
+    def _check_strip(self) -> None:
+        check(self.strip is None or (isinstance(self.strip, int) and self.strip >= 1), "strip", self.strip,
+              "must be a whole number of steps, 1 or more (the strip keeps every Nth step's prediction)")
+        check(self.strip is None or self.outpaint_mode != "mk2" or self.outpaint is None, "strip", self.strip,
+              "does not combine with Outpainting mk2 (a generation a side)", hint="use poor-man or pad")
 
     def _check_sag(self) -> None:
         for name, low, high in (("sag_scale", 0, 10), ("sag_threshold", 0, 10), ("sag_blur_sigma", 0.1, 10)):

@@ -53,6 +53,13 @@ class SkipBatch(Exception):
 class GeneratedImage:
     image: Image.Image
     settings: ImageSettings  # every resolved setting: enough to re-make it
+    # with `strip`: the predicted clean image every `strip` steps, then the image itself (t2i.sampling.previews)
+    strip: tuple[Image.Image, ...] = ()
+    attention: Any = None  # with `attention_maps`: its t2i.sampling.attention_maps.AttentionMaps
+
+
+#: called with a preview image (the current step's predicted clean image, approximated) during sampling
+PreviewCallback = Callable[[Image.Image], None]
 
 
 def _output_size(model: LoadedModel, config: GenerationConfig, init) -> tuple[int, int]:
@@ -180,6 +187,7 @@ def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, se
         pag_scale=config.pag_scale, pag_adaptive=config.pag_adaptive, pag_layers=config.pag_layers,
         ip_adapters=tuple(unit.record() for unit in ip_adapters), image_encoder=config.image_encoder,
         sag_scale=config.sag_scale, sag_threshold=config.sag_threshold, sag_blur_sigma=config.sag_blur_sigma,
+        from_noise=config.from_noise,
         dtype=model.dtype_name, device=model.device.type, model_name=model.name, model_hash=model.hash)
 
 
@@ -219,8 +227,13 @@ def _hires_settings(config: GenerationConfig) -> dict:
 
 
 def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCallback | None = None,
-                  progress: bool = True, rank: int = 0, world: int = 1) -> Iterator[GeneratedImage]:
+                  progress: bool = True, rank: int = 0, world: int = 1, on_preview: PreviewCallback | None = None,
+                  preview_every: int = 0, preview_mode: str = "approx") -> Iterator[GeneratedImage]:
     """Yield every image `config` asks for, batch by batch, each with its settings.
+
+    With `on_preview` and `preview_every` > 0, every `preview_every`-th step hands it the batch's first
+    image as the sampler predicts it will end (A1111's live preview; `preview_mode` approx or full: see
+    t2i.sampling.previews).
 
     With `world` > 1 (processes started by a launcher), only process `rank`'s contiguous block of
     the batches: every image is made once, by one process, in the batch one process puts it in,
@@ -267,6 +280,12 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         from t2i.sampling.sag import check_model
 
         check_model(model.pipe.unet)
+    inverted = None
+    if config.from_noise is not None:  # the noise file read and checked against this generation before any work
+        from t2i.sampling.inversion import check_fits, load_noise
+
+        inverted = load_noise(config.from_noise)
+        check_fits(inverted, model, (width, height), config.steps, config.sampling, config.from_noise)
     layers = model.pipe.text_encoder.config.num_hidden_layers
     check(config.clip_skip is None or config.clip_skip <= layers, "clip_skip", config.clip_skip,
           f"this text encoder has only {layers} layers")
@@ -288,6 +307,8 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         embeddings_used(tokenizer, [text for text, _ in tagged.values()] + [config.negative_prompt],
                         config.emphasis, embeddings)
     views = {}  # LoRA set -> (pipeline, LoRAs as recorded): prompts with other tags get their own view
+    watched = {}  # LoRA set -> its view's clean-image estimates (t2i.sampling.previews), with a strip or previews
+    preview_every = preview_every if on_preview is not None else 0
 
     def view(loras):
         if loras not in views:
@@ -295,12 +316,22 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
                                      config.cache_interval, controls, config.guidance_scale > 1,
                                      config.pag_layers if config.pag_scale > 0 else None, ip_adapters,
                                      (config.sag_scale, config.sag_threshold, config.sag_blur_sigma)
-                                     if config.sag_scale > 0 else None)
+                                     if config.sag_scale > 0 else None, config.attention_maps)
+            if config.strip or preview_every:
+                from t2i.sampling.previews import Previews
+
+                watched[loras] = Previews(views[loras][0].scheduler, config.strip or 0)
         return views[loras]
 
     scheduler = view(config.loras)[0].scheduler
     schedule_args = schedule_arguments(scheduler, config.sampling[1], config.steps)
     _check_steps(scheduler, schedule_args, config)
+    words: dict[str, tuple] = {}  # prompt text -> its words, for the attention maps
+    if config.attention_maps:  # every prompt's words known, and the filter's words checked, before any work
+        from t2i.sampling.attention_maps import check_filter, prompt_words
+
+        words = {text: prompt_words(tokenizer, text, config.emphasis, embeddings) for text, _ in tagged.values()}
+        check_filter(config.attention_words, words)
     prompts = (p for p in config.prompts for _ in range(config.num_images))
     jobs = [(*tagged[prompt], seed + i, prompt) for i, prompt in enumerate(prompts)]  # (text, LoRAs, seed, written)
     batches = _batches(jobs, config, tokenizer, embeddings)
@@ -318,9 +349,16 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         mode_args.update(pipeline_arguments(controls, config.mode))
     if config.pag_scale > 0:
         mode_args.update(pag_scale=config.pag_scale, pag_adaptive_scale=config.pag_adaptive)
-    if on_step is not None:
+    current: list = []  # the batch's Previews, for the step callback
+    if on_step is not None or preview_every:
         def step_end(_pipe, index, _timestep, tensors):
-            on_step(index + 1, _pipe.num_timesteps)
+            if on_preview is not None and preview_every and (index + 1) % preview_every == 0 \
+                    and current[0].latest is not None:
+                from t2i.sampling.previews import preview_image
+
+                on_preview(preview_image(model, _pipe, current[0].latest, (width, height), preview_mode))
+            if on_step is not None:
+                on_step(index + 1, _pipe.num_timesteps)
             return tensors
 
         mode_args["callback_on_step_end"] = step_end
@@ -332,6 +370,13 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         generators = [torch.Generator("cpu").manual_seed(s) for _, _, s, _ in batch]
         if config.cache_interval > 1:  # each batch denoises from its own noise: nothing kept carries over
             pipe.unet.feature_cache.reset()
+        if batch[0][1] in watched:  # the strip and previews start again
+            watched[batch[0][1]].reset()
+            current[:] = [watched[batch[0][1]]]
+        if inverted is not None:  # every image of the batch starts from the inverted noise
+            mode_args["latents"] = inverted.noise.repeat(len(batch), 1, 1, 1).to(model.device, pipe.unet.dtype)
+        if config.attention_maps:
+            pipe.unet.attention_store.reset()
         if ip_adapters:  # each image of the batch reads the same pictures; the scale window starts again
             mode_args["ip_adapter_image_embeds"] = batch_embeds(ip_adapters, len(batch), config.guidance_scale > 1)
             pipe.unet.ip_window.reset()
@@ -350,14 +395,26 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
             continue
         with torch.no_grad():
             images, tile_size = decode(pipe, latents, generators, requested_tile, config.vae_slicing)
-        for (prompt, _, image_seed, written), image in zip(batch, images):
+        strips: list[tuple] = [()] * len(images)
+        if config.strip:
+            from t2i.sampling.previews import decode_frames
+
+            frames = decode_frames(pipe, watched[batch[0][1]].frames)
+            strips = [tuple(frame[index] for frame in frames) for index in range(len(images))]
+        maps: list = [None] * len(images)
+        if config.attention_maps:
+            from t2i.sampling.attention_maps import image_maps
+
+            maps = [image_maps(pipe.unet.attention_store, index, words[prompt], (width, height),
+                               config.attention_words) for index, (prompt, _, _, _) in enumerate(batch)]
+        for (prompt, _, image_seed, written), image, strip, attention in zip(batch, images, strips, maps):
             image = finish(image) if finish is not None else image
             if prompt not in used:  # the prompt's own embeddings and the negative prompt's, scanned once a prompt
                 used[prompt] = embeddings_used(tokenizer, [prompt, config.negative_prompt], config.emphasis,
                                                embeddings)
             settings = image_settings(model, config, prompt, image_seed, (width, height), loras, used[prompt],
                                       tile_size, written, controls, ip_adapters)
-            yield GeneratedImage(image, settings)
+            yield GeneratedImage(image, settings, strip + (image,) if config.strip else (), attention)
 
 
 def generate(model: LoadedModel, config: GenerationConfig, on_step: StepCallback | None = None,

@@ -11,8 +11,7 @@ UNet's own (variance-preserving) input space, so any sampler, LoRA, IP-Adapter a
 - its mask: keys that receive more than `threshold` of attention summed over queries, mean over heads
   (each query's row sums to 1, so 1.0 is "more than the average key"), at the mid block's size, widened
   to the latent's (nearest), as diffusers' SAG pipeline and A1111's SAG extension compute it;
-- noise level: the sampler's current sigma where it keeps one (the Euler family's float timesteps),
-  else the schedule's alphas_cumprod at the integer timestep, which is what the UNet is called with.
+- noise level: t2i.sampling.noise_level (the sampler's own sigma, or the schedule at the timestep).
 Adding the same correction to every part of the batch adds it once to the guided result whatever the
 CFG scale, since CFG is uncond + cfg * (cond - uncond).
 """
@@ -26,6 +25,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from t2i.sampling.noise_level import alpha_bar, clean_and_noise
 
 DEFAULT_SCALE = 0.75  # diffusers' and A1111's SAG extension's default when it is on
 DEFAULT_THRESHOLD = 1.0
@@ -83,16 +84,6 @@ class SagState:
     last_mask: torch.Tensor | None = None  # the latest mask, for tests and curious users
 
 
-def _alpha_bar(state: SagState, timestep, dtype, device) -> torch.Tensor:
-    scheduler = state.scheduler
-    step = getattr(scheduler, "step_index", None)
-    t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
-    if step is not None and getattr(scheduler, "sigmas", None) is not None and t != round(t):
-        sigma = float(scheduler.sigmas[step])
-        return torch.tensor(1.0 / (1.0 + sigma * sigma), dtype=dtype, device=device)
-    return scheduler.alphas_cumprod[int(round(t))].to(device, dtype)
-
-
 def _first(value, count: int, total: int):
     """The reference part of a batched UNet argument (tensors, lists and dicts of them)."""
     if torch.is_tensor(value):
@@ -124,16 +115,11 @@ def _guided_forward(unet, state: SagState, sample, timestep, encoder_hidden_stat
     mask = attention_mask(state.store.maps[:count * heads], heads, _mid_size(unet, sample.shape[-2:]),
                           tuple(sample.shape[-2:]), state.threshold)
     state.last_mask = mask
-    alpha_bar = _alpha_bar(state, timestep, sample.dtype, sample.device)
+    alpha = alpha_bar(state.scheduler, timestep, sample.dtype, sample.device)
     x, out = sample[:count], output[:count]
-    if state.scheduler.config.prediction_type == "v_prediction":
-        clean = alpha_bar.sqrt() * x - (1 - alpha_bar).sqrt() * out
-        noise = alpha_bar.sqrt() * out + (1 - alpha_bar).sqrt() * x
-    else:
-        clean = (x - (1 - alpha_bar).sqrt() * out) / alpha_bar.sqrt()
-        noise = out
+    clean, noise = clean_and_noise(x, out, alpha, state.scheduler.config.prediction_type)
     degraded_clean = blur(clean, state.blur_sigma) * mask + clean * (1 - mask)
-    degraded = alpha_bar.sqrt() * degraded_clean + (1 - alpha_bar).sqrt() * noise
+    degraded = alpha.sqrt() * degraded_clean + (1 - alpha).sqrt() * noise
     args = tuple(_first(a, count, total) for a in args)
     kwargs = _first(kwargs, count, total)
     again = forward(degraded, _first(timestep, count, total), _first(encoder_hidden_states, count, total), *args,

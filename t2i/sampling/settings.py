@@ -209,6 +209,7 @@ class ImageSettings:
     sag_scale: float = _setting((int, float), "generation", 0.0, since=0.0)
     sag_threshold: float = _setting((int, float), "generation", 1.0, since=1.0)
     sag_blur_sigma: float = _setting((int, float), "generation", 1.0, since=1.0)
+    from_noise: str | None = _setting((str, NONE), "generation", None, since=None)  # an inverted image's noise file
     # the model: what to load, and how other tools name it
     vae: str | None = _setting((str, NONE), "model", None)
     dtype: str = _setting((str,), "model", "fp32")
@@ -341,6 +342,7 @@ class ImageSettings:
             "SAG Guidance Scale": _number(self.sag_scale) if self.sag_scale else None,
             "SAG Mask Threshold": _number(self.sag_threshold) if self.sag_scale else None,
             "SAG Blur Sigma": _number(self.sag_blur_sigma) if self.sag_scale and self.sag_blur_sigma != 1 else None,
+            "Inverted noise": Path(self.from_noise).name if self.from_noise else None,  # t2i's own key
             "Version": f"t2i {self.version}",
         }
 

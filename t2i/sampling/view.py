@@ -120,7 +120,7 @@ def _offload_copies(components: dict, device) -> None:
 def call_view(model, mode: str, sampler: str, schedule: str, loras: tuple[LoraRef, ...] = (),
               progress: bool = True, cache_interval: int = 1, controls=(), cfg: bool = True,
               pag_layers: tuple[str, ...] | None = None, ip_adapters=(),
-              sag: tuple[float, float, float] | None = None):
+              sag: tuple[float, float, float] | None = None, attention: bool = False):
     """(pipeline for `mode` over `model`'s weights, the LoRAs applied as the metadata records them;
     with `cache_interval` > 1, a UNet that reuses its deep features: t2i.sampling.feature_cache;
     with `controls` (t2i.sampling.control_run.PreparedControl), a ControlNet pipeline whose ControlNet
@@ -128,7 +128,8 @@ def call_view(model, mode: str, sampler: str, schedule: str, loras: tuple[LoraRe
     `pag_layers`, a PAG pipeline perturbing those layers of this call's own copy of the UNet; with
     `ip_adapters` (t2i.sampling.ip_run.PreparedIPAdapter), their layers built in this call's own copy of
     the UNet, whose scales `pipe.unet.ip_window` sets step by step; with `sag` (scale, mask threshold, blur
-    sigma), this call's own copy of the UNet guides itself by SAG: t2i.sampling.sag)."""
+    sigma), this call's own copy of the UNet guides itself by SAG: t2i.sampling.sag; with `attention`, its
+    cross-attention maps are summed in `pipe.unet.attention_store`: t2i.sampling.attention_maps)."""
     components = dict(model.pipe.components)
     components["scheduler"] = build_scheduler(sampler, schedule, model.scheduler_config)
     components["tokenizer"] = serialised_tokenizer(components["tokenizer"])
@@ -151,7 +152,7 @@ def call_view(model, mode: str, sampler: str, schedule: str, loras: tuple[LoraRe
 
         components["controlnet"] = control_net(list(controls), cfg)
     extra = {}
-    if (ip_adapters or sag is not None or pag_layers is not None) and not loras:
+    if (ip_adapters or sag is not None or pag_layers is not None or attention) and not loras:
         # each changes the UNet's attention processors (or its forward) for the call: on a copy of its own
         components["unet"] = lora_copy(components["unet"])
     window = None
@@ -163,6 +164,10 @@ def call_view(model, mode: str, sampler: str, schedule: str, loras: tuple[LoraRe
         from t2i.sampling.sag import self_attention_guided
 
         self_attention_guided(components["unet"], *sag, cfg=cfg, scheduler=components["scheduler"])
+    if attention:
+        from t2i.sampling.attention_maps import watch_cross_attention
+
+        watch_cross_attention(components["unet"], cfg, pag_layers is not None)
     if pag_layers is not None:  # the PAG pipelines swap the UNet's attention processors during each call
         extra["pag_applied_layers"] = list(pag_layers)
         table = CONTROL_PAG_PIPELINES if controls else PAG_PIPELINES

@@ -160,7 +160,7 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Guar
 
     @app.get(f"{api}/progress")
     async def progress(skip_current_image: bool = False):
-        return service.queue.progress()
+        return service.queue.progress(skip_current_image)
 
     @app.post(f"{api}/interrupt")
     async def interrupt(request: Request):

@@ -25,7 +25,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
+from PIL import Image
+
 from t2i.sampling.generate import SkipBatch
+from t2i.server.controlnet_api import png_base64
 
 DISCONNECT_POLL_S = 0.25
 FINISHED_KEPT = 256  # task ids remembered as completed, for a client that polls once more after its answer
@@ -62,6 +65,8 @@ class Job:
     abandoned: bool = False  # the client disconnected
     task_id: str = field(default_factory=new_task_id)
     cancelled: asyncio.Event | None = None  # set to take a waiting job out of the line (made in the event loop)
+    preview: Image.Image | None = None  # the latest live preview (/progress's current_image)
+    preview_id: int = 0  # how many previews it has had
 
     @property
     def stopping(self) -> bool:
@@ -85,6 +90,10 @@ class Job:
         if self.skipped:
             self.skipped = False
             raise SkipBatch()
+
+    def show_preview(self, image: Image.Image) -> None:
+        """The generation's preview callback (from the worker thread; one assignment, read whole)."""
+        self.preview, self.preview_id = image, self.preview_id + 1
 
     def image_done(self) -> None:
         self.done, self.step = self.done + 1, 0
@@ -224,8 +233,10 @@ class JobQueue:
         job = self.current
         if job is not None and job.task_id == task_id:
             progress = self.progress()
+            preview = progress["current_image"]
             return {**answer, "active": True, "progress": progress["progress"], "eta": progress["eta_relative"],
-                    "textinfo": job.textinfo()}
+                    "textinfo": job.textinfo(), "id_live_preview": job.preview_id if preview else -1,
+                    "live_preview": f"data:image/png;base64,{preview}" if preview else None}
         for position, waiting in enumerate(self.line, 1):
             if waiting.task_id == task_id:
                 ahead = position - 1 + (self.current is not None)
@@ -246,8 +257,8 @@ class JobQueue:
         if self.current is not None:
             self.current.skipped = True
 
-    def progress(self) -> dict[str, Any]:
-        """A1111's /progress answer."""
+    def progress(self, skip_current_image: bool = False) -> dict[str, Any]:
+        """A1111's /progress answer; `current_image` is the running job's latest live preview (base64 PNG)."""
         job = self.current
         if job is None:
             state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "",
@@ -261,5 +272,7 @@ class JobQueue:
                  "job": job.name, "job_count": job.batches, "job_timestamp": job.timestamp,
                  "job_no": min(job.done // job.batch_size, job.batches - 1), "sampling_step": job.step,
                  "sampling_steps": job.steps, "queued": self.waiting}
+        preview = job.preview
+        image = None if skip_current_image or preview is None else png_base64(preview)
         return {"progress": round(progress, 4), "eta_relative": round(eta, 2) if eta is not None else None,
-                "state": state, "current_image": None, "textinfo": None}
+                "state": state, "current_image": image, "textinfo": None}

@@ -47,7 +47,9 @@ class Service:
         self.queue = JobQueue(settings.max_queue)
         start = self.catalog.checkpoints()[0]
         self.options: dict[str, Any] = {"sd_model_checkpoint": start.title, "sd_vae": "Automatic",
-                                        "CLIP_stop_at_last_layers": 1}
+                                        "CLIP_stop_at_last_layers": 1,
+                                        "show_progress_every_n_steps": settings.live_preview,
+                                        "show_progress_type": "Approx cheap"}
         self.other_options: dict[str, Any] = {}  # A1111 options t2i does not act on, kept for GET
         self._tokenizer: Any = None  # SD 1.x's CLIP tokenizer, read at the first token count
 
@@ -74,7 +76,9 @@ class Service:
         watch_blocks(model.pipe.unet)
         results = []
         try:
-            for result in generate_iter(model, work.config, on_step=job.on_step, progress=False):
+            for result in generate_iter(model, work.config, on_step=job.on_step, progress=False,
+                                        on_preview=job.show_preview, preview_every=work.preview_every,
+                                        preview_mode=work.preview_mode):
                 results.append((work.finish(result.image), result.settings))
                 job.image_done()
         except Stopped:

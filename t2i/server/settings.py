@@ -16,6 +16,7 @@ class ServerSettings:
     embeddings_dir: str | None = None  # textual-inversion embeddings prompts may name (GET embeddings lists them)
     controlnet_dir: str | None = None  # ControlNets units may name (GET /controlnet/model_list lists them)
     image_encoder: str | None = None  # IP-Adapter units' image encoder (None: each adapter's own, or beside it)
+    live_preview: int = 0  # steps between live previews in /progress (A1111's show_progress_every_n_steps); 0 off
     output_dir: str = "outputs"  # where save_images=true writes (NNNNN-SEED.png, as t2i generate)
     host: str = "127.0.0.1"
     port: int = 7860

@@ -37,7 +37,11 @@ API_FIELDS = {"prompts": "prompt", "guidance_scale": "cfg_scale", "num_images": 
               "hires_negative_prompt": "hr_negative_prompt",
               "embeddings_dir": "the server's --embeddings-dir"}
 # option -> the type its value must have; POST options and override_settings take these
-OPTIONS = {"sd_model_checkpoint": str, "sd_vae": str, "CLIP_stop_at_last_layers": int}
+# A1111's live previews: the interval (0 off, -1 every step) and how a preview is made
+OPTIONS = {"sd_model_checkpoint": str, "sd_vae": str, "CLIP_stop_at_last_layers": int,
+           "show_progress_every_n_steps": int, "show_progress_type": str}
+# A1111's preview types -> t2i's (t2i.sampling.previews): a VAE decode, or the fitted colour map for the others
+PREVIEW_TYPES = {"Full": "full", "Approx NN": "approx", "Approx cheap": "approx", "TAESD": "approx"}
 
 
 def api_field(field: str) -> str:
@@ -80,6 +84,8 @@ def check_options(options: dict, field: str) -> None:
         check(key in OPTIONS, f"{field}.{key}", None, "not an option t2i has", choices=list(OPTIONS))
         check(isinstance(value, OPTIONS[key]) and not isinstance(value, bool), f"{field}.{key}", value,
               f"must be a {OPTIONS[key].__name__}")
+        check(key != "show_progress_type" or value in PREVIEW_TYPES, f"{field}.{key}", value,
+              "unknown live preview type", choices=list(PREVIEW_TYPES))
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,8 @@ class Plan:
     vae: str | None
     finish: Callable[[Image.Image], Image.Image]  # A1111's step after generation (the inpaint overlay)
     controls: RequestControls = RequestControls()  # ControlNet units, and those whose maps the answer shows
+    preview_every: int = 0  # steps between live previews (/progress's current_image); 0: none
+    preview_mode: str = "approx"
 
 
 def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: ServerSettings,
@@ -145,7 +153,9 @@ def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: 
                            config.hires_resize_y).final
         check(final[0] * final[1] <= settings.max_pixels, "hr_scale", f"{final[0]}x{final[1]}",
               f"over this server's limit of {settings.max_pixels:,} pixels an image")
-    return Plan(config, checkpoint, vae, finish, controls)
+    every = options.get("show_progress_every_n_steps", 0)
+    kind = options.get("show_progress_type", "Approx cheap")
+    return Plan(config, checkpoint, vae, finish, controls, 1 if every == -1 else max(every, 0), PREVIEW_TYPES[kind])
 
 
 def _hires_fields(request: Txt2ImgRequest) -> dict:

@@ -169,8 +169,6 @@ class FinetuneConfig:
         for name in ("controlnet", "train_text_encoder", "ema", "export_kohya", "buckets"):
             check(not getattr(self, name), name, None, "does not apply to IP-Adapter training",
                   hint=f"leave {{{name}}} out")
-        check(not self.validation_loss_every, "validation_loss_every", self.validation_loss_every,
-              "the held-out loss is not computed for IP-Adapter training yet", hint="leave it at 0")
         given, prompts = len(self.validation_ip_images), len(self.validation_prompts)
         check(not prompts or given in (1, prompts), "validation_ip_images", f"{given} images",
               f"an IP-Adapter's validation needs a reference picture for its {prompts} prompt(s): one for all, "

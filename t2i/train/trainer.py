@@ -141,7 +141,7 @@ class Trainer:
         if config.validation_loss_every and self.main:  # encoded once; other ranks never wait on it
             bucketing = bucketing_of(config, self.parts.model.pipe) if config.buckets else None
             self.held_out = held_out_set(config, self.parts.model.pipe, self.parts.noise_scheduler,
-                                         self.accelerator.device, bucketing)
+                                         self.accelerator.device, bucketing, self.parts.image_encoder)
         parts = self.parts
         install_weight_hooks(self.accelerator, lambda folder: save_weights(folder, parts, parts.ema),
                              lambda folder: load_weights(folder, parts, parts.ema))

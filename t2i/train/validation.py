@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from t2i.data.buckets import Bucketing
 from t2i.data.sources import read_collection, select_split
-from t2i.data.training_set import CENTRE, Augment, check_images, control_pixels, pixels, place_samples
+from t2i.data.training_set import CENTRE, Augment, check_images, control_pixels, pixels, place_samples, placed_image
 from t2i.errors import InvalidInput
 from t2i.train.config import FinetuneConfig
 from t2i.train.step import seed_for
@@ -36,6 +36,7 @@ class HeldOutGroup:
     noise: torch.Tensor
     timesteps: torch.Tensor  # (n,)
     controls: torch.Tensor | None = None  # (n, 3, H, W) in [0, 1], when a ControlNet is trained
+    image_embeds: torch.Tensor | None = None  # (n, width): each image's own embedding, when an IP-Adapter is trained
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,11 @@ class HeldOut:
 
 
 @torch.no_grad()
-def held_out_set(config: FinetuneConfig, pipe, scheduler, device, bucketing: Bucketing | None = None) -> HeldOut:
+def held_out_set(config: FinetuneConfig, pipe, scheduler, device, bucketing: Bucketing | None = None,
+                 encoder=None) -> HeldOut:
     """Encode the held-out images once, at set-up; the noise and timesteps are fixed with them. With
-    buckets, each image is encoded in its own bucket, as it would have been trained."""
+    buckets, each image is encoded in its own bucket, as it would have been trained; with `encoder` (an
+    IP-Adapter run's t2i.models.image_encoder.LoadedEncoder), each image is also its own reference."""
     layout, samples = read_collection(config.data, config.data_format, config.control_column)
     held = select_split(samples, config.validation_split, config.val_fraction, config.seed)
     if config.controlnet:
@@ -73,7 +76,7 @@ def held_out_set(config: FinetuneConfig, pipe, scheduler, device, bucketing: Buc
     augment = Augment(config.resolution)
     groups = []
     for members in by_size.values():
-        latents, ids, texts, controls = [], [], [], []
+        latents, ids, texts, controls, embeds = [], [], [], [], []
         for start in range(0, len(members), 8):
             part = [chosen[i] for i in members[start:start + 8]]
             batch = torch.stack([pixels(s, augment, CENTRE, False, placements[s.key] if placements else None)
@@ -86,10 +89,15 @@ def held_out_set(config: FinetuneConfig, pipe, scheduler, device, bucketing: Buc
                 controls += [control_pixels(s, augment, CENTRE, False, placements[s.key] if placements else None)
                              for s in part]
             texts.append(pipe.text_encoder(tokens.to(device))[0])
+            if encoder is not None:
+                shown = encoder.processor([placed_image(s, augment, CENTRE, False) for s in part],
+                                          return_tensors="pt").pixel_values
+                embeds.append(encoder.module(shown.to(device, next(encoder.module.parameters()).dtype)).image_embeds)
         latent_batch = torch.cat(latents)
         noise = torch.randn(latent_batch.shape, generator=generator).to(device)
         groups.append(HeldOutGroup(latent_batch, torch.cat(ids), torch.cat(texts), noise,
-                                   spread[members].to(device), torch.stack(controls).to(device) if controls else None))
+                                   spread[members].to(device), torch.stack(controls).to(device) if controls else None,
+                                   torch.cat(embeds) if embeds else None))
     return HeldOut(groups)
 
 
@@ -119,6 +127,8 @@ def validation_loss(unet, held: HeldOut, scheduler, autocast, text_encoder=None,
                     down, mid = controlnet(noisy.to(dtype), timesteps, encoder_hidden_states=text.to(dtype),
                                            controlnet_cond=group.controls[part].to(dtype), return_dict=False)
                     residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+                if group.image_embeds is not None:  # an IP-Adapter in training reads each image itself
+                    residuals = {"added_cond_kwargs": {"image_embeds": [group.image_embeds[part][:, None].to(dtype)]}}
                 prediction = unet(noisy.to(dtype), timesteps, text.to(dtype), **residuals).sample
             total += F.mse_loss(prediction.float(), target.float(), reduction="sum").item() / latents[0].numel()
     unet.train(training[0])

@@ -132,6 +132,9 @@ function request() {
                            inpaint_full_res_padding: number("inpaint-padding")});
     }
   }
+  if ($("live-preview").value) {  // A1111's options, for this request only: a preview every 5 steps
+    body.override_settings = {show_progress_every_n_steps: 5, show_progress_type: $("live-preview").value};
+  }
   return body;
 }
 
@@ -145,6 +148,10 @@ async function pollProgress(job) {
       if (progress.active) {
         $("progress").value = progress.progress || 0;
         $("eta").textContent = progress.textinfo + (progress.eta ? `, ETA ${progress.eta.toFixed(1)} s` : "");
+        if (progress.live_preview) {
+          $("live-preview-image").src = progress.live_preview;
+          $("live-preview-image").hidden = false;
+        }
       } else if (progress.queued) {
         $("progress").value = 0;
         $("eta").textContent = `queued: ${progress.textinfo}`;
@@ -182,6 +189,7 @@ async function generate() {
     running = null;
     $("progress").value = 0;
     $("eta").textContent = "";
+    $("live-preview-image").hidden = true;
     $("generate").disabled = false;
     $("interrupt").disabled = true;
     refreshQueue();
