@@ -107,6 +107,8 @@ def test_a_strip_interval_below_1_is_refused(strip):
     with pytest.raises(InvalidInput) as error:
         dataclasses.replace(BASE, strip=strip)
     assert error.value.field == "strip" and "1 or more" in str(error.value)
+    with pytest.raises(InvalidInput, match="does not combine with hires fix"):
+        dataclasses.replace(BASE, strip=2, hires_scale=2.0)
 
 
 def test_cli_writes_the_strip_beside_the_image(run_cli, tmp_path):

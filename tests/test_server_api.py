@@ -3,6 +3,7 @@ equals `t2i generate` with the same settings, pixel for pixel and infotext for i
 
 import base64
 import io
+import json
 import threading
 import time
 
@@ -347,3 +348,25 @@ def test_an_unknown_preview_type_is_a_422(api, demo_server):
     assert response.status_code == 422 and "show_progress_type" in response.json()["detail"]
     response = requests.post(f"{demo_server.api}/options", json={"show_progress_type": "Sketch"})
     assert response.status_code == 422
+
+
+def test_attention_maps_come_back_in_info_when_asked(api):
+    """t2i's own request field: each image's word maps (the same tiles the Python API gives) in `info`."""
+    from t2i import GenerationConfig, generate, load_model
+    from t2i.models.config import ModelConfig
+
+    body = {"prompt": "a red circle", "seed": 3, "steps": 6, "sampler_name": "Euler", "cfg_scale": 7, **SMALL}
+    answer = requests.post(f"{api.baseurl}/txt2img", json={**body, "t2i_attention_maps": True}).json()
+    info = json.loads(answer["info"])
+    maps, = info["t2i_attention_maps"]
+    assert [m["word"] for m in maps] == ["a", "red", "circle"] and all(m["weight"] == 1 for m in maps)
+    expected, = generate(load_model(ModelConfig(model="demo", device="cpu")), GenerationConfig(
+        prompts=("a red circle",), seed=3, steps=6, sampler="euler", guidance_scale=7, width=32, height=32,
+        attention_maps=True), progress=False)
+    image = Image.open(io.BytesIO(base64.b64decode(answer["images"][0])))
+    assert np.array_equal(pixels(image), pixels(expected))
+    tiles = expected.attention.tiles(expected.image)
+    for entry, tile in zip(maps, tiles):
+        assert np.array_equal(pixels(Image.open(io.BytesIO(base64.b64decode(entry["image"])))), pixels(tile))
+    plain = requests.post(f"{api.baseurl}/txt2img", json={**body, "steps": 2}).json()
+    assert "t2i_attention_maps" not in json.loads(plain["info"])

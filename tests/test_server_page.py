@@ -512,3 +512,19 @@ def test_a_live_preview_shows_while_a_job_runs(page):
     page.click("#interrupt")
     page.wait_for_function("!document.getElementById('generate').disabled", timeout=30_000)
     assert page.locator("#live-preview-image").is_hidden()
+
+
+def test_attention_maps_from_the_page_by_word(page):
+    page.fill("#prompt", "a red circle")
+    settings(page, steps=6, width=32, height=32, seed=3)
+    page.check("#attention-maps")
+    page.click("#generate")
+    page.wait_for_selector("#gallery figure .words button")
+    words = page.locator("#gallery figure").first.locator(".words button")
+    assert words.all_inner_texts() == ["image", "a", "red", "circle"]
+    shown = page.locator("#gallery figure img").first
+    original = shown.get_attribute("src")
+    words.nth(2).click()
+    assert shown.get_attribute("src") != original and words.nth(2).get_attribute("aria-pressed") == "true"
+    words.nth(0).click()
+    assert shown.get_attribute("src") == original

@@ -42,10 +42,10 @@ class AttentionMaps:
     maps: torch.Tensor  # (words, height, width)
     tokens: torch.Tensor  # (context length, latent height, latent width)
 
-    def overlay(self, image: Image.Image) -> Image.Image:
-        """The image, then one tile per word: its map, normalised, over the image in red, labelled."""
-        tiles = [image.convert("RGB")]
+    def tiles(self, image: Image.Image) -> list[Image.Image]:
+        """One tile per word: its map, normalised, over the image in red, labelled (with its weight if not 1)."""
         base = image.convert("RGB")
+        tiles = []
         for word, heat in zip(self.words, self.maps):
             scaled = (heat / heat.max().clamp(min=1e-12)).clamp(0, 1).numpy()
             red = Image.new("RGB", base.size, (255, 0, 0))
@@ -54,7 +54,12 @@ class AttentionMaps:
             label = word.text if word.weight == 1 else f"{word.text} ({word.weight:g})"
             ImageDraw.Draw(tile).text((2, 1), label, fill=(0, 0, 0))
             tiles.append(tile)
-        width, height = base.size
+        return tiles
+
+    def overlay(self, image: Image.Image) -> Image.Image:
+        """The image, then its word tiles, in a row."""
+        tiles = [image.convert("RGB"), *self.tiles(image)]
+        width, height = tiles[0].size
         grid = Image.new("RGB", (width * len(tiles), height), "white")
         for index, tile in enumerate(tiles):
             grid.paste(tile, (index * width, 0))

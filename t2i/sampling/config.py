@@ -251,6 +251,8 @@ class GenerationConfig:
               "must be a whole number of steps, 1 or more (the strip keeps every Nth step's prediction)")
         check(self.strip is None or self.outpaint_mode != "mk2" or self.outpaint is None, "strip", self.strip,
               "does not combine with Outpainting mk2 (a generation a side)", hint="use poor-man or pad")
+        check(self.strip is None or not self.hires, "strip", self.strip, "does not combine with hires fix yet (its "
+              "second pass has frames of another size)", hint="make the strip of the first pass alone")
 
     def _check_sag(self) -> None:
         for name, low, high in (("sag_scale", 0, 10), ("sag_threshold", 0, 10), ("sag_blur_sigma", 0.1, 10)):

@@ -58,6 +58,8 @@ class GenerationRequest(BaseModel):
     save_images: bool = False
     denoising_strength: Optional[float] = None
     force_task_id: Optional[str] = Field(None, max_length=200)  # names the job for /internal/progress, interrupt
+    # t2i's own: each word's cross-attention map over each image, in `info` (t2i.sampling.attention_maps)
+    t2i_attention_maps: bool = False
 
 
 class TaskRequest(BaseModel):

@@ -79,7 +79,7 @@ class Service:
             for result in generate_iter(model, work.config, on_step=job.on_step, progress=False,
                                         on_preview=job.show_preview, preview_every=work.preview_every,
                                         preview_mode=work.preview_mode):
-                results.append((work.finish(result.image), result.settings))
+                results.append((work.finish(result.image), result.settings, result.attention))
                 job.image_done()
         except Stopped:
             return results, True
@@ -87,7 +87,7 @@ class Service:
 
     def _answer(self, request, kind, work: Plan, results, interrupted: bool, job: Job) -> dict[str, Any]:
         images = []
-        for image, settings in results:
+        for image, settings, _ in results:
             data = png_bytes(image, settings)
             if request.send_images:
                 images.append(base64.b64encode(data).decode("ascii"))
@@ -102,7 +102,8 @@ class Service:
         if isinstance(request, Img2ImgRequest) and not request.include_init_images:
             parameters.update(init_images=None, mask=None)
         return {"images": images, "parameters": parameters,
-                "info": json.dumps(self._info(request, work, [s for _, s in results], interrupted, job))}
+                "info": json.dumps({**self._info(request, work, [s for _, s, _ in results], interrupted, job),
+                                    **_attention_info(results)})}
 
     def _info(self, request, work: Plan, records: list[ImageSettings], interrupted: bool,
               job: Job) -> dict[str, Any]:
@@ -230,3 +231,12 @@ def _lora_metadata(path: Path) -> dict[str, str]:
         return safetensors_metadata(LoraRef(str(path)).hash_file)
     except Exception:  # a damaged file is listed; loading it gives the real error
         return {}
+
+
+def _attention_info(results) -> dict[str, Any]:
+    """t2i's `t2i_attention_maps` in `info`, when asked: per image, each word with its map over the image."""
+    if not results or results[0][2] is None:
+        return {}
+    return {"t2i_attention_maps": [[{"word": word.text, "weight": word.weight, "image": png_base64(tile)}
+                                    for word, tile in zip(maps.words, maps.tiles(image))]
+                                   for image, _, maps in results]}

@@ -147,6 +147,8 @@ def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: 
         fields["ip_adapters"] = controls.ip_adapters
         if controls.ip_adapters and settings.image_encoder:
             fields["image_encoder"] = settings.image_encoder
+    if request.t2i_attention_maps:
+        fields["attention_maps"] = True
     config = GenerationConfig(**fields)
     if config.hires and config.width and config.height:  # the second pass's size, before any work
         final = hires_size(config.width, config.height, config.hires_scale or 1, config.hires_resize_x,

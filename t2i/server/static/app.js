@@ -132,6 +132,7 @@ function request() {
                            inpaint_full_res_padding: number("inpaint-padding")});
     }
   }
+  if ($("attention-maps").checked) body.t2i_attention_maps = true;  // t2i's own field: word maps in `info`
   if ($("live-preview").value) {  // A1111's options, for this request only: a preview every 5 steps
     body.override_settings = {show_progress_every_n_steps: 5, show_progress_type: $("live-preview").value};
   }
@@ -261,7 +262,7 @@ async function showResults(result) {
   lastSeed = info.all_seeds.length ? info.all_seeds[0] : lastSeed;
   const entries = result.images.map((image, index) => ({
     src: "data:image/png;base64," + image, infotext: info.infotexts[index] || "", seed: info.all_seeds[index],
-    time: Date.now(),
+    time: Date.now(), maps: (info.t2i_attention_maps || [])[index] || null,
   }));
   for (const entry of entries) {
     if (database) entry.id = await committed(historyStore("readwrite").add(entry));
@@ -287,8 +288,27 @@ function figure(entry) {
                                                                 download: `t2i-${entry.id ?? "image"}-${entry.seed}.png`});
   actions.append(download, button("To img2img", () => sendToImg2img(entry.src)),
                  button("Use settings", () => useSettings(entry.src)));
-  item.append(img, actions, caption);
+  item.append(img, actions);
+  if (entry.maps) item.append(wordButtons(entry, img));
+  item.append(caption);
   return item;
+}
+
+function wordButtons(entry, img) {
+  // each word shows its cross-attention map over the image; "image" shows the image again
+  const words = document.createElement("div");
+  words.className = "words";
+  const show = (source, pressed) => {
+    img.src = source;
+    words.querySelectorAll("button").forEach((b) => b.setAttribute("aria-pressed", String(b === pressed)));
+  };
+  const plain = button("image", () => show(entry.src, plain));
+  words.append(plain, ...entry.maps.map((map) => {
+    const label = map.weight === 1 ? map.word : `${map.word} (${map.weight})`;
+    const made = button(label, () => show("data:image/png;base64," + map.image, made));
+    return made;
+  }));
+  return words;
 }
 
 function button(text, action) {
