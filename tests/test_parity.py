@@ -188,7 +188,7 @@ def test_clip_skip_2_conditions_on_the_penultimate_layer_for_both_prompts(tiny, 
 
 
 def test_nan_fp16_decode_is_retried_in_fp32(caplog):
-    from t2i.sampling.generate import decode
+    from t2i.sampling.decoding import decode
 
     pipe = plain_pipeline()
     with torch.no_grad():

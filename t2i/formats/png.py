@@ -6,6 +6,7 @@ Files are named `NNNNN-SEED.png`, never from prompt text, and never overwrite an
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -54,6 +55,13 @@ def _names(out_dir: Path, tag: int | str):
     while True:
         yield f"{index:05d}-{tag}.png"
         index += 1
+
+
+def png_base64(image: Image.Image) -> str:
+    """An image as the base64 PNG the A1111 API answers with (no settings chunks)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def save_png(image: Image.Image, settings: Recorded, out_dir: Path) -> Path:

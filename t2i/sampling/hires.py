@@ -167,7 +167,7 @@ def upscale_latents(pipe, latents, size: HiresSize, upscaler: str, model_upscale
         mode, antialias = LATENT_MODES[upscaler]
         upscaled = F.interpolate(latents, size=(height, width), mode=mode, antialias=antialias)
     else:
-        from t2i.sampling.generate import decode
+        from t2i.sampling.decoding import decode
 
         resample = getattr(Image.Resampling, PIXEL_UPSCALERS.get(upscaler, "LANCZOS"))
         with torch.no_grad():

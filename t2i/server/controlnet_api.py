@@ -12,8 +12,6 @@ the same folder, its image the picture used as a prompt, its weight and guidance
 
 from __future__ import annotations
 
-import base64
-import io
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from PIL import Image
 
 from t2i.errors import InvalidInput, T2IError, check
 from t2i.formats.hashes import file_sha256
+from t2i.formats.png import png_base64
 from t2i.sampling.control import MAX_UNITS, ControlUnit
 from t2i.sampling.control_maps import control_map, detect
 from t2i.sampling.control_modules import DEFAULT_PROCESSOR_RES, PREPROCESSORS
@@ -212,12 +211,6 @@ def request_controls(scripts: dict, folder: ControlNetFolder, init: Image.Image 
             if raw.get("save_detected_map", True) is not False:
                 shown.append(unit)
     return RequestControls(tuple(units), tuple(shown), tuple(adapters))
-
-
-def png_base64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _sliders(module: str) -> list[dict]:

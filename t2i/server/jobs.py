@@ -27,8 +27,8 @@ from typing import Any, Callable
 
 from PIL import Image
 
+from t2i.formats.png import png_base64
 from t2i.sampling.generate import SkipBatch
-from t2i.server.controlnet_api import png_base64
 
 DISCONNECT_POLL_S = 0.25
 FINISHED_KEPT = 256  # task ids remembered as completed, for a client that polls once more after its answer

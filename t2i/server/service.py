@@ -17,12 +17,12 @@ from t2i import __version__
 from t2i.errors import InvalidInput, check
 from t2i.formats.embeddings import embedding_shape
 from t2i.formats.infotext import parse_infotext
-from t2i.formats.png import JSON_CHUNK, parameters_text, png_bytes, save_png
+from t2i.formats.png import JSON_CHUNK, parameters_text, png_base64, png_bytes, save_png
 from t2i.sampling.samplers import SAMPLERS, SCHEDULES
 from t2i.sampling.settings import ImageSettings
 from t2i.server import img2img
 from t2i.server.catalog import Catalog
-from t2i.server.controlnet_api import ControlNetFolder, png_base64
+from t2i.server.controlnet_api import ControlNetFolder
 from t2i.server.jobs import Cancelled, Job, JobQueue, Stopped, new_task_id, watch_blocks
 from t2i.server.schemas import GenerationRequest, Img2ImgRequest
 from t2i.server.settings import ServerSettings

@@ -149,13 +149,8 @@ class FinetuneConfig:
             check(not self.validation_controls, "validation_controls", None, "are for ControlNet training",
                   hint="add {controlnet}")
             return
-        for name in ("train_text_encoder", "ema", "export_kohya"):
-            check(not getattr(self, name), name, None, "does not apply to ControlNet training",
-                  hint=f"leave {{{name}}} out")
-        given, prompts = len(self.validation_controls), len(self.validation_prompts)
-        check(not prompts or given in (1, prompts), "validation_controls", f"{given} images",
-              f"a ControlNet's validation needs a control image for its {prompts} prompt(s): one for all, "
-              "or one each")
+        self._refuse(("train_text_encoder", "ema", "export_kohya"), "ControlNet training")
+        self._one_or_each("validation_controls", "a ControlNet's validation needs a control image")
 
     def _check_ip_adapter(self) -> None:
         object.__setattr__(self, "validation_ip_images", tuple(self.validation_ip_images))
@@ -166,13 +161,18 @@ class FinetuneConfig:
             return
         check(self.image_encoder is not None, "image_encoder", None, "IP-Adapter training needs the image encoder "
               "its adapter will read", hint="give a CLIP vision model's folder, or shape-features for demo")
-        for name in ("controlnet", "train_text_encoder", "ema", "export_kohya", "buckets"):
-            check(not getattr(self, name), name, None, "does not apply to IP-Adapter training",
-                  hint=f"leave {{{name}}} out")
-        given, prompts = len(self.validation_ip_images), len(self.validation_prompts)
-        check(not prompts or given in (1, prompts), "validation_ip_images", f"{given} images",
-              f"an IP-Adapter's validation needs a reference picture for its {prompts} prompt(s): one for all, "
-              "or one each")
+        self._refuse(("controlnet", "train_text_encoder", "ema", "export_kohya", "buckets"), "IP-Adapter training")
+        self._one_or_each("validation_ip_images", "an IP-Adapter's validation needs a reference picture")
+
+    def _refuse(self, names: tuple[str, ...], kind: str) -> None:
+        for name in names:
+            check(not getattr(self, name), name, None, f"does not apply to {kind}", hint=f"leave {{{name}}} out")
+
+    def _one_or_each(self, name: str, needs: str) -> None:
+        """A validation image list: one for every validation prompt, or one a prompt."""
+        given, prompts = len(getattr(self, name)), len(self.validation_prompts)
+        check(not prompts or given in (1, prompts), name, f"{given} images",
+              f"{needs} for its {prompts} prompt(s): one for all, or one each")
 
     @property
     def trains(self) -> str:
