@@ -24,6 +24,9 @@
     one's cost over plain CFG.
 (f) Watching (--only-watching): the denoising strip, live previews and attention maps, each against the same
     generation.
+(g) Editing (--only-editing): `t2i edit` (LEDITS++) beside diffusers' LEDITS++ pipeline over the same components
+    (inversion and edit, a new pipeline each call as t2i builds one), and A1111's img2img alternative test; each
+    one's cost over txt2img of as many steps.
 """
 
 from __future__ import annotations
@@ -354,6 +357,57 @@ def watching_table(args) -> None:
             print(f"{name:<40}{median[name]:>10.3f}{median[name] / median['plain']:>8.3f}")
 
 
+def editing_table(args) -> None:
+    """(g) Editing on the --size model (its UNet has SD's cross-attention at 1/4 of the latent, so LEDITS++ uses
+    its intersect mask): t2i's LEDITS++ against diffusers' own pipeline over the same components, A1111's
+    img2img alternative test, and txt2img of --steps; rows alternate, median of --repeats."""
+    from diffusers import LEditsPPPipelineStableDiffusion
+    from PIL import Image
+
+    from t2i.sampling.img2img_alt import Img2ImgAlt
+    from t2i.sampling.ledits import EditConcept, has_quarter_attention
+    from t2i.sampling.samplers import build_scheduler
+
+    side = SIZES[args.size][1]
+    picture = Image.new("RGB", (side, side), (200, 60, 30))
+    edits = (EditConcept("blue"), EditConcept("red", remove=True))
+    with tempfile.TemporaryDirectory() as scratch:
+        model = size_model(args.size, Path(scratch))
+        # diffusers' pipeline swaps its UNet's attention processors: its own UNet, the same weights
+        components = {k: model.pipe.components[k] for k in ("vae", "text_encoder", "tokenizer")}
+        components["unet"] = type(model.pipe.unet).from_config(model.pipe.unet.config)
+        components["unet"].load_state_dict(model.pipe.unet.state_dict())
+
+        def theirs(seed: int) -> None:
+            pipe = LEditsPPPipelineStableDiffusion(
+                **components, scheduler=build_scheduler("dpmpp-2m-sde", "normal", model.scheduler_config),
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            pipe.set_progress_bar_config(disable=True)
+            pipe.invert(image=picture, num_inversion_steps=args.steps, generator=torch.Generator().manual_seed(seed))
+            pipe(editing_prompt=["blue", "red"], reverse_editing_direction=[False, True],
+                 use_intersect_mask=has_quarter_attention(model.pipe.unet.config))  # as t2i's auto mask
+
+        def ours(**extra):
+            def run(seed: int) -> None:
+                generate(model, GenerationConfig(prompts=("",), seed=seed, steps=args.steps, width=side, height=side,
+                                                 **extra), progress=False)
+            return run
+
+        rows = {"LEDITS++, diffusers": theirs,
+                "LEDITS++, t2i": ours(init_image=picture, edits=edits, sampler="dpmpp-2m-sde", guidance_scale=3.5),
+                "img2img alternative test, t2i": ours(init_image=picture, sampler="euler", guidance_scale=1.0,
+                                                      img2img_alt=Img2ImgAlt(decode_steps=args.steps,
+                                                                             sigma_adjustment=True)),
+                "txt2img, t2i": ours(sampler="dpmpp-2m-sde", guidance_scale=7.0)}
+        names, median = list(rows), rotated_medians(rows, args.repeats)
+        print(f"(g) editing, {args.size} model, {side} px, {args.steps} steps, CPU {torch.get_num_threads()} threads, "
+              f"median of {args.repeats}")
+        print(f"{'row':<40}{'s/image':>10}{'ratio':>8}{'x txt2img':>10}")
+        for name in names:
+            ratio = median[name] / median["LEDITS++, diffusers"] if name.startswith("LEDITS") else 1.0
+            print(f"{name:<40}{median[name]:>10.3f}{ratio:>8.3f}{median[name] / median['txt2img, t2i']:>10.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
@@ -368,7 +422,10 @@ def main() -> None:
     parser.add_argument("--canvas-side", type=int, default=128, help="table (d): the hires and outpainted side")
     parser.add_argument("--only-guidance", action="store_true", help="table (e) alone: PAG, IP-Adapter, SAG")
     parser.add_argument("--only-watching", action="store_true", help="table (f) alone: the strip, live previews")
+    parser.add_argument("--only-editing", action="store_true", help="table (g) alone: LEDITS++, img2img alt test")
     args = parser.parse_args()
+    if args.only_editing:
+        return editing_table(args)
     if args.only_guidance:
         return guidance_table(args)
     if args.only_watching:

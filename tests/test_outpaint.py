@@ -144,7 +144,7 @@ def test_a1111s_poor_mans_outpainting_script_runs_over_the_api(demo_server, run_
     expected = Image.open(out.split()[0])
     assert image.size == (64, 64) and np.array_equal(pixels(image), pixels(expected))
     listed = requests.get(f"{demo_server.api}/scripts", timeout=30).json()
-    assert listed["img2img"] == ["poor man's outpainting", "outpainting mk2"]
+    assert listed["img2img"] == ["poor man's outpainting", "outpainting mk2", "img2img alternative test"]
     for script, args, words in (("Poor man's outpainting", [16, 2, 1], "script_args"),
                                 ("Poor man's outpainting", [16, 2, 2, ["left"]], "latent noise acts on latents"),
                                 ("Outpainting mk2", [16, 8, ["left"], 1.0, 0.05], "Outpainting mk2 takes 6"),

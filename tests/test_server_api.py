@@ -145,7 +145,8 @@ def test_listings(api):
                                                      "sgm_uniform", "simple", "align_your_steps"])
     assert api.util_get_model_names() == ["demo", "tiny-sd"]
     assert [(lora["name"], lora["path"].endswith("cross.safetensors")) for lora in api.get_loras()] == [("cross", True)]
-    assert api.get_scripts() == {"txt2img": [], "img2img": ["poor man's outpainting", "outpainting mk2"]}
+    assert api.get_scripts() == {"txt2img": [], "img2img": ["poor man's outpainting", "outpainting mk2",
+                                                                "img2img alternative test"]}
     assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
     assert [m["name"] for m in api.get_latent_upscale_modes()][-1] == "Latent (nearest-exact)"
     assert api.get_sd_vae() == []

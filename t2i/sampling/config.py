@@ -16,7 +16,10 @@ from t2i.errors import check
 from t2i.formats.lora import LoraRef
 from t2i.sampling.control import MAX_UNITS, ControlUnit
 from t2i.sampling.hires import check_hires, resolve_upscaler
+from t2i.sampling.img2img_alt import Img2ImgAlt
 from t2i.sampling.ip_adapter import MAX_ADAPTERS, IPAdapterUnit
+from t2i.sampling.ledits import MASKS as EDIT_MASKS
+from t2i.sampling.ledits import MAX_EDITS, EditConcept
 from t2i.sampling.outpaint import FILLS, parse_sides
 from t2i.sampling.outpaint import MODES as OUTPAINT_MODES
 from t2i.sampling.prompts import EMPHASIS, parse_prompt, split_lora_tags
@@ -107,6 +110,14 @@ class GenerationConfig:
     attention_words: tuple[str, ...] = ()
     # start from inverted noise (t2i.sampling.inversion: `t2i invert`) instead of a seed's: txt2img with DDIM
     from_noise: str | None = None
+    # LEDITS++ (t2i.sampling.ledits): edit init_image by words added or taken away; the prompt is the source
+    # prompt (what the image shows), guidance_scale the inversion's CFG and steps the inversion's
+    edits: tuple[EditConcept, ...] = ()
+    edit_skip: float = 0.15  # the share of the noisiest steps left out: less, the more the edit may change
+    edit_mask: str = "auto"  # t2i.sampling.ledits.MASKS
+    # A1111's img2img alternative test (t2i.sampling.img2img_alt): init_image's noise found by Euler backwards,
+    # sampled forwards as txt2img from it (denoising strength 1)
+    img2img_alt: Img2ImgAlt | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "prompts", tuple(self.prompts))
@@ -152,6 +163,8 @@ class GenerationConfig:
         self._check_strip()
         self._check_attention_maps()
         self._check_from_noise()
+        self._check_edits()
+        self._check_img2img_alt()
         object.__setattr__(self, "loras", tuple(LoraRef.parse(r) if isinstance(r, str) else r for r in self.loras))
 
     @property
@@ -246,6 +259,46 @@ class GenerationConfig:
               "with {init_image}", hint="invert the image with `t2i invert` and leave {init_image} out")
         check(not self.hires, "from_noise", self.from_noise, "does not combine with hires fix")
 
+    def _check_edits(self) -> None:
+        object.__setattr__(self, "edits", tuple(self.edits))
+        check(len(self.edits) <= MAX_EDITS, "edits", len(self.edits), f"at most {MAX_EDITS} edits at once")
+        check(all(isinstance(e, EditConcept) for e in self.edits), "edits", None, "each edit must be an EditConcept")
+        check(isinstance(self.edit_skip, (int, float)) and math.isfinite(self.edit_skip) and 0 <= self.edit_skip < 1,
+              "edit_skip", self.edit_skip, "must be from 0 to below 1 (the share of the noisiest steps left out)")
+        check(self.edit_mask in EDIT_MASKS, "edit_mask", self.edit_mask, "unknown LEDITS++ mask", choices=EDIT_MASKS)
+        if not self.edits:
+            return
+        check(self.init_image is not None, "edits", self.edits[0].written, "needs {init_image} (the image to edit)")
+        for field, given in (("mask", self.mask is not None), ("outpaint", self.outpaint is not None),
+                             ("strength", self.strength is not None), ("hires_scale", self.hires),
+                             ("controls", bool(self.controls)), ("ip_adapters", bool(self.ip_adapters)),
+                             ("pag_scale", self.pag_scale > 0), ("sag_scale", self.sag_scale > 0),
+                             ("strip", self.strip is not None), ("attention_maps", self.attention_maps),
+                             ("from_noise", self.from_noise is not None), ("cache_interval", self.cache_interval > 1),
+                             ("negative_prompt", bool(self.negative_prompt)), ("clip_skip", self.clip_skip is not None),
+                             ("embeddings_dir", self.embeddings_dir is not None),
+                             ("vae_tiling", self.vae_tiling)):
+            check(not given, field, None, "does not combine with LEDITS++ edits", hint="leave it out of the edit")
+        for prompt in self.prompts:
+            check(not split_lora_tags(prompt)[1], "prompts", prompt, "LEDITS++ reads its prompt as plain text: LoRA "
+                  "tags do not work there", hint="give LoRAs with {loras}")
+        for name in ("width", "height"):
+            size = getattr(self, name)
+            check(size is None or size % 32 == 0, name, size, "LEDITS++ needs a multiple of 32 "
+                  f"(e.g. {max(32, (size or 0) // 32 * 32)})")
+
+    def _check_img2img_alt(self) -> None:
+        if self.img2img_alt is None:
+            return
+        check(isinstance(self.img2img_alt, Img2ImgAlt), "img2img_alt", None, "must be an Img2ImgAlt")
+        check(self.init_image is not None, "img2img_alt", None, "needs {init_image} (the image whose noise it finds)")
+        check(self.strength in (None, 1), "strength", self.strength, "the img2img alternative test samples the "
+              "whole schedule from the found noise: denoising strength 1", hint="leave it out or send 1")
+        for field, given in (("mask", self.mask is not None), ("outpaint", self.outpaint is not None),
+                             ("hires_scale", self.hires), ("controls", bool(self.controls)),
+                             ("from_noise", self.from_noise is not None), ("edits", bool(self.edits))):
+            check(not given, field, None, "does not combine with the img2img alternative test")
+
     def _check_strip(self) -> None:
         check(self.strip is None or (isinstance(self.strip, int) and self.strip >= 1), "strip", self.strip,
               "must be a whole number of steps, 1 or more (the strip keeps every Nth step's prediction)")
@@ -308,6 +361,10 @@ class GenerationConfig:
 
     @property
     def mode(self) -> str:
+        if self.edits:
+            return "edit"
+        if self.img2img_alt is not None:  # the pipeline samples from the found noise, as txt2img does
+            return "txt2img"
         inpaint = self.mask is not None or self.outpaint is not None
         return "inpaint" if inpaint else "img2img" if self.init_image is not None else "txt2img"
 

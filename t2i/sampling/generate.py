@@ -26,12 +26,13 @@ from t2i.processes import share
 from t2i.sampling.config import MAX_SIDE, GenerationConfig
 from t2i.sampling.decoding import decode
 from t2i.sampling.hires import check_hires, denoising_strength, img2img_steps, resolve_upscaler, second_pass
+from t2i.sampling.img2img_alt import Img2ImgAlt, blend, find_noise
 from t2i.sampling.img2img_steps import prepare
 from t2i.sampling.outpaint import FILLS, make_canvas, parse_sides
 from t2i.sampling.prompts import split_lora_tags
-from t2i.sampling.samplers import SAMPLERS, schedule_arguments
+from t2i.sampling.samplers import SAMPLERS, build_scheduler, schedule_arguments
 from t2i.sampling.settings import EmbeddingUse, ImageSettings, LoraUse
-from t2i.sampling.text import context_length, embeddings_used, text_inputs
+from t2i.sampling.text import context_length, contexts, embeddings_used, text_inputs
 from t2i.sampling.view import call_view, serialised_tokenizer
 
 # torchsde compares diffusers' float32 sigmas with its float64 interval ends and warns when one
@@ -103,25 +104,27 @@ def _batches(jobs: list, config: GenerationConfig, tokenizer, embeddings) -> lis
 
 def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, seed: int, size: tuple[int, int],
                    loras: list[dict], embeddings: list, vae_tile_size: int | None,
-                   written: str | None = None, controls: list | tuple = (), ip_adapters: list | tuple = ()
-                   ) -> ImageSettings:
+                   written: str | None = None, controls: list | tuple = (), ip_adapters: list | tuple = (),
+                   sampling: tuple[str, str] | None = None, edit_mask: str | None = None) -> ImageSettings:
     """One image's resolved settings (`prompt`: its text without LoRA tags, `written`: as the user
     wrote it; `vae_tile_size`: the tiles it was decoded in, asked for or after running out of memory;
     `controls`: its ControlNet units, t2i.sampling.control_run.PreparedControl; `ip_adapters`: its
-    IP-Adapter units, t2i.sampling.ip_run.PreparedIPAdapter)."""
+    IP-Adapter units, t2i.sampling.ip_run.PreparedIPAdapter; `sampling`: the (sampler, schedule) that ran where
+    it is not the config's, and `edit_mask` the mask an edit ran with: t2i.sampling.ledits_run)."""
     def source(value):
         return value if isinstance(value, (str, type(None))) else None  # an image given in memory has no path
 
-    sampler, schedule = config.sampling
+    sampler, schedule = sampling or config.sampling
     return ImageSettings(
         prompt=prompt, prompt_as_written=written, seed=seed, width=size[0], height=size[1], steps=config.steps,
         guidance_scale=config.guidance_scale, sampler=sampler, schedule=schedule, model=model.config.model,
         negative_prompt=config.negative_prompt, clip_skip=config.clip_skip,
-        strength=config.effective_strength if config.mode != "txt2img" else None,
+        strength=1.0 if config.img2img_alt else config.effective_strength if config.mode not in ("txt2img", "edit")
+        else None,
         init_image=source(config.init_image), mask=source(config.mask),
         # the config's LoRAs come first (t2i.sampling.generate._lora_tags); the rest were named by tags
         loras=tuple(LoraUse(**lora, from_tag=index >= len(config.loras)) for index, lora in enumerate(loras)),
-        emphasis=config.emphasis,
+        emphasis="none" if config.edits else config.emphasis,  # LEDITS++ reads its prompt as plain text
         embeddings_dir=config.embeddings_dir,
         embeddings=tuple(EmbeddingUse(e.name, str(e.path), e.hash) for e in embeddings),
         outpaint=config.outpaint, outpaint_mode=config.outpaint_mode, mask_blur=config.mask_blur, fill=config.fill,
@@ -133,8 +136,26 @@ def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, se
         pag_scale=config.pag_scale, pag_adaptive=config.pag_adaptive, pag_layers=config.pag_layers,
         ip_adapters=tuple(unit.record() for unit in ip_adapters), image_encoder=config.image_encoder,
         sag_scale=config.sag_scale, sag_threshold=config.sag_threshold, sag_blur_sigma=config.sag_blur_sigma,
-        from_noise=config.from_noise,
+        from_noise=config.from_noise, edits=config.edits, edit_skip=config.edit_skip, img2img_alt=config.img2img_alt,
+        edit_mask=edit_mask or config.edit_mask,
         dtype=model.dtype_name, device=model.device.type, model_name=model.name, model_hash=model.hash)
+
+
+def _found_noise(model: LoadedModel, init: Image.Image, config: GenerationConfig, settings: Img2ImgAlt
+                 ) -> torch.Tensor:
+    """The img2img alternative test's noise for `init` (t2i.sampling.img2img_alt), under its decode prompts."""
+    prediction = model.scheduler_config.get("prediction_type", "epsilon")
+    check(prediction == "epsilon", "script_name", "img2img alternative test", f"finds noise for models that "
+          f"predict the noise; this one predicts {prediction}")
+    pipe = model.pipe
+    pixels = pipe.image_processor.preprocess(init.convert("RGB"))
+    with torch.no_grad():
+        latents = pipe.vae.encode(pixels.to(model.device, pipe.vae.dtype)).latent_dist.mean
+        latents = latents * pipe.vae.config.scaling_factor
+        text, uncond = contexts(pipe, [settings.decode_prompt], settings.decode_negative_prompt, config.clip_skip,
+                                config.emphasis)
+    alphas = build_scheduler("euler", "normal", model.scheduler_config).alphas_cumprod
+    return find_noise(pipe.unet, alphas.to(model.device), latents.to(pipe.unet.dtype), text, uncond, settings)
 
 
 def _outpaint_inputs(init: Image.Image, config: GenerationConfig):
@@ -190,6 +211,11 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
 
         yield from mk2_images(model, config, on_step, progress)
         return
+    if config.edits:  # LEDITS++: an inversion and an edited pass an image, t2i.sampling.ledits_run
+        from t2i.sampling.ledits_run import edit_images
+
+        yield from edit_images(model, config, on_step, progress)
+        return
     # read and check every input before any work, so a bad input fails before the first image
     init = load_image(config.init_image, "init_image") if config.init_image is not None else None
     if init is not None:
@@ -232,6 +258,9 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
 
         inverted = load_noise(config.from_noise)
         check_fits(inverted, model, (width, height), config.steps, config.sampling, config.from_noise)
+    found, alt = None, config.img2img_alt
+    if alt is not None and init is not None:  # the noise the init image comes from, found once for every image
+        found = _found_noise(model, init, config, alt)
     layers = model.pipe.text_encoder.config.num_hidden_layers
     check(config.clip_skip is None or config.clip_skip <= layers, "clip_skip", config.clip_skip,
           f"this text encoder has only {layers} layers")
@@ -321,6 +350,8 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
             current[:] = [watched[batch[0][1]]]
         if inverted is not None:  # every image of the batch starts from the inverted noise
             mode_args["latents"] = inverted.noise.repeat(len(batch), 1, 1, 1).to(model.device, pipe.unet.dtype)
+        if found is not None and alt is not None:  # each starts from the found noise, blended with its seed's
+            mode_args["latents"] = blend(found, [s for _, _, s, _ in batch], alt.randomness, pipe.unet.dtype)
         if config.attention_maps:
             pipe.unet.attention_store.reset()
         if ip_adapters:  # each image of the batch reads the same pictures; the scale window starts again

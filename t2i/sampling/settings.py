@@ -15,6 +15,8 @@ from typing import Any
 
 from t2i import __version__
 from t2i.errors import InvalidInput, check
+from t2i.sampling.img2img_alt import Img2ImgAlt
+from t2i.sampling.ledits import EditConcept
 from t2i.sampling.samplers import SAMPLERS, SCHEDULES, resolve_sampler
 
 NONE = type(None)
@@ -135,6 +137,10 @@ class IPAdapterUse:
                              start=self.start, end=self.end)
 
 
+def _edit_entry(item, origin: str):
+    return _unit_entry(EditConcept, item, origin, "LEDITS++ edit")
+
+
 def _unit_entry(cls, item, origin: str, what: str):
     """A ControlUse or IPAdapterUse from a record's dict, every field of its `_TYPES` present and typed."""
     if isinstance(item, cls):
@@ -210,6 +216,12 @@ class ImageSettings:
     sag_threshold: float = _setting((int, float), "generation", 1.0, since=1.0)
     sag_blur_sigma: float = _setting((int, float), "generation", 1.0, since=1.0)
     from_noise: str | None = _setting((str, NONE), "generation", None, since=None)  # an inverted image's noise file
+    # LEDITS++ edits (t2i.sampling.ledits); edit_mask as it ran (auto resolved)
+    edits: tuple[EditConcept, ...] = _setting((list, tuple), "generation", (), since=())
+    edit_skip: float = _setting((int, float), "generation", 0.15, since=0.15)
+    edit_mask: str = _setting((str,), "generation", "auto", since="auto")
+    # A1111's img2img alternative test (t2i.sampling.img2img_alt), its settings as a dict
+    img2img_alt: Img2ImgAlt | None = _setting((dict, NONE), "generation", None, since=None)
     # the model: what to load, and how other tools name it
     vae: str | None = _setting((str, NONE), "model", None)
     dtype: str = _setting((str,), "model", "fp32")
@@ -220,6 +232,8 @@ class ImageSettings:
 
     @property
     def mode(self) -> str:
+        if self.edits:
+            return "edit"
         if self.mask is not None or self.outpaint is not None:
             return "inpaint"
         return "img2img" if self.strength is not None else "txt2img"
@@ -232,6 +246,8 @@ class ImageSettings:
         record["embeddings"] = [asdict(e) for e in self.embeddings]
         record["controls"] = [asdict(c) for c in self.controls]
         record["ip_adapters"] = [asdict(unit) for unit in self.ip_adapters]
+        record["edits"] = [asdict(edit) for edit in self.edits]
+        record["img2img_alt"] = asdict(self.img2img_alt) if self.img2img_alt is not None else None
         record["pag_layers"] = list(self.pag_layers)
         record["mode"] = self.mode  # for people and other tools; derived, never read back
         return record
@@ -257,6 +273,9 @@ class ImageSettings:
         values["embeddings"] = tuple(_entry(EmbeddingUse, item, origin) for item in values["embeddings"])
         values["controls"] = tuple(ControlUse.from_dict(item, origin) for item in values["controls"])
         values["ip_adapters"] = tuple(IPAdapterUse.from_dict(item, origin) for item in values["ip_adapters"])
+        values["edits"] = tuple(_edit_entry(item, origin) for item in values["edits"])
+        if values["img2img_alt"] is not None:
+            values["img2img_alt"] = _unit_entry(Img2ImgAlt, values["img2img_alt"], origin, "img2img alternative test")
         check(all(isinstance(layer, str) for layer in values["pag_layers"]), "image", origin,
               f"its t2i setting 'pag_layers' holds {values['pag_layers']!r}, not layer names")
         values["pag_layers"] = tuple(values["pag_layers"])
@@ -343,6 +362,11 @@ class ImageSettings:
             "SAG Mask Threshold": _number(self.sag_threshold) if self.sag_scale else None,
             "SAG Blur Sigma": _number(self.sag_blur_sigma) if self.sag_scale and self.sag_blur_sigma != 1 else None,
             "Inverted noise": Path(self.from_noise).name if self.from_noise else None,  # t2i's own key
+            # t2i's own keys (A1111 has no LEDITS++): each edit as +WORDS:SCALE:THRESHOLD:WARMUP[:COOLDOWN]
+            "LEDITS++": ", ".join(edit.infotext() for edit in self.edits) or None,
+            "LEDITS++ skip": _number(self.edit_skip) if self.edits else None,
+            "LEDITS++ mask": self.edit_mask if self.edits else None,
+            **(self.img2img_alt.infotext() if self.img2img_alt is not None else {}),  # A1111's script's keys
             "Version": f"t2i {self.version}",
         }
 

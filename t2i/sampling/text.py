@@ -188,13 +188,20 @@ def text_inputs(pipe, prompts: list[str], negative: str, clip_skip: int | None, 
                                                for p in [*prompts, negative])
     if plain:
         return {"prompt": prompts, "negative_prompt": [negative] * len(prompts) if negative else None}
+    positive, negative_context = contexts(pipe, prompts, negative, clip_skip, emphasis, embeddings)
+    return {"prompt_embeds": positive, "negative_prompt_embeds": negative_context.repeat(len(prompts), 1, 1)}
+
+
+def contexts(pipe, prompts: list[str], negative: str, clip_skip: int | None, emphasis: str = "original",
+             embeddings=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the prompts' contexts, the negative prompt's), built here with A1111's prompt syntax, all one length."""
+    tokenizer = pipe.tokenizer
     positive = [prompt_chunks(tokenizer, p, emphasis, embeddings=embeddings) for p in prompts]
     negative_chunks = prompt_chunks(tokenizer, negative, emphasis, "negative_prompt", embeddings)
     length = max(len(c) for c in [*positive, negative_chunks])  # one batch: one context length
     encoder = pipe.text_encoder
-    return {"prompt_embeds": torch.cat([encode_chunks(encoder, c, clip_skip, emphasis, length) for c in positive]),
-            "negative_prompt_embeds": encode_chunks(encoder, negative_chunks, clip_skip, emphasis,
-                                                    length).repeat(len(prompts), 1, 1)}
+    return (torch.cat([encode_chunks(encoder, c, clip_skip, emphasis, length) for c in positive]),
+            encode_chunks(encoder, negative_chunks, clip_skip, emphasis, length))
 
 
 def context_length(tokenizer, prompt: str, negative: str, emphasis: str, embeddings=None) -> int:

@@ -23,7 +23,7 @@ from t2i.errors import InvalidInput, NotFound, T2IError, first_line
 from t2i.sampling.hires import LATENT_MODES, PIXEL_UPSCALERS
 from t2i.server.controlnet_routes import add_routes as add_controlnet_routes
 from t2i.server.jobs import QueueFull, Stopped
-from t2i.server.schemas import Img2ImgRequest, PngInfoRequest, TaskRequest, Txt2ImgRequest
+from t2i.server.schemas import EditRequest, Img2ImgRequest, PngInfoRequest, TaskRequest, Txt2ImgRequest
 from t2i.server.service import Service
 from t2i.server.settings import ServerSettings
 from t2i.server.translate import api_field
@@ -148,6 +148,11 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Guar
     async def img2img(request: Request, body: Img2ImgRequest):
         return await run(request, body, "img2img")
 
+    @app.post("/t2i/v1/edit")
+    async def edit(request: Request, body: EditRequest):
+        """LEDITS++ on an image (t2i's own, beside A1111's routes): A1111's img2img answer."""
+        return await run(request, body, "edit")
+
     @app.get(f"{api}/options")
     async def get_options():
         return service.get_options()
@@ -205,7 +210,8 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Guar
                 "upscalers": lambda: [{"name": name, "model_name": None, "model_path": None, "model_url": None,
                                        "scale": 4} for name in PIXEL_UPSCALERS],
                 "latent-upscale-modes": lambda: [{"name": name} for name in LATENT_MODES],
-                "scripts": lambda: {"txt2img": [], "img2img": ["poor man's outpainting", "outpainting mk2"]},
+                "scripts": lambda: {"txt2img": [], "img2img": ["poor man's outpainting", "outpainting mk2",
+                                                                  "img2img alternative test"]},
                 "embeddings": service.embeddings, "prompt-styles": lambda: [],
                 "face-restorers": lambda: [], "hypernetworks": lambda: []}
     for path, answer in listings.items():

@@ -98,6 +98,31 @@ class Img2ImgRequest(GenerationRequest):
     denoising_strength: Optional[float] = 0.75
 
 
+class EditItem(BaseModel):
+    """One LEDITS++ edit (t2i.sampling.ledits.EditConcept); a plain string "+WORDS" / "-WORDS" also works."""
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: `"scale": true` is not 1
+
+    text: str
+    remove: bool = False
+    scale: float = 5.0
+    threshold: float = 0.9
+    warmup: int = 0
+    cooldown: Optional[int] = None
+
+
+class EditRequest(Img2ImgRequest):
+    """t2i's `/t2i/v1/edit` (LEDITS++ on `init_images[0]`): an img2img body whose prompt is the source prompt (what
+    the image shows), cfg_scale the inversion's CFG and steps the inversion's, with LEDITS++'s defaults."""
+
+    edits: list[EditItem | str] = Field(default_factory=list)
+    edit_skip: float = 0.15
+    edit_mask: str = "auto"
+    sampler_index: str = "DPM++ 2M SDE"
+    steps: int = 50
+    cfg_scale: float = 3.5
+    denoising_strength: Optional[float] = None
+
+
 class PngInfoRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

@@ -1,11 +1,14 @@
 """A1111's img2img scripts, as clients call them: `script_name` (the script's title, any case) and
-`script_args` in the order of the script's UI. Each becomes GenerationConfig fields."""
+`script_args` in the order of the script's UI. Each becomes GenerationConfig fields (the outpainting scripts'
+with `outpaint`, the img2img alternative test's with `img2img_alt`)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from t2i.errors import check
+from t2i.errors import T2IError, check
+from t2i.sampling.img2img_alt import TITLE as ALT_TITLE
+from t2i.sampling.img2img_alt import Img2ImgAlt
 from t2i.sampling.outpaint import FILLS, SIDES
 
 A1111_FILLS = ("fill", "original", "latent noise", "latent nothing")  # A1111's masked content, by index
@@ -43,11 +46,51 @@ def _outpainting_mk2(args: list[Any]) -> dict[str, Any]:
             "outpaint_color_variation": float(variation)}
 
 
+def _img2img_alternative(args: list[Any]) -> dict[str, Any]:
+    """A1111's "img2img alternative test": [info placeholder, override_sampler, override_prompt, original_prompt,
+    original_negative_prompt, override_steps, decode steps, override_strength, decode CFG, randomness,
+    sigma_adjustment] and, since A1111 1.6, [second_order_correction, noise_sigma_intensity]. The overrides become
+    the generation's own fields (Euler; the prompts; the steps; `strength` 1, else the request's stands)."""
+    check(len(args) in (11, 13), "script_args", f"{len(args)} values", "the img2img alternative test takes 13 (11 "
+          "before A1111 1.6): a placeholder, override_sampler, override_prompt, original_prompt, "
+          "original_negative_prompt, override_steps, st, override_strength, cfg, randomness, sigma_adjustment, "
+          "second_order_correction, noise_sigma_intensity")
+    names = ("override_sampler", "override_prompt", "original_prompt", "original_negative_prompt", "override_steps",
+             "st", "override_strength", "cfg", "randomness", "sigma_adjustment", "second_order_correction",
+             "noise_sigma_intensity")
+    given = dict(zip(names, args[1:]))
+    for name in ("override_sampler", "override_prompt", "override_steps", "override_strength", "sigma_adjustment"):
+        check(isinstance(given[name], bool), f"script_args.{name}", given[name], "must be true or false")
+    for name in ("original_prompt", "original_negative_prompt"):
+        check(isinstance(given[name], str), f"script_args.{name}", given[name], "must be text")
+    try:
+        settings = Img2ImgAlt(decode_prompt=given["original_prompt"],
+                              decode_negative_prompt=given["original_negative_prompt"], decode_cfg=given["cfg"],
+                              decode_steps=given["st"], randomness=given["randomness"],
+                              sigma_adjustment=given["sigma_adjustment"],
+                              **{name: given[name] for name in ("second_order_correction", "noise_sigma_intensity")
+                                 if name in given})
+    except T2IError as exc:  # named as the script's UI names it
+        ours = (exc.field or "").removeprefix("img2img_alt.")
+        exc.field = "script_args." + {"decode_cfg": "cfg", "decode_steps": "st"}.get(ours, ours)
+        raise
+    fields: dict[str, Any] = {"img2img_alt": settings}
+    if given["override_sampler"]:
+        fields.update(sampler="euler", schedule="automatic")
+    if given["override_prompt"]:
+        fields.update(prompts=(settings.decode_prompt,), negative_prompt=settings.decode_negative_prompt)
+    if given["override_steps"]:
+        fields["steps"] = settings.decode_steps
+    if given["override_strength"]:
+        fields["strength"] = 1.0
+    return fields
+
+
 #: lower-case title -> script_args -> GenerationConfig fields (the init image goes in unresized); older
 #: A1111 versions title mk2 "Outpainting"
 IMG2IMG_SCRIPTS: dict[str, Callable[[list[Any]], dict[str, Any]]] = {
     "poor man's outpainting": _poor_mans_outpainting, "outpainting mk2": _outpainting_mk2,
-    "outpainting": _outpainting_mk2,
+    "outpainting": _outpainting_mk2, ALT_TITLE: _img2img_alternative,
 }
 
 

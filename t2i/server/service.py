@@ -110,7 +110,7 @@ class Service:
         config = work.config
         first = records[0].to_record() if records else {}
         seeds = [r.seed for r in records]
-        sampler, schedule = config.sampling
+        sampler, schedule = (records[0].sampler, records[0].schedule) if records else config.sampling  # as it ran
         spec = SAMPLERS[sampler]
         return {
             "prompt": request.prompt, "all_prompts": [request.prompt] * len(records),

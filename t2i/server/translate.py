@@ -22,7 +22,7 @@ from t2i.server import img2img
 from t2i.server.catalog import Catalog, Checkpoint
 from t2i.server.controlnet_api import SCRIPT as CONTROLNET_SCRIPT
 from t2i.server.controlnet_api import ControlNetFolder, RequestControls, request_controls
-from t2i.server.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
+from t2i.server.schemas import EditRequest, GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 from t2i.server.scripts import script_fields
 from t2i.server.settings import ServerSettings
 
@@ -35,7 +35,8 @@ API_FIELDS = {"prompts": "prompt", "guidance_scale": "cfg_scale", "num_images": 
               "hires_denoise": "denoising_strength", "hires_sampler": "hr_sampler_name",
               "hires_schedule": "hr_scheduler", "hires_prompt": "hr_prompt",
               "hires_negative_prompt": "hr_negative_prompt",
-              "embeddings_dir": "the server's --embeddings-dir"}
+              "embeddings_dir": "the server's --embeddings-dir", "edit": "edits.text", "edit_scale": "edits.scale",
+              "edit_threshold": "edits.threshold", "edit_warmup": "edits.warmup", "edit_cooldown": "edits.cooldown"}
 # option -> the type its value must have; POST options and override_settings take these
 # A1111's live previews: the interval (0 off, -1 every step) and how a preview is made
 OPTIONS = {"sd_model_checkpoint": str, "sd_vae": str, "CLIP_stop_at_last_layers": int,
@@ -130,8 +131,11 @@ def plan(request: GenerationRequest, options: dict, catalog: Catalog, settings: 
     finish = _identity
     if isinstance(request, Txt2ImgRequest) and request.enable_hr:
         fields.update(_hires_fields(request))
-    if isinstance(request, Img2ImgRequest):
+    if isinstance(request, EditRequest):
+        fields = _edit_fields(request, fields)
+    elif isinstance(request, Img2ImgRequest):
         fields, finish = _img2img_fields(request, fields)
+    if isinstance(request, Img2ImgRequest):
         check(fields["width"] * fields["height"] <= settings.max_pixels, "init_images",
               f"{fields['width']}x{fields['height']}", f"over this server's limit of {settings.max_pixels:,} pixels",
               hint="send width and height")
@@ -176,6 +180,30 @@ def _identity(image: Image.Image) -> Image.Image:
     return image
 
 
+def _edit_fields(request: EditRequest, fields: dict) -> dict:
+    """A LEDITS++ edit's fields: the one init image, the edits ("+WORDS", "-WORDS" or objects), the size the
+    image's own rounded down to 32 unless given."""
+    from t2i.sampling.ledits import EditConcept, parse_edit
+
+    check(len(request.init_images) == 1, "init_images", f"{len(request.init_images)} images",
+          "an edit takes one image")
+    check(bool(request.edits), "edits", None, "give at least one edit", hint='e.g. ["+blue", "-red"]')
+    for name in ("mask", "script_name"):
+        check(not getattr(request, name), name, None, "does not combine with an edit")
+    check(request.denoising_strength is None, "denoising_strength", request.denoising_strength,
+          "an edit samples back its whole inversion; leave it out")
+    init = img2img.decode_image(request.init_images[0], "init_images")
+    edits = []
+    for item in request.edits:
+        if isinstance(item, str):
+            edits.append(EditConcept(*parse_edit(item)))
+        else:
+            edits.append(EditConcept(**item.model_dump()))
+    return {**fields, "init_image": init, "edits": tuple(edits), "edit_skip": request.edit_skip, "embeddings_dir": None,
+            "edit_mask": request.edit_mask, "width": fields["width"] or init.width // 32 * 32,
+            "height": fields["height"] or init.height // 32 * 32}
+
+
 def _img2img_fields(request: Img2ImgRequest, fields: dict) -> tuple[dict, Callable]:
     check(len(request.init_images) >= 1, "init_images", None, "img2img needs an init image")
     check(len(request.init_images) == 1, "init_images", f"{len(request.init_images)} images",
@@ -185,6 +213,10 @@ def _img2img_fields(request: Img2ImgRequest, fields: dict) -> tuple[dict, Callab
     if request.script_name:  # the script makes the canvas from the image as sent (A1111's scripts do)
         check(not request.mask, "mask", None, f"does not combine with the {request.script_name} script")
         script = script_fields(request.script_name, request.script_args)
+        if "img2img_alt" in script:  # txt2img from the image's noise, at the request's size or the image's own
+            script.setdefault("strength", request.denoising_strength)
+            return {**fields, "width": fields["width"] or init.width // 8 * 8,
+                    "height": fields["height"] or init.height // 8 * 8, **script, "init_image": init}, _identity
         sides = parse_sides(script["outpaint"])
         if script["outpaint_mode"] == "mk2":  # its image grows by exactly the pixels
             size = (init.width + sides["left"] + sides["right"], init.height + sides["up"] + sides["down"])
