@@ -232,6 +232,33 @@ def test_outpainting_from_the_page_keeps_the_original(page, init_image):
     assert np.abs(got[:, :8] - 0).mean() > 5, "the new border is painted, not left black"
 
 
+def test_an_edit_with_words_from_the_page_is_t2i_edit(page, tmp_path, run_cli):
+    from t2i.shapes.world import Shape, make_image
+
+    init = tmp_path / "red-circle.png"
+    make_image(Shape("red", "circle", 12, 14, 18)).save(init)
+    page.check("input[name=mode][value=img2img]")
+    page.set_input_files("#init-file", str(init))
+    page.wait_for_function("document.getElementById('mask-canvas').width === 32")
+    page.fill("#prompt", "")
+    page.select_option("#sampler", "DPM++ 2M SDE")
+    settings(page, steps=8, seed=3, cfg=3.5)
+    page.check("#edit-on")
+    page.fill("#edit-words", "+blue\n-red")
+    settings(page, **{"edit-scale": 2})
+    page.click("#generate")
+    page.wait_for_selector("#gallery figure img")
+    caption = page.locator("#gallery figcaption").first.inner_text()
+    assert 'LEDITS++: "+blue:2:0.9:0, -red:2:0.9:0"' in caption, caption
+    code, out, err = run_cli("edit", init, "--model", "demo", "--edit", "+blue", "--edit", "-red", "--edit-scale", 2,
+                             "--steps", 8, "--seed", 3, "--out", tmp_path / "cli")
+    assert code == 0, err
+    assert np.abs(image_pixels(page).astype(int) - np.asarray(Image.open(out.strip()).convert("RGB"), int)).max() <= 1
+    page.fill("#edit-words", "")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('error').textContent.includes('at least one line')")
+
+
 # ---- the page as people use it: one job at a time, its own progress, a brush you can see, a history ---------
 
 

@@ -137,12 +137,9 @@ class IPAdapterUse:
                              start=self.start, end=self.end)
 
 
-def _edit_entry(item, origin: str):
-    return _unit_entry(EditConcept, item, origin, "LEDITS++ edit")
-
-
 def _unit_entry(cls, item, origin: str, what: str):
-    """A ControlUse or IPAdapterUse from a record's dict, every field of its `_TYPES` present and typed."""
+    """A ControlUse, IPAdapterUse, EditConcept or Img2ImgAlt from a record's dict, every field of its `_TYPES`
+    present and typed."""
     if isinstance(item, cls):
         return item
     good = isinstance(item, dict) and all(
@@ -273,7 +270,7 @@ class ImageSettings:
         values["embeddings"] = tuple(_entry(EmbeddingUse, item, origin) for item in values["embeddings"])
         values["controls"] = tuple(ControlUse.from_dict(item, origin) for item in values["controls"])
         values["ip_adapters"] = tuple(IPAdapterUse.from_dict(item, origin) for item in values["ip_adapters"])
-        values["edits"] = tuple(_edit_entry(item, origin) for item in values["edits"])
+        values["edits"] = tuple(_unit_entry(EditConcept, item, origin, "LEDITS++ edit") for item in values["edits"])
         if values["img2img_alt"] is not None:
             values["img2img_alt"] = _unit_entry(Img2ImgAlt, values["img2img_alt"], origin, "img2img alternative test")
         check(all(isinstance(layer, str) for layer in values["pag_layers"]), "image", origin,

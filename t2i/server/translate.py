@@ -17,6 +17,7 @@ from t2i.errors import check
 from t2i.sampling import img2img_steps
 from t2i.sampling.config import GenerationConfig
 from t2i.sampling.hires import hires_size
+from t2i.sampling.ledits import EditConcept, parse_edit
 from t2i.sampling.outpaint import make_canvas, parse_sides
 from t2i.server import img2img
 from t2i.server.catalog import Catalog, Checkpoint
@@ -183,8 +184,6 @@ def _identity(image: Image.Image) -> Image.Image:
 def _edit_fields(request: EditRequest, fields: dict) -> dict:
     """A LEDITS++ edit's fields: the one init image, the edits ("+WORDS", "-WORDS" or objects), the size the
     image's own rounded down to 32 unless given."""
-    from t2i.sampling.ledits import EditConcept, parse_edit
-
     check(len(request.init_images) == 1, "init_images", f"{len(request.init_images)} images",
           "an edit takes one image")
     check(bool(request.edits), "edits", None, "give at least one edit", hint='e.g. ["+blue", "-red"]')
@@ -193,15 +192,16 @@ def _edit_fields(request: EditRequest, fields: dict) -> dict:
     check(request.denoising_strength is None, "denoising_strength", request.denoising_strength,
           "an edit samples back its whole inversion; leave it out")
     init = img2img.decode_image(request.init_images[0], "init_images")
+    check(min(init.size) >= 32, "init_images", f"{init.width}x{init.height}", "LEDITS++ needs at least 32x32 pixels")
     edits = []
     for item in request.edits:
         if isinstance(item, str):
             edits.append(EditConcept(*parse_edit(item)))
         else:
             edits.append(EditConcept(**item.model_dump()))
-    return {**fields, "init_image": init, "edits": tuple(edits), "edit_skip": request.edit_skip, "embeddings_dir": None,
-            "edit_mask": request.edit_mask, "width": fields["width"] or init.width // 32 * 32,
-            "height": fields["height"] or init.height // 32 * 32}
+    return {**fields, "init_image": init, "edits": tuple(edits), "edit_skip": request.edit_skip,
+            "edit_mask": request.edit_mask, "embeddings_dir": None,  # LEDITS++ reads no embeddings
+            "width": fields["width"] or init.width // 32 * 32, "height": fields["height"] or init.height // 32 * 32}
 
 
 def _img2img_fields(request: Img2ImgRequest, fields: dict) -> tuple[dict, Callable]:

@@ -98,6 +98,17 @@ function newTaskId() {
   return "task(" + [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("") + ")";
 }
 
+function editFields() {
+  // one edit a line: +WORDS adds them, -WORDS takes them away (no sign: adds), each at the scale and threshold
+  const lines = $("edit-words").value.split("\n").map((line) => line.trim()).filter((line) => line);
+  if (lines.length === 0) throw new Error("Edit: write at least one line, e.g. +blue");
+  return {
+    edits: lines.map((line) => ({text: line.replace(/^[+-]/, "").trim(), remove: line.startsWith("-"),
+                                 scale: number("edit-scale"), threshold: number("edit-threshold")})),
+    edit_skip: number("edit-skip"),
+  };
+}
+
 function request() {
   const body = {
     prompt: $("prompt").value, negative_prompt: $("negative").value, sampler_name: $("sampler").value,
@@ -118,7 +129,11 @@ function request() {
     body.init_images = [initDataUrl];
     body.denoising_strength = number("strength");
     body.resize_mode = Number($("resize-mode").value);
-    if ($("outpaint-on").checked) {  // A1111's script: the canvas is the image grown, so no width or height
+    if ($("edit-on").checked) {  // t2i's own route: LEDITS++ on the init image, the prompt the source prompt
+      Object.assign(body, editFields());
+      delete body.denoising_strength;
+      delete body.resize_mode;
+    } else if ($("outpaint-on").checked) {  // A1111's script: the canvas is the image grown, so no width or height
       const directions = [...document.querySelectorAll("input[name=outpaint-direction]:checked")].map((d) => d.value);
       if (directions.length === 0) throw new Error("Outpaint: tick at least one direction");
       delete body.width;
@@ -181,7 +196,7 @@ async function generate() {
   $("eta").textContent = "starting";
   const polling = pollProgress(job);
   try {
-    await showResults(await api("/" + mode(), body));
+    await showResults(body.edits ? await api("/t2i/v1/edit", body, "") : await api("/" + mode(), body));
   } catch (error) {
     $("error").textContent = error.message;
   } finally {
@@ -508,7 +523,7 @@ function setUp() {
       interruptMine();
     }
   });
-  for (const [box, section] of [["hires-on", "hires"], ["outpaint-on", "outpaint"]]) {
+  for (const [box, section] of [["hires-on", "hires"], ["outpaint-on", "outpaint"], ["edit-on", "edit"]]) {
     $(box).addEventListener("change", () => { if ($(box).checked) $(section).open = true; });  // its settings show
   }
   $("random-seed").addEventListener("click", () => { $("seed").value = -1; });
