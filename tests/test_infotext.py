@@ -7,8 +7,9 @@ from PIL import Image
 
 from t2i.formats.infotext import parse_infotext as parse_like_a1111
 from t2i.formats.png import read_png_text, save_png
+from t2i.sampling.record_entries import LoraUse
 from t2i.sampling.samplers import SAMPLERS, resolve_sampler
-from t2i.sampling.settings import ImageSettings, LoraUse
+from t2i.sampling.settings import ImageSettings
 
 
 def settings(**overrides):

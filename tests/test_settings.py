@@ -20,8 +20,9 @@ from t2i.errors import InvalidInput
 from t2i.formats.png import read_png_text, save_png
 from t2i.models.config import ModelConfig
 from t2i.sampling.config import GenerationConfig
+from t2i.sampling.record_entries import EmbeddingUse, LoraUse
 from t2i.sampling.samplers import SAMPLERS
-from t2i.sampling.settings import EmbeddingUse, ImageSettings, LoraUse, configs_from_png, settings_from_png
+from t2i.sampling.settings import ImageSettings, configs_from_png, settings_from_png
 
 PAIRS = [(name, schedule) for name, spec in SAMPLERS.items() for schedule in spec.schedules]
 text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)

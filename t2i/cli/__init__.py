@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 import typer
 
@@ -45,6 +46,16 @@ def _interrupt(_signum, _frame) -> None:
 
 def flag(field: str) -> str:
     return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def out_folder(out: str) -> Path:
+    """The output folder, checked before any work: an existing file there is a usage error."""
+    folder = Path(out).expanduser()
+    blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise InvalidInput(f"{blocking} is a file, not a folder", field="out_dir", value=out,
+                           hint="choose a folder for the images")
+    return folder
 
 
 def default_of(config_class, name: str):

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from t2i.cli import RuntimeOptions, app, default_of, given, log, prepare_environment
+from t2i.cli import RuntimeOptions, app, default_of, given, log, out_folder, prepare_environment
 from t2i.cli.control import ControlOptions, IPAdapterOptions, control_units, ip_adapter_units
 from t2i.errors import InvalidInput, T2IError
 from t2i.models.config import DEFAULT_MODEL, DEVICES, DTYPE_NAMES, ModelConfig
@@ -35,16 +35,6 @@ def _read_prompts(prompts: list[str] | None, prompts_file: Path | None) -> tuple
             raise InvalidInput(f"cannot read it ({exc})", field="prompts_file", value=prompts_file) from exc
         found += [line.strip() for line in lines if line.strip()]
     return tuple(found)
-
-
-def _out_folder(out: str) -> Path:
-    """The output folder, checked before any work: an existing file there is a usage error."""
-    folder = Path(out).expanduser()
-    blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise InvalidInput(f"{blocking} is a file, not a folder", field="out_dir", value=out,
-                           hint="choose a folder for the images")
-    return folder
 
 
 def _size(text: str, field: str) -> tuple[int, int]:
@@ -221,7 +211,7 @@ def generate(
     prepare_environment(offline)
     options = given(ctx)
     model_config, config = build_configs(options)  # checks every value before the slow imports
-    out_dir = _out_folder(out)
+    out_dir = out_folder(out)
 
     from t2i.formats.png import save_png
     from t2i.models.loading import load_model

@@ -10,8 +10,8 @@ from typing import Optional, get_type_hints
 
 import typer
 
-from t2i.cli import app, given, log, prepare_environment
-from t2i.cli.generate import _out_folder, build_configs, generate
+from t2i.cli import app, given, log, out_folder, prepare_environment
+from t2i.cli.generate import build_configs, generate
 from t2i.sampling.grid import AXES, MAX_CELLS, parse_axis, plan_grid
 
 GRID_OPTIONS = ("x", "y", "z", "max_cells")
@@ -30,7 +30,7 @@ def grid(ctx: typer.Context, x: str, y: Optional[str] = None, z: Optional[str] =
     if base.seed is None:  # one seed for every cell, so the axes are all that changes
         base = replace(base, seed=secrets.randbelow(2**32))
     plan = plan_grid(base, axes["x"], axes.get("y"), axes.get("z"), max_cells)
-    out_dir = _out_folder(options.get("out", "outputs"))
+    out_dir = out_folder(options.get("out", "outputs"))
 
     from t2i.formats.png import save_grid_png, save_png
     from t2i.models.loading import load_model

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from t2i.cli import app, log, prepare_environment
+from t2i.cli import app, log, out_folder, prepare_environment
 from t2i.models.config import DEFAULT_MODEL
 
 
@@ -36,9 +36,7 @@ def invert(
             raise InvalidInput("must be a positive multiple of 8 (or 0: the image's own)", field=name, value=value)
     if steps < 1:
         raise InvalidInput("must be at least 1", field="steps", value=steps)
-    folder = Path(out).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise InvalidInput("is a file, not a folder", field="out", value=out)
+    folder = out_folder(out)
 
     from t2i.files import write_new
     from t2i.formats.images import load_image
@@ -124,9 +122,7 @@ def edit(
                               guidance_scale=guidance_scale, edit_skip=edit_skip, edit_mask=edit_mask, sampler=sampler,
                               schedule=None, seed=seed, num_images=num_images, width=width, height=height,
                               loras=tuple(LoraRef.parse(text) for text in lora or ()))
-    folder = Path(out).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise InvalidInput("is a file, not a folder", field="out", value=out)
+    folder = out_folder(out)
 
     from t2i.formats.png import save_png
     from t2i.models.config import ModelConfig

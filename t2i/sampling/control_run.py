@@ -15,7 +15,7 @@ from t2i.formats.images import load_image
 from t2i.models.controlnet import LoadedControlNet, find, load_controlnet
 from t2i.sampling.control import ControlUnit, block_scales
 from t2i.sampling.control_maps import control_map
-from t2i.sampling.settings import ControlUse
+from t2i.sampling.record_entries import ControlUse
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,14 @@ from t2i.processes import share
 from t2i.sampling.config import MAX_SIDE, GenerationConfig
 from t2i.sampling.decoding import decode
 from t2i.sampling.hires import check_hires, denoising_strength, img2img_steps, resolve_upscaler, second_pass
-from t2i.sampling.img2img_alt import Img2ImgAlt, blend, find_noise
+from t2i.sampling.img2img_alt import blend, found_noise
 from t2i.sampling.img2img_steps import prepare
 from t2i.sampling.outpaint import FILLS, make_canvas, parse_sides
 from t2i.sampling.prompts import split_lora_tags
-from t2i.sampling.samplers import SAMPLERS, build_scheduler, schedule_arguments
-from t2i.sampling.settings import EmbeddingUse, ImageSettings, LoraUse
-from t2i.sampling.text import context_length, contexts, embeddings_used, text_inputs
+from t2i.sampling.record_entries import EmbeddingUse, LoraUse
+from t2i.sampling.samplers import SAMPLERS, schedule_arguments
+from t2i.sampling.settings import ImageSettings
+from t2i.sampling.text import context_length, embeddings_used, text_inputs
 from t2i.sampling.view import call_view, serialised_tokenizer
 
 # torchsde compares diffusers' float32 sigmas with its float64 interval ends and warns when one
@@ -141,23 +142,6 @@ def image_settings(model: LoadedModel, config: GenerationConfig, prompt: str, se
         dtype=model.dtype_name, device=model.device.type, model_name=model.name, model_hash=model.hash)
 
 
-def _found_noise(model: LoadedModel, init: Image.Image, config: GenerationConfig, settings: Img2ImgAlt
-                 ) -> torch.Tensor:
-    """The img2img alternative test's noise for `init` (t2i.sampling.img2img_alt), under its decode prompts."""
-    prediction = model.scheduler_config.get("prediction_type", "epsilon")
-    check(prediction == "epsilon", "script_name", "img2img alternative test", f"finds noise for models that "
-          f"predict the noise; this one predicts {prediction}")
-    pipe = model.pipe
-    pixels = pipe.image_processor.preprocess(init.convert("RGB"))
-    with torch.no_grad():
-        latents = pipe.vae.encode(pixels.to(model.device, pipe.vae.dtype)).latent_dist.mean
-        latents = latents * pipe.vae.config.scaling_factor
-        text, uncond = contexts(pipe, [settings.decode_prompt], settings.decode_negative_prompt, config.clip_skip,
-                                config.emphasis)
-    alphas = build_scheduler("euler", "normal", model.scheduler_config).alphas_cumprod
-    return find_noise(pipe.unet, alphas.to(model.device), latents.to(pipe.unet.dtype), text, uncond, settings)
-
-
 def _outpaint_inputs(init: Image.Image, config: GenerationConfig):
     """(canvas, mask, overlay) for outpainting: the canvas and mask as t2i.sampling.outpaint makes them,
     then A1111's img2img steps (poor-man's mask blurred by twice the blur, as A1111's script sets it;
@@ -260,7 +244,7 @@ def generate_iter(model: LoadedModel, config: GenerationConfig, on_step: StepCal
         check_fits(inverted, model, (width, height), config.steps, config.sampling, config.from_noise)
     found, alt = None, config.img2img_alt
     if alt is not None and init is not None:  # the noise the init image comes from, found once for every image
-        found = _found_noise(model, init, config, alt)
+        found = found_noise(model, init, alt, config.clip_skip, config.emphasis)
     layers = model.pipe.text_encoder.config.num_hidden_layers
     check(config.clip_skip is None or config.clip_skip <= layers, "clip_skip", config.clip_skip,
           f"this text encoder has only {layers} layers")

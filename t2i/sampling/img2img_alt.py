@@ -108,6 +108,27 @@ def find_noise(unet, alphas_cumprod, latents, text, uncond, settings: Img2ImgAlt
     return x / (x.std() * (1 - weight) + sigmas[-1] * weight)
 
 
+def found_noise(model, init, settings: Img2ImgAlt, clip_skip: int | None, emphasis: str):
+    """The noise `init` (a PIL image at the generation's size) comes from on `model` (a LoadedModel), under the
+    script's decode prompts written in A1111's prompt syntax."""
+    import torch
+
+    from t2i.sampling.samplers import build_scheduler
+    from t2i.sampling.text import contexts
+
+    prediction = model.scheduler_config.get("prediction_type", "epsilon")
+    check(prediction == "epsilon", "script_name", TITLE, f"finds noise for models that predict the noise; this one "
+          f"predicts {prediction}")
+    pipe = model.pipe
+    pixels = pipe.image_processor.preprocess(init.convert("RGB"))
+    with torch.no_grad():
+        latents = pipe.vae.encode(pixels.to(model.device, pipe.vae.dtype)).latent_dist.mean
+        latents = latents * pipe.vae.config.scaling_factor
+        text, uncond = contexts(pipe, [settings.decode_prompt], settings.decode_negative_prompt, clip_skip, emphasis)
+    alphas = build_scheduler("euler", "normal", model.scheduler_config).alphas_cumprod
+    return find_noise(pipe.unet, alphas.to(model.device), latents.to(pipe.unet.dtype), text, uncond, settings)
+
+
 def blend(found, seeds: list[int], randomness: float, dtype):
     """Each image's start: the found noise blended with its seed's noise, at unit variance (A1111's formula)."""
     import torch

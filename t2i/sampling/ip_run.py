@@ -19,7 +19,7 @@ from t2i.models.image_encoder import LoadedEncoder, find_image_encoder, load_ima
 from t2i.models.ip_adapter import LoadedIPAdapter, check_encoder, load_ip_adapter
 from t2i.sampling.control_run import image_hash
 from t2i.sampling.ip_adapter import IPAdapterUnit, active
-from t2i.sampling.settings import IPAdapterUse
+from t2i.sampling.record_entries import IPAdapterUse
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ JSON record and A1111's infotext) and what re-makes it.
 
 Each setting is declared once, here, with the types a record may hold for it and the config that
 owns it (`GenerationConfig` or `ModelConfig`); writing, reading back and routing overrides all
-follow from that one declaration. A new capability adds its fields in this file and nowhere else.
+follow from that one declaration. A new capability adds its fields in this file and nowhere else (a unit of
+several values, such as a ControlNet unit, has its entry class in t2i.sampling.record_entries).
 `t2i.formats` only turns records into bytes and back.
 """
 
@@ -17,9 +18,17 @@ from t2i import __version__
 from t2i.errors import InvalidInput, check
 from t2i.sampling.img2img_alt import Img2ImgAlt
 from t2i.sampling.ledits import EditConcept
+from t2i.sampling.record_entries import (
+    NONE,
+    ControlUse,
+    EmbeddingUse,
+    IPAdapterUse,
+    LoraUse,
+    number_text,
+    plain_entry,
+    unit_entry,
+)
 from t2i.sampling.samplers import SAMPLERS, SCHEDULES, resolve_sampler
-
-NONE = type(None)
 
 
 def _setting(types: tuple, owner: str | None = None, default: Any = MISSING, since: Any = MISSING):
@@ -27,126 +36,6 @@ def _setting(types: tuple, owner: str | None = None, default: Any = MISSING, sin
     "generation" or "model"; None: recorded for people and other tools only), and for settings added
     after the first records, the value an older record that lacks it stands for (`since`)."""
     return field(default=default, metadata={"types": types, "owner": owner, "since": since})
-
-
-@dataclass(frozen=True)
-class LoraUse:
-    name: str  # as A1111 writes it in <lora:NAME:SCALE>
-    path: str  # the weights file that was loaded
-    scale: float
-    hash: str  # A1111's `Lora hashes` value
-    from_tag: bool = False  # named by a <lora:...> tag in the prompt (which then carries it), not by --lora
-
-
-@dataclass(frozen=True)
-class EmbeddingUse:
-    name: str
-    path: str
-    hash: str  # A1111's `TI hashes` value
-
-
-@dataclass(frozen=True)
-class ControlUse:
-    """One ControlNet unit as it ran (t2i.sampling.control.ControlUnit, resolved)."""
-
-    model: str  # the file, folder or hub id that was loaded
-    title: str  # A1111's `Model:` value, "name [hash]"
-    image: str | None  # the control image's path; None for an image given in memory
-    image_hash: str  # of its pixels (t2i.sampling.control_run.image_hash)
-    module: str
-    weight: float
-    resize_mode: str
-    processor_res: int
-    threshold_a: float | None
-    threshold_b: float | None
-    guidance_start: float
-    guidance_end: float
-    control_mode: str
-    pixel_perfect: bool
-
-    _TYPES = {"model": (str,), "title": (str,), "image": (str, NONE), "image_hash": (str,), "module": (str,),
-              "weight": (int, float), "resize_mode": (str,), "processor_res": (int,),
-              "threshold_a": (int, float, NONE), "threshold_b": (int, float, NONE), "guidance_start": (int, float),
-              "guidance_end": (int, float), "control_mode": (str,), "pixel_perfect": (bool,)}
-
-    @classmethod
-    def from_dict(cls, item, origin: str) -> ControlUse:
-        return _unit_entry(cls, item, origin, "ControlNet unit")
-
-    def infotext(self) -> str:
-        """The value of A1111's `ControlNet N` key."""
-        from t2i.sampling.control_modules import PREPROCESSORS
-
-        spec = PREPROCESSORS[self.module]
-        pairs = {"Module": self.module, "Model": self.title, "Weight": _number(self.weight),
-                 "Resize Mode": self.resize_mode, "Processor Res": self.processor_res,
-                 "Threshold A": _number(self.threshold_a if self.threshold_a is not None else spec.threshold_a.default)
-                 if spec.threshold_a else None,
-                 "Threshold B": _number(self.threshold_b if self.threshold_b is not None else spec.threshold_b.default)
-                 if spec.threshold_b else None,
-                 "Guidance Start": _number(self.guidance_start), "Guidance End": _number(self.guidance_end),
-                 "Pixel Perfect": self.pixel_perfect, "Control Mode": self.control_mode}
-        return ", ".join(f"{key}: {value}" for key, value in pairs.items() if value is not None)
-
-    def unit(self, image=None):
-        """The ControlUnit that re-makes it, reading `image` (default: the recorded path)."""
-        from t2i.sampling.control import ControlUnit
-
-        check(image is not None or self.image is not None, "controls", self.title,
-              "its control image was given in memory, not as a file", hint="give the control image again")
-        return ControlUnit(model=self.model, image=image if image is not None else self.image, weight=self.weight,
-                           module=self.module, resize_mode=self.resize_mode, processor_res=self.processor_res,
-                           threshold_a=self.threshold_a, threshold_b=self.threshold_b,
-                           guidance_start=self.guidance_start, guidance_end=self.guidance_end,
-                           control_mode=self.control_mode, pixel_perfect=self.pixel_perfect)
-
-
-@dataclass(frozen=True)
-class IPAdapterUse:
-    """One IP-Adapter unit as it ran (t2i.sampling.ip_adapter.IPAdapterUnit, resolved)."""
-
-    model: str  # the adapter file that was loaded
-    title: str  # "name [hash]", as A1111's ControlNet extension shows its models
-    image: str | None  # the reference image's path; None for an image given in memory
-    image_hash: str  # of its pixels
-    scale: float
-    start: float
-    end: float
-    encoder: str  # the image encoder that embedded the image
-    module: str  # A1111's preprocessor name for that encoder
-
-    _TYPES = {"model": (str,), "title": (str,), "image": (str, NONE), "image_hash": (str,), "scale": (int, float),
-              "start": (int, float), "end": (int, float), "encoder": (str,), "module": (str,)}
-
-    @classmethod
-    def from_dict(cls, item, origin: str) -> IPAdapterUse:
-        return _unit_entry(cls, item, origin, "IP-Adapter unit")
-
-    def infotext(self) -> str:
-        """The value of A1111's `ControlNet N` key, which its ControlNet extension writes for IP-Adapter units."""
-        return (f"Module: {self.module}, Model: {self.title}, Weight: {_number(self.scale)}, "
-                f"Guidance Start: {_number(self.start)}, Guidance End: {_number(self.end)}")
-
-    def unit(self, image=None):
-        """The IPAdapterUnit that re-makes it, reading `image` (default: the recorded path)."""
-        from t2i.sampling.ip_adapter import IPAdapterUnit
-
-        check(image is not None or self.image is not None, "ip_adapters", self.title,
-              "its reference image was given in memory, not as a file", hint="give the reference image again")
-        return IPAdapterUnit(model=self.model, image=image if image is not None else self.image, scale=self.scale,
-                             start=self.start, end=self.end)
-
-
-def _unit_entry(cls, item, origin: str, what: str):
-    """A ControlUse, IPAdapterUse, EditConcept or Img2ImgAlt from a record's dict, every field of its `_TYPES`
-    present and typed."""
-    if isinstance(item, cls):
-        return item
-    good = isinstance(item, dict) and all(
-        isinstance(item.get(name), types) and (not isinstance(item.get(name), bool) or bool in types)
-        for name, types in cls._TYPES.items())
-    check(good, "image", origin, f"its t2i settings hold a {what} without one of {', '.join(cls._TYPES)}")
-    return cls(**{name: item[name] for name in cls._TYPES})
 
 
 @dataclass(frozen=True)
@@ -266,13 +155,13 @@ class ImageSettings:
             values[setting.name] = value
         # older records join the schedule to the sampler ("dpmpp-2m-karras"); resolving is the identity otherwise
         values["sampler"], values["schedule"] = resolve_sampler(values["sampler"], values["schedule"])
-        values["loras"] = tuple(_entry(LoraUse, item, origin) for item in values["loras"])
-        values["embeddings"] = tuple(_entry(EmbeddingUse, item, origin) for item in values["embeddings"])
+        values["loras"] = tuple(plain_entry(LoraUse, item, origin) for item in values["loras"])
+        values["embeddings"] = tuple(plain_entry(EmbeddingUse, item, origin) for item in values["embeddings"])
         values["controls"] = tuple(ControlUse.from_dict(item, origin) for item in values["controls"])
         values["ip_adapters"] = tuple(IPAdapterUse.from_dict(item, origin) for item in values["ip_adapters"])
-        values["edits"] = tuple(_unit_entry(EditConcept, item, origin, "LEDITS++ edit") for item in values["edits"])
+        values["edits"] = tuple(unit_entry(EditConcept, item, origin, "LEDITS++ edit") for item in values["edits"])
         if values["img2img_alt"] is not None:
-            values["img2img_alt"] = _unit_entry(Img2ImgAlt, values["img2img_alt"], origin, "img2img alternative test")
+            values["img2img_alt"] = unit_entry(Img2ImgAlt, values["img2img_alt"], origin, "img2img alternative test")
         check(all(isinstance(layer, str) for layer in values["pag_layers"]), "image", origin,
               f"its t2i setting 'pag_layers' holds {values['pag_layers']!r}, not layer names")
         values["pag_layers"] = tuple(values["pag_layers"])
@@ -324,11 +213,11 @@ class ImageSettings:
         return {
             "Steps": self.steps, "Sampler": SAMPLERS[self.sampler].a1111,
             "Schedule type": SCHEDULES[self.schedule].a1111,
-            "CFG scale": _number(self.guidance_scale), "Seed": self.seed, "Size": f"{self.width}x{self.height}",
+            "CFG scale": number_text(self.guidance_scale), "Seed": self.seed, "Size": f"{self.width}x{self.height}",
             "Model hash": self.model_hash, "Model": self.model_name or None,
             "VAE": self.vae and Path(self.vae).name,
-            "Denoising strength": _number(self.strength) if self.strength is not None else
-            _number(self.hires_denoise) if self.hires else None,
+            "Denoising strength": number_text(self.strength) if self.strength is not None else
+            number_text(self.hires_denoise) if self.hires else None,
             "Clip skip": self.clip_skip if (self.clip_skip or 1) > 1 else None,
             "Lora hashes": ", ".join(f"{lora.name}: {lora.hash}" for lora in self.loras) or None,
             "TI hashes": ", ".join(f"{e.name}: {e.hash}" for e in self.embeddings) or None,
@@ -351,17 +240,17 @@ class ImageSettings:
             **{f"ControlNet {index}": text for index, text in enumerate(
                 [unit.infotext() for unit in self.controls] + [unit.infotext() for unit in self.ip_adapters])},
             # SD.Next's keys (A1111 has no PAG); t2i's own for layers other than the default
-            "PAG scale": _number(self.pag_scale) if self.pag_scale else None,
-            "PAG adaptive": _number(self.pag_adaptive) if self.pag_scale and self.pag_adaptive else None,
+            "PAG scale": number_text(self.pag_scale) if self.pag_scale else None,
+            "PAG adaptive": number_text(self.pag_adaptive) if self.pag_scale and self.pag_adaptive else None,
             "PAG layers": ", ".join(self.pag_layers) if self.pag_scale and tuple(self.pag_layers) != ("mid",) else None,
             # A1111's SAG extension's keys; t2i's own for a blur other than the extension's fixed one
-            "SAG Guidance Scale": _number(self.sag_scale) if self.sag_scale else None,
-            "SAG Mask Threshold": _number(self.sag_threshold) if self.sag_scale else None,
-            "SAG Blur Sigma": _number(self.sag_blur_sigma) if self.sag_scale and self.sag_blur_sigma != 1 else None,
+            "SAG Guidance Scale": number_text(self.sag_scale) if self.sag_scale else None,
+            "SAG Mask Threshold": number_text(self.sag_threshold) if self.sag_scale else None,
+            "SAG Blur Sigma": number_text(self.sag_blur_sigma) if self.sag_scale and self.sag_blur_sigma != 1 else None,
             "Inverted noise": Path(self.from_noise).name if self.from_noise else None,  # t2i's own key
             # t2i's own keys (A1111 has no LEDITS++): each edit as +WORDS:SCALE:THRESHOLD:WARMUP[:COOLDOWN]
             "LEDITS++": ", ".join(edit.infotext() for edit in self.edits) or None,
-            "LEDITS++ skip": _number(self.edit_skip) if self.edits else None,
+            "LEDITS++ skip": number_text(self.edit_skip) if self.edits else None,
             "LEDITS++ mask": self.edit_mask if self.edits else None,
             **(self.img2img_alt.infotext() if self.img2img_alt is not None else {}),  # A1111's script's keys
             "Version": f"t2i {self.version}",
@@ -380,7 +269,7 @@ class ImageSettings:
         if not self.hires:
             return {}
         resize = bool(self.hires_resize_x or self.hires_resize_y)
-        return {"Hires upscale": None if resize else _number(self.hires_scale or 1),
+        return {"Hires upscale": None if resize else number_text(self.hires_scale or 1),
                 "Hires resize": f"{self.hires_resize_x}x{self.hires_resize_y}" if resize else None,
                 "Hires steps": self.hires_steps or None, "Hires upscaler": self.hires_upscaler,
                 "Hires sampler": SAMPLERS[self.hires_sampler].a1111
@@ -397,26 +286,8 @@ class ImageSettings:
         # as written, with a tag added for each LoRA given beside the prompt (A1111 knows LoRAs by tags only)
         written = self.prompt if self.prompt_as_written is None else self.prompt_as_written
         added = [lora for lora in self.loras if self.prompt_as_written is None or not lora.from_tag]
-        prompt = written + "".join(f" <lora:{lora.name}:{_number(lora.scale)}>" for lora in added)
+        prompt = written + "".join(f" <lora:{lora.name}:{number_text(lora.scale)}>" for lora in added)
         return format_infotext(prompt, self.negative_prompt, self.infotext_fields())
-
-
-def _number(value: float) -> str:
-    return f"{value:g}"
-
-
-def _entry(cls, item, origin: str):
-    """A LoraUse or EmbeddingUse from a record's dict; a field added since (one with a default) may be missing."""
-    required = [f.name for f in fields(cls) if f.default is MISSING]
-    if isinstance(item, cls):
-        return item
-    check(isinstance(item, dict) and all(isinstance(item.get(n), (str, int, float)) for n in required), "image",
-          origin, f"its t2i settings hold a {cls.__name__} entry without {', '.join(required)}")
-    optional = {f.name: item[f.name] for f in fields(cls) if f.default is not MISSING and f.name in item}
-    for name, value in optional.items():
-        check(isinstance(value, type(getattr(cls, name))), "image", origin,
-              f"its t2i settings hold a {cls.__name__} entry whose {name} is {value!r}")
-    return cls(**{n: item[n] for n in required}, **optional)
 
 
 def settings_from_png(path: str | Path) -> ImageSettings:
